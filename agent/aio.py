@@ -1,0 +1,186 @@
+"""The asyncio shim: the only module of memagent that imports asyncio.
+
+It re-exports the subset of asyncio that MicroPython's ``asyncio`` also has
+(run, create_task, sleep, sleep_ms, wait_for, gather, Event, Lock and
+streams/servers), so that the rest of the code can be moved to MicroPython
+without edits, and it adds one helper: :class:`FdWatch`, which waits until a
+file descriptor is readable (POLLIN) or has urgent data (POLLPRI, as PSI
+trigger fds and cgroup v1 eventfds report).
+
+On CPython the helper is built on ``loop.add_reader``.  For POLLPRI an epoll
+object is registered for EPOLLPRI on the watched fd and the *epoll fd* is
+given to ``add_reader``: an epoll fd becomes readable when one of its members
+has an event, which bridges POLLPRI into any selector asyncio uses.
+"""
+
+import asyncio
+import sys
+
+try:
+    from typing import Any, Awaitable, Callable, Optional, TypeVar
+
+    T = TypeVar("T")
+except ImportError:  # MicroPython has no typing module; annotations are not evaluated there
+    pass
+
+MICROPYTHON = sys.implementation.name == "micropython"
+
+run = asyncio.run
+create_task = asyncio.create_task
+sleep = asyncio.sleep
+gather = asyncio.gather
+wait_for = asyncio.wait_for
+Event = asyncio.Event
+Lock = asyncio.Lock
+CancelledError = asyncio.CancelledError
+TimeoutError = asyncio.TimeoutError
+open_connection = asyncio.open_connection
+start_server = asyncio.start_server
+StreamReader = asyncio.StreamReader
+StreamWriter = asyncio.StreamWriter
+
+if MICROPYTHON:  # pragma: no cover - exercised under the micropython tox env
+    import time as _time
+
+    sleep_ms = asyncio.sleep_ms
+
+    def ticks_ms() -> int:
+        """Return a monotonic millisecond clock (wraps on MicroPython's small ints)."""
+        return _time.ticks_ms()
+
+else:
+    import time as _time
+
+    async def sleep_ms(delay_ms: int) -> None:
+        """Sleep for ``delay_ms`` milliseconds (MicroPython's asyncio.sleep_ms)."""
+        await asyncio.sleep(delay_ms / 1000.0)
+
+    def ticks_ms() -> int:
+        """Return a monotonic clock in milliseconds."""
+        return int(_time.monotonic() * 1000)
+
+
+async def wait_for_ms(aw: "Awaitable[T]", timeout_ms: int) -> "T":
+    """Await ``aw`` for at most ``timeout_ms``.
+
+    Returns: the result of ``aw``.
+    Raises: TimeoutError when the time runs out (``aw`` is cancelled).
+    """
+    return await asyncio.wait_for(aw, timeout_ms / 1000.0)
+
+
+async def start_unix_server(
+    handler: "Callable[[StreamReader, StreamWriter], Awaitable[None]]",
+    path: str,
+    limit: int = 65536,
+) -> "Any":
+    """Start a Unix stream server on ``path`` calling ``handler`` per client.
+
+    ``limit`` bounds the reader's buffer (a longer line raises ValueError in
+    ``readline``).  Returns: the server object (``close()`` then
+    ``await wait_closed()``).  Raises: OSError if the path cannot be bound;
+    NotImplementedError on MicroPython, whose asyncio has no Unix servers.
+    """
+    if MICROPYTHON:  # pragma: no cover
+        raise NotImplementedError("Unix stream servers need CPython's asyncio")
+    return await asyncio.start_unix_server(handler, path, limit=limit)
+
+
+async def open_unix_connection(path: str, limit: int = 65536) -> "Any":
+    """Connect to the Unix stream socket at ``path``.
+
+    Returns: ``(reader, writer)``.  Raises: OSError if nobody listens there.
+    """
+    if MICROPYTHON:  # pragma: no cover
+        raise NotImplementedError("Unix stream sockets need CPython's asyncio")
+    return await asyncio.open_unix_connection(path, limit=limit)
+
+
+def add_signal_handler(signum: int, callback: "Callable[[], None]") -> bool:
+    """Call ``callback`` in the running loop when ``signum`` arrives.
+
+    Returns: True if installed, False where the loop cannot (MicroPython).
+    """
+    if MICROPYTHON:  # pragma: no cover
+        return False
+    asyncio.get_running_loop().add_signal_handler(signum, callback)
+    return True
+
+
+class FdWatch:
+    """Wait, without polling, until ``fd`` is readable or has urgent data.
+
+    ``urgent=True`` waits for POLLPRI (PSI triggers, eventfds report POLLIN).
+    Create it inside a running loop; ``close()`` releases the epoll object but
+    never closes ``fd`` itself.
+    """
+
+    def __init__(self, fd: int, urgent: bool = False) -> None:
+        self.fd = fd
+        self.urgent = urgent
+        self._epoll: "Optional[Any]" = None
+        self._poll_fd = fd
+        if MICROPYTHON:  # pragma: no cover
+            if urgent:
+                raise NotImplementedError("POLLPRI waits need CPython (epoll)")
+            return
+        if urgent:
+            import select
+
+            self._epoll = select.epoll(1)
+            self._epoll.register(fd, select.EPOLLPRI | select.EPOLLERR)
+            self._poll_fd = self._epoll.fileno()
+
+    def _drain_epoll(self) -> None:
+        # Level-triggered epoll keeps reporting PRI until the caller re-arms
+        # the source (PSI: the next trigger period); consume this edge only.
+        if self._epoll is not None:
+            self._epoll.poll(0)
+
+    async def wait(self, timeout_ms: "Optional[int]" = None) -> bool:
+        """Wait for the fd.
+
+        Returns: True when it became ready, False when ``timeout_ms`` passed.
+        Raises: OSError if the fd is closed under us.
+        """
+        if MICROPYTHON:  # pragma: no cover
+            return await self._wait_micropython(timeout_ms)
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        def ready() -> None:
+            if not fut.done():
+                fut.set_result(True)
+
+        loop.add_reader(self._poll_fd, ready)
+        try:
+            if timeout_ms is None:
+                await fut
+            else:
+                await asyncio.wait_for(fut, timeout_ms / 1000.0)
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            loop.remove_reader(self._poll_fd)
+        self._drain_epoll()
+        return True
+
+    async def _wait_micropython(self, timeout_ms: "Optional[int]") -> bool:  # pragma: no cover
+        core = asyncio.core  # type: ignore[attr-defined]
+
+        async def _ready() -> bool:
+            yield core._io_queue.queue_read(self.fd)  # type: ignore[misc]
+            return True
+
+        if timeout_ms is None:
+            return await _ready()
+        try:
+            return await asyncio.wait_for_ms(_ready(), timeout_ms)  # type: ignore[attr-defined]
+        except asyncio.TimeoutError:
+            return False
+
+    def close(self) -> None:
+        """Release the epoll object (the watched fd stays open)."""
+        if self._epoll is not None:
+            self._epoll.close()
+            self._epoll = None

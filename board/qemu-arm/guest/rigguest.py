@@ -1,0 +1,32 @@
+"""Helpers for Python scenarios running inside the qemu-arm guest.
+
+The scenario's directory (/rig) is on sys.path, so ``import rigguest`` works.
+"""
+import base64
+import sys
+
+_NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+")
+
+
+def handback(name, data=None, path=None):
+    """Send bytes/str ``data`` (or the file at ``path``) to the host as OUT/name."""
+    if not name or name.startswith(".") or not set(name) <= _NAME_OK:
+        raise ValueError("bad handback name %r" % (name,))
+    if path is not None:
+        with open(path, "rb") as f:
+            data = f.read()
+    if isinstance(data, str):
+        data = data.encode()
+    enc = base64.encodebytes(data).decode()
+    out = "=====BEGIN FILE %s=====\n%s%s=====END FILE %s=====\n" % (
+        name, enc, "" if enc.endswith("\n") or not enc else "\n", name)
+    sys.stdout.write(out)
+    sys.stdout.flush()
+
+
+def result(ok, msg=""):
+    """Print the RESULT line the host judges the run by."""
+    line = "RESULT %s" % ("ok" if ok else "fail")
+    if msg:
+        line += " " + msg
+    print(line, flush=True)

@@ -1,0 +1,699 @@
+"""qemu-system-arm rig: boot a Debian armhf kernel with a small Python 3.11
+userland, run one scenario script inside the guest and collect its output.
+
+Host requirements (Debian 12): qemu-system-arm, dpkg-deb, tar, mke2fs,
+apt-get (only while the package cache is incomplete) and a Python 3.11 on
+the host to precompile the guest's .pyc files (optional but recommended).
+
+Use from Python (e.g. pytest)::
+
+    from rig import run_scenario
+    console, files = run_scenario("scenarios/capture_proc.sh", mem_mb=64)
+
+or from the shell: ``board/qemu-arm/run --help``.
+
+Guest/host protocol (see README.md):
+  * the guest prints ``RESULT ok ...`` / ``RESULT fail ...`` lines;
+  * the rig's stage-2 init prints ``RIG-BOOTED ...`` and ``RIG-EXIT <status>``;
+  * files come back as base64 between ``=====BEGIN FILE name=====`` and
+    ``=====END FILE name=====`` lines.
+"""
+
+import base64
+import binascii
+import contextlib
+import dataclasses
+import fcntl
+import gzip
+import hashlib
+import io
+import os
+import re
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CACHE = Path(os.environ.get("MEMAGENT_QEMU_CACHE", HERE / "cache"))
+GUEST = HERE / "guest"
+DEFAULT_REPO = HERE.parent.parent
+
+# Debian armhf packages that make up the guest (the kernel is added from
+# the dependency of the linux-image-armmp meta package).
+PACKAGES = [
+    "busybox-static", "libc6", "libgcc-s1", "libcrypt1", "zlib1g",
+    "libexpat1", "libffi8", "libssl3", "libbz2-1.0", "liblzma5",
+    "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib",
+]
+KERNEL_META = "linux-image-armmp"
+KERNEL_RE = re.compile(r"^linux-image-[0-9.]+-[0-9]+-armmp$")
+
+# Modules loaded (in this order, after their dependencies) by the initramfs.
+# crc32c_generic is not a declared dependency of ext4 but is needed for
+# metadata_csum, so it goes before it.
+MODULES = ["virtio_mmio", "virtio_blk", "crc32c_generic", "jbd2", "mbcache",
+           "crc16", "ext4", "fuse", "cuse"]
+
+KERNEL_ARGS = "console=ttyAMA0 psi=1 panic=-1 cma=0 loglevel=4"
+ROOTFS_SIZE = "512M"     # sparse; leaves ~400 MB free for page-cache tests
+BUILD_VERSION = "1"      # bump to force a rebuild of cached images
+
+RESULT_RE = re.compile(r"^RESULT (\S+)(?: (.*))?$")
+EXIT_RE = re.compile(r"^RIG-EXIT (-?\d+)$")
+BEGIN_RE = re.compile(r"^=====BEGIN FILE ([A-Za-z0-9._+-]+)=====$")
+B64_LINE_RE = re.compile(r"^[A-Za-z0-9+/=]*$")
+
+# exit codes of the `run` command
+EXIT_OK, EXIT_FAIL, EXIT_TIMEOUT, EXIT_HOST = 0, 1, 2, 3
+
+
+class RigError(Exception):
+    """Host-side problem: missing tool, package download or build failure."""
+
+
+def log(msg):
+    print("[rig] %s" % msg, file=sys.stderr, flush=True)
+
+
+def _run(cmd, **kw):
+    try:
+        return subprocess.run(cmd, check=True, **kw)
+    except FileNotFoundError as e:
+        raise RigError("missing host tool: %s" % cmd[0]) from e
+    except subprocess.CalledProcessError as e:
+        raise RigError("command failed (%s): %s" % (e.returncode, shlex.join(map(str, cmd)))) from e
+
+
+@contextlib.contextmanager
+def _lock():
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+# --------------------------------------------------------------- packages
+
+def _deb_name(path):
+    return path.name.split("_", 1)[0]
+
+
+def _cached_debs(debdir):
+    found = {}
+    for p in sorted(debdir.glob("*_armhf.deb"), key=lambda p: p.stat().st_mtime):
+        found[_deb_name(p)] = p          # newest download wins
+    return found
+
+
+def _ensure_armhf_apt():
+    archs = subprocess.run(["dpkg", "--print-foreign-architectures"],
+                           capture_output=True, text=True).stdout.split()
+    need_update = "armhf" not in archs
+    if need_update:
+        log("dpkg --add-architecture armhf")
+        _run(["dpkg", "--add-architecture", "armhf"])
+    else:
+        probe = subprocess.run(["apt-cache", "show", "busybox-static:armhf"],
+                               capture_output=True)
+        need_update = probe.returncode != 0
+    if need_update:
+        log("apt-get update (a failing bookworm-security armhf index is tolerated)")
+        subprocess.run(["apt-get", "update"], stdout=subprocess.DEVNULL)
+
+
+def _resolve_kernel_package():
+    out = _run(["apt-cache", "depends", KERNEL_META + ":armhf"],
+               capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        m = re.match(r"\s*Depends:\s*(linux-image-\S+?)(?::armhf)?$", line)
+        if m and KERNEL_RE.match(m.group(1)):
+            return m.group(1)
+    raise RigError("cannot resolve the kernel package from %s:armhf" % KERNEL_META)
+
+
+def ensure_debs():
+    """Return {package name: .deb path}, downloading what is missing."""
+    debdir = CACHE / "debs"
+    debdir.mkdir(parents=True, exist_ok=True)
+    have = _cached_debs(debdir)
+    kernels = [n for n in have if KERNEL_RE.match(n)]
+    missing = [p for p in PACKAGES if p not in have]
+    if not missing and kernels:
+        return have
+    _ensure_armhf_apt()
+    if not kernels:
+        missing.append(_resolve_kernel_package())
+    log("apt-get download %s" % " ".join(missing))
+    # _apt cannot write into a root-owned cache dir; apt then downloads
+    # unsandboxed, which is fine (it only prints a warning).
+    _run(["apt-get", "download"] + [p + ":armhf" for p in missing],
+         cwd=debdir, stdout=subprocess.DEVNULL)
+    have = _cached_debs(debdir)
+    still = [p for p in PACKAGES if p not in have]
+    if still or not any(KERNEL_RE.match(n) for n in have):
+        raise RigError("packages still missing after download: %s" % still)
+    return have
+
+
+def _select_debs(have):
+    kernels = sorted((n for n in have if KERNEL_RE.match(n)),
+                     key=lambda n: have[n].stat().st_mtime)
+    return [have[p] for p in PACKAGES], have[kernels[-1]]
+
+
+# --------------------------------------------------------------- cpio
+
+class Cpio:
+    """Minimal writer for the "newc" cpio format the kernel unpacks."""
+
+    def __init__(self):
+        self.buf = io.BytesIO()
+        self.ino = 1
+        self.seen = set()
+
+    def _entry(self, name, mode, data=b"", rdev=(0, 0), nlink=1):
+        name = name.strip("/")
+        namez = name.encode() + b"\0"
+        hdr = "070701" + "".join("%08X" % v for v in (
+            self.ino, mode, 0, 0, nlink, 0, len(data), 0, 0,
+            rdev[0], rdev[1], len(namez), 0))
+        self.ino += 1
+        self.buf.write(hdr.encode() + namez)
+        self.buf.write(b"\0" * (-(110 + len(namez)) % 4))
+        self.buf.write(data)
+        self.buf.write(b"\0" * (-len(data) % 4))
+
+    def dir(self, name, perm=0o755):
+        name = name.strip("/")
+        parent = os.path.dirname(name)
+        if parent and parent not in self.seen:
+            self.dir(parent)
+        if name not in self.seen:
+            self.seen.add(name)
+            self._entry(name, stat.S_IFDIR | perm, nlink=2)
+
+    def _parent(self, name):
+        parent = os.path.dirname(name.strip("/"))
+        if parent:
+            self.dir(parent)
+
+    def file(self, name, data, perm=0o644):
+        self._parent(name)
+        self._entry(name, stat.S_IFREG | perm, data)
+
+    def symlink(self, name, target):
+        self._parent(name)
+        self._entry(name, stat.S_IFLNK | 0o777, target.encode())
+
+    def chardev(self, name, major, minor, perm=0o600):
+        self._parent(name)
+        self._entry(name, stat.S_IFCHR | perm, rdev=(major, minor))
+
+    def tree(self, src, dest):
+        """Add a host directory tree under dest (permissions kept, owner root)."""
+        src = Path(src)
+        self.dir(dest)
+        for root, dirs, files in os.walk(src):
+            dirs.sort()
+            rel = os.path.relpath(root, src)
+            base = dest if rel == "." else "%s/%s" % (dest.rstrip("/"), rel)
+            self.dir(base)
+            for d in dirs:
+                p = Path(root, d)
+                if p.is_symlink():
+                    self.symlink("%s/%s" % (base, d), os.readlink(p))
+                else:
+                    self.dir("%s/%s" % (base, d), stat.S_IMODE(p.stat().st_mode))
+            for f in sorted(files):
+                p = Path(root, f)
+                if p.is_symlink():
+                    self.symlink("%s/%s" % (base, f), os.readlink(p))
+                elif p.is_file():
+                    self.file("%s/%s" % (base, f), p.read_bytes(),
+                              stat.S_IMODE(p.stat().st_mode))
+
+    def finish(self):
+        self._entry("TRAILER!!!", 0)
+        data = self.buf.getvalue()
+        return data + b"\0" * (-len(data) % 512)
+
+
+def _gzip(data):
+    return gzip.compress(data, compresslevel=6, mtime=0)
+
+
+# --------------------------------------------------------------- build
+
+def _modinfo_depends(ko_path):
+    m = re.search(rb"(?:^|\0)depends=([^\0]*)\0", ko_path.read_bytes())
+    if not m or not m.group(1):
+        return []
+    return [d.decode().replace("-", "_") for d in m.group(1).split(b",") if d]
+
+
+def _module_order(moddir, wanted):
+    """Module paths (dependencies first) for the names in ``wanted``."""
+    index = {}
+    for ko in moddir.rglob("*.ko"):
+        index[ko.stem.replace("-", "_")] = ko
+    builtin = set()
+    bfile = moddir / "modules.builtin"
+    if bfile.exists():
+        for line in bfile.read_text().split():
+            builtin.add(Path(line).name[:-3].replace("-", "_"))
+    order = []
+
+    def visit(name, chain=()):
+        if name in chain:
+            raise RigError("module dependency loop: %s" % (chain + (name,),))
+        if name in builtin or any(n == name for n, _ in order):
+            return
+        if name not in index:
+            raise RigError("kernel module %s not found" % name)
+        for dep in _modinfo_depends(index[name]):
+            visit(dep, chain + (name,))
+        order.append((name, index[name]))
+
+    for name in wanted:
+        visit(name.replace("-", "_"))
+    return order
+
+
+def _extract_deb(deb, dest):
+    fsys = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
+    tar = subprocess.run(["tar", "-x", "--keep-directory-symlink", "-C", str(dest)],
+                         stdin=fsys.stdout)
+    fsys.stdout.close()
+    if fsys.wait() != 0 or tar.returncode != 0:
+        raise RigError("cannot unpack %s" % deb.name)
+
+
+def _host_python311():
+    for cand in (os.environ.get("RIG_HOST_PYTHON"), sys.executable, "python3.11"):
+        if not cand:
+            continue
+        exe = shutil.which(cand) or cand
+        try:
+            out = subprocess.run([exe, "-c", "import sys;print(sys.version_info[:2])"],
+                                 capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if out.strip() == "(3, 11)":
+            return exe
+    return None
+
+
+def _compileall(sysroot, subdir):
+    """Precompile .py under sysroot/subdir for the guest's Python 3.11."""
+    py = _host_python311()
+    if not py:
+        log("WARNING: no Python 3.11 on the host; guest imports will be slow "
+            "(set RIG_HOST_PYTHON)")
+        return
+    # unchecked-hash .pyc are used without stat'ing the source; -s/-p make
+    # the recorded file names the guest paths. A few stdlib files (e.g.
+    # lib2to3 test data) may fail to compile: that is harmless.
+    subprocess.run([py, "-m", "compileall", "-q", "-j0",
+                    "--invalidation-mode", "unchecked-hash",
+                    "-s", str(sysroot), "-p", "/", str(sysroot / subdir)],
+                   stdout=subprocess.DEVNULL)
+
+
+def _hash_files(h, paths):
+    for p in paths:
+        h.update(p.name.encode() + b"\0" + str(p.stat().st_size).encode() + b"\0")
+        if p.suffix != ".deb":
+            h.update(p.read_bytes())
+
+
+@dataclasses.dataclass
+class Base:
+    dir: Path
+    kernel: Path
+    rootfs: Path
+    initrd: Path
+    kernel_release: str
+
+
+def build_base(modules=MODULES):
+    """Build (or reuse) kernel, root image and base initramfs."""
+    have = ensure_debs()
+    debs, kdeb = _select_debs(have)
+    h = hashlib.sha256(BUILD_VERSION.encode())
+    _hash_files(h, debs + [kdeb, GUEST / "init", Path(__file__)])
+    h.update(" ".join(modules).encode())
+    key = h.hexdigest()[:16]
+    out = CACHE / "build" / key
+    done = out / "done"
+    with _lock():
+        if not done.exists():
+            t0 = time.monotonic()
+            log("building guest image %s (one-time, about a minute)" % key)
+            if out.exists():
+                shutil.rmtree(out)
+            out.mkdir(parents=True)
+            _build(out, debs, kdeb, modules)
+            done.write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
+            log("built in %.1f s" % (time.monotonic() - t0))
+            for old in (CACHE / "build").iterdir():   # keep only the newest build
+                if old != out and old.is_dir():
+                    shutil.rmtree(old, ignore_errors=True)
+    return Base(out, out / "vmlinuz", out / "rootfs.img", out / "initrd-base.gz",
+                (out / "kernel-release").read_text().strip())
+
+
+def _build(out, debs, kdeb, modules):
+    # kernel and modules
+    kroot = out / "kernel-pkg"
+    kroot.mkdir()
+    _extract_deb(kdeb, kroot)
+    vmlinuz = sorted((kroot / "boot").glob("vmlinuz-*"))[-1]
+    krel = vmlinuz.name[len("vmlinuz-"):]
+    shutil.copy(vmlinuz, out / "vmlinuz")
+    shutil.copy(kroot / "boot" / ("config-" + krel), out / "config")
+    (out / "kernel-release").write_text(krel + "\n")
+    order = _module_order(kroot / "lib" / "modules" / krel, modules)
+
+    # root file system (merged /usr like Debian 12)
+    sysroot = out / "sysroot"
+    for d in ("usr/bin", "usr/sbin", "usr/lib"):
+        (sysroot / d).mkdir(parents=True)
+    for link in ("bin", "sbin", "lib"):
+        os.symlink("usr/" + link, sysroot / link)
+    for deb in debs:
+        _extract_deb(deb, sysroot)
+    for junk in ("usr/share/doc", "usr/share/man", "usr/share/locale",
+                 "usr/share/lintian", "usr/share/binfmts"):
+        shutil.rmtree(sysroot / junk, ignore_errors=True)
+    if not (sysroot / "usr/bin/python3").exists():
+        os.symlink("python3.11", sysroot / "usr/bin/python3")
+    for d in ("proc", "sys", "dev", "run", "root", "tmp", "opt", "mnt",
+              "var/tmp", "usr/local/bin", "etc"):
+        (sysroot / d).mkdir(parents=True, exist_ok=True)
+    os.chmod(sysroot / "tmp", 0o1777)
+    os.chmod(sysroot / "var/tmp", 0o1777)
+    etc = sysroot / "etc"
+    (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n"
+                                "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")
+    (etc / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
+    (etc / "hostname").write_text("memagent-arm\n")
+    (etc / "hosts").write_text("127.0.0.1 localhost memagent-arm\n")
+    (etc / "fstab").write_text("")
+    _compileall(sysroot, "usr/lib/python3.11")
+    _run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "rootfs", "-d", str(sysroot),
+          str(out / "rootfs.img"), ROOTFS_SIZE])
+
+    # base initramfs: busybox, modules, stage-1 init
+    c = Cpio()
+    for d in ("bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev",
+              "newroot", "payload", "etc", "lib/modules"):
+        c.dir(d)
+    c.chardev("dev/console", 5, 1)
+    c.chardev("dev/null", 1, 3, 0o666)
+    c.file("bin/busybox", (sysroot / "usr/bin/busybox").read_bytes(), 0o755)
+    c.file("init", (GUEST / "init").read_bytes(), 0o755)
+    for name, ko in order:
+        c.file("lib/modules/%s.ko" % name, ko.read_bytes())
+    c.file("etc/rig-modules", ("\n".join(n for n, _ in order) + "\n").encode())
+    (out / "initrd-base.gz").write_bytes(_gzip(c.finish()))
+
+    shutil.rmtree(sysroot)
+    shutil.rmtree(kroot)
+
+
+# --------------------------------------------------------------- payload
+
+_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".git", ".pytest_cache",
+                                 ".mypy_cache", "*.egg-info")
+
+
+def _copy_memagent(repo, dest):
+    """agent/ -> memagent/, plugins/ -> memagent/plugins/ (either may be missing)."""
+    pkg = dest / "opt/memagent/memagent"
+    pkg.mkdir(parents=True)
+    agent, plugins = repo / "agent", repo / "plugins"
+    copied = []
+    if agent.is_dir():
+        shutil.copytree(agent, pkg, ignore=_IGNORE, dirs_exist_ok=True)
+        copied.append("agent/")
+    if plugins.is_dir():
+        shutil.copytree(plugins, pkg / "plugins", ignore=_IGNORE, dirs_exist_ok=True)
+        copied.append("plugins/")
+    return copied
+
+
+def build_payload(script, args, repo, mem_mb, env=None):
+    """Per-run initramfs part: scenario, generated runner, memagent tree."""
+    script = Path(script).resolve()
+    if not script.is_file():
+        raise RigError("no such scenario: %s" % script)
+    with tempfile.TemporaryDirectory(prefix="rig-payload-") as tmp:
+        root = Path(tmp)
+        copied = _copy_memagent(Path(repo), root) if repo else []
+        _compileall(root, "opt/memagent")
+        c = Cpio()
+        c.tree(root, "payload")
+    suffix = script.suffix
+    target = "/rig/scenario" + suffix
+    if suffix == ".py":
+        cmd = ["python3", target]
+    elif suffix == ".sh":
+        cmd = ["sh", target]
+    else:
+        cmd = [target]
+    lines = ["#!/bin/sh", "# generated by rig.py",
+             "export RIG_MEM_MB=%d" % mem_mb,
+             "export RIG_SCENARIO=%s" % shlex.quote(script.name)]
+    for k, v in (env or {}).items():
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
+            raise RigError("bad environment variable name %r" % k)
+        lines.append("export %s=%s" % (k, shlex.quote(str(v))))
+    lines.append("exec " + shlex.join(cmd + [str(a) for a in args]))
+    c.file("payload/rig/run-scenario", ("\n".join(lines) + "\n").encode(), 0o755)
+    c.file("payload/rig/scenario" + suffix, script.read_bytes(), 0o755)
+    c.file("payload/rig/rig-init", (GUEST / "rig-init").read_bytes(), 0o755)
+    c.file("payload/rig/rigguest.py", (GUEST / "rigguest.py").read_bytes())
+    c.file("payload/usr/local/bin/handback", (GUEST / "handback").read_bytes(), 0o755)
+    return _gzip(c.finish()), copied
+
+
+# --------------------------------------------------------------- run
+
+@dataclasses.dataclass
+class RunResult:
+    console: str
+    files: dict
+    ok: bool
+    results: list          # [(status, message)] from RESULT lines
+    exit_status: int       # scenario exit status from RIG-EXIT, None if not seen
+    timed_out: bool
+    boot_s: float          # host seconds from qemu start to RIG-BOOTED (None if never)
+    elapsed_s: float       # host seconds qemu ran
+    out_dir: Path
+
+    @property
+    def exit_code(self):
+        if self.ok:
+            return EXIT_OK
+        return EXIT_TIMEOUT if self.timed_out else EXIT_FAIL
+
+
+def parse_console(text):
+    """Return (files, results, exit_status) found in the guest console text."""
+    files, results, exit_status = {}, [], None
+    cur, chunks = None, []
+    for raw in text.splitlines():
+        line = raw.rstrip("\r")
+        if cur is not None:
+            if line == "=====END FILE %s=====" % cur:
+                try:
+                    files[cur] = base64.b64decode("".join(chunks), validate=True)
+                except (binascii.Error, ValueError):
+                    files[cur + ".corrupt"] = "\n".join(chunks).encode()
+                cur = None
+            elif B64_LINE_RE.match(line):
+                chunks.append(line)
+            # anything else (stray kernel message) is skipped
+            continue
+        m = BEGIN_RE.match(line)
+        if m:
+            cur, chunks = m.group(1), []
+            continue
+        m = RESULT_RE.match(line)
+        if m:
+            results.append((m.group(1), m.group(2) or ""))
+            continue
+        m = EXIT_RE.match(line)
+        if m:
+            exit_status = int(m.group(1))
+    return files, results, exit_status
+
+
+def qemu_command(base, initrd, mem_mb, extra_args=""):
+    append = KERNEL_ARGS + (" " + extra_args if extra_args else "")
+    return ["qemu-system-arm", "-M", "virt,highmem=off", "-cpu", "cortex-a15",
+            "-m", "%dM" % mem_mb, "-smp", "1",
+            "-display", "none", "-monitor", "none", "-serial", "stdio",
+            "-no-reboot", "-nic", "none",
+            "-kernel", str(base.kernel), "-initrd", str(initrd),
+            "-append", append,
+            "-drive", "file=%s,if=none,format=raw,id=hd0,snapshot=on" % base.rootfs,
+            "-device", "virtio-blk-device,drive=hd0"]
+
+
+def run(script, args=(), mem_mb=128, timeout_s=120, out_dir=None, repo=DEFAULT_REPO,
+        echo=False, env=None, kernel_args="", modules=MODULES):
+    """Boot the guest, run ``script`` in it and return a RunResult.
+
+    Files the guest hands back are written to out_dir (a new temporary
+    directory when None) and returned as {name: bytes}; the console goes to
+    out_dir/console.log as it arrives.
+    """
+    if shutil.which("qemu-system-arm") is None:
+        raise RigError("qemu-system-arm not found (apt-get install -y qemu-system-arm)")
+    out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="rig-out-"))
+    out.mkdir(parents=True, exist_ok=True)
+    t_build = time.monotonic()
+    base = build_base(modules)
+    payload, copied = build_payload(script, args, repo, mem_mb, env)
+    initrd = out / ".initrd.gz"
+    initrd.write_bytes(base.initrd.read_bytes() + payload)
+    if repo and not copied:
+        log("note: no agent/ or plugins/ in %s; guest has an empty memagent package" % repo)
+    log("image ready in %.1f s (kernel %s, %d MB RAM)" % (
+        time.monotonic() - t_build, base.kernel_release, mem_mb))
+
+    cmd = qemu_command(base, initrd, mem_mb, kernel_args)
+    (out / "qemu-cmdline.txt").write_text(shlex.join(cmd) + "\n")
+    lines, boot_s, exited_at = [], [None], [None]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+
+    def reader():
+        with open(out / "console.log", "w", encoding="utf-8") as log_f:
+            for raw in iter(proc.stdout.readline, b""):
+                line = raw.decode("utf-8", "replace").replace("\r", "")
+                lines.append(line)
+                log_f.write(line)
+                log_f.flush()
+                if echo:
+                    sys.stderr.write(line)
+                    sys.stderr.flush()
+                if boot_s[0] is None and line.startswith("RIG-BOOTED"):
+                    boot_s[0] = time.monotonic() - t0
+                if line.startswith("RIG-EXIT"):
+                    exited_at[0] = time.monotonic()
+
+    th = threading.Thread(target=reader, daemon=True)
+    th.start()
+    timed_out = False
+    while proc.poll() is None:
+        now = time.monotonic()
+        if now - t0 > timeout_s:
+            timed_out = True
+            log("timeout after %d s: killing qemu" % timeout_s)
+            break
+        if exited_at[0] and now - exited_at[0] > 15:
+            log("guest did not power off after RIG-EXIT: killing qemu")
+            break
+        time.sleep(0.1)
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    th.join(5)
+    elapsed = time.monotonic() - t0
+    with contextlib.suppress(OSError):
+        initrd.unlink()
+
+    console = "".join(lines)
+    files, results, exit_status = parse_console(console)
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+    ok = (not timed_out and exit_status == 0 and bool(results)
+          and all(status == "ok" for status, _ in results))
+    res = RunResult(console, files, ok, results, exit_status, timed_out,
+                    boot_s[0], elapsed, out)
+    summary = ("ok=%s exit_status=%s results=%s timed_out=%s boot_s=%s elapsed_s=%.1f files=%s\n"
+               % (ok, exit_status, results, timed_out,
+                  "%.1f" % boot_s[0] if boot_s[0] is not None else None,
+                  elapsed, sorted(files)))
+    (out / "summary.txt").write_text(summary)
+    return res
+
+
+def run_scenario(script_path, mem_mb=128, timeout_s=120, out_dir=None, args=(), **kw):
+    """pytest-friendly wrapper: returns (console_text, {name: bytes})."""
+    res = run(script_path, args=args, mem_mb=mem_mb, timeout_s=timeout_s,
+              out_dir=out_dir, **kw)
+    return res.console, res.files
+
+
+def scenario_ok(console_text):
+    """True if console text shows RESULT ok lines only and RIG-EXIT 0."""
+    _, results, status = parse_console(console_text)
+    return status == 0 and bool(results) and all(s == "ok" for s, _ in results)
+
+
+# --------------------------------------------------------------- CLI
+
+def main(argv=None):
+    import argparse
+    ap = argparse.ArgumentParser(
+        prog="run",
+        description="Boot the armhf qemu guest, run a scenario in it as root and "
+                    "collect the files it hands back. Exit status: 0 guest printed "
+                    "RESULT ok (and no failing RESULT) and the scenario exited 0; "
+                    "1 guest failure; 2 timeout; 3 host error.")
+    ap.add_argument("--mem", type=int, default=128, help="guest RAM in MB (default 128)")
+    ap.add_argument("--repo", default=str(DEFAULT_REPO),
+                    help="memagent working tree to copy in (default: this repo)")
+    ap.add_argument("--no-repo", action="store_true", help="do not copy memagent in")
+    ap.add_argument("--timeout", type=float, default=120, help="seconds before qemu is killed")
+    ap.add_argument("--out", help="output dir (default board/qemu-arm/out/<scenario>)")
+    ap.add_argument("--env", action="append", default=[], metavar="K=V",
+                    help="environment variable for the scenario (repeatable)")
+    ap.add_argument("--append", default="", help="extra kernel command line arguments")
+    ap.add_argument("--modules", default="",
+                    help="extra kernel modules for the initramfs, comma separated (e.g. zram)")
+    ap.add_argument("-q", "--quiet", action="store_true", help="do not echo the console")
+    ap.add_argument("--build-only", action="store_true", help="only fetch and build the image")
+    ap.add_argument("scenario", nargs="?")
+    ap.add_argument("args", nargs=argparse.REMAINDER)
+    a = ap.parse_args(argv)
+    modules = MODULES + [m for m in a.modules.split(",") if m]
+    try:
+        if a.build_only:
+            base = build_base(modules)
+            print(base.dir)
+            return EXIT_OK
+        if not a.scenario:
+            ap.error("scenario is required")
+        env = {}
+        for kv in a.env:
+            k, sep, v = kv.partition("=")
+            if not sep:
+                ap.error("--env wants K=V")
+            env[k] = v
+        out = a.out or str(HERE / "out" / Path(a.scenario).stem)
+        res = run(a.scenario, a.args, mem_mb=a.mem, timeout_s=a.timeout, out_dir=out,
+                  repo=None if a.no_repo else a.repo, echo=not a.quiet, env=env,
+                  kernel_args=a.append, modules=modules)
+    except RigError as e:
+        log("error: %s" % e)
+        return EXIT_HOST
+    log("boot %.1f s, total %.1f s, results %s, scenario exit %s, files %s -> %s" % (
+        res.boot_s or -1, res.elapsed_s, res.results, res.exit_status,
+        sorted(res.files), res.out_dir))
+    log("OK" if res.ok else ("TIMEOUT" if res.timed_out else "FAILED"))
+    return res.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
