@@ -142,7 +142,7 @@ class FillRate:
 
     def __init__(self, window_ms: int) -> None:
         self.window_ms = window_ms
-        self._points = []  # type: List[Tuple[int, int]]
+        self._points: "List[Tuple[int, int]]" = []
 
     def add(self, t_ms: int, avail_kib: int) -> None:
         """Record a sample; samples older than the window (except the newest
@@ -180,11 +180,11 @@ class Monitor:
     def __init__(self, thresholds: Thresholds) -> None:
         self.thresholds = thresholds
         self.level = NORMAL
-        self.last = None  # type: Optional[Reading]
-        self.eta_ms = None  # type: Optional[int]
+        self.last: "Optional[Reading]" = None
+        self.eta_ms: "Optional[int]" = None
         self.rate = FillRate(thresholds.rate_window_ms)
-        self.last_notified_ms = None  # type: Optional[int]
-        self.last_event_ms = None  # type: Optional[int]
+        self.last_notified_ms: "Optional[int]" = None
+        self.last_event_ms: "Optional[int]" = None
         self.readings = 0
         self.notifications = 0
 

@@ -35,7 +35,7 @@ def parse_meminfo(text: str) -> "Dict[str, int]":
     (HugePages_Total...) stay counts.  Unreadable lines are skipped.
     Raises: ParseError if there is no MemTotal (empty, truncated or not meminfo).
     """
-    out = {}  # type: Dict[str, int]
+    out: "Dict[str, int]" = {}
     for line in text.split("\n"):
         name, sep, rest = line.partition(":")
         if not sep:
@@ -59,7 +59,7 @@ def parse_flat_keyed(text: str, what: str = "file") -> "Dict[str, int]":
     integer second word are skipped.
     Raises: ParseError if no line could be read.
     """
-    out = {}  # type: Dict[str, int]
+    out: "Dict[str, int]" = {}
     for line in text.split("\n"):
         words = line.split()
         if len(words) != 2:
@@ -115,12 +115,12 @@ def parse_pressure(text: str) -> "Dict[str, Dict[str, float]]":
     kernels that only report "some".
     Raises: ParseError if there is no readable "some" line.
     """
-    out = {}  # type: Dict[str, Dict[str, float]]
+    out: "Dict[str, Dict[str, float]]" = {}
     for line in text.split("\n"):
         words = line.split()
         if not words or words[0] not in ("some", "full"):
             continue
-        fields = {}  # type: Dict[str, float]
+        fields: "Dict[str, float]" = {}
         for word in words[1:]:
             key, sep, value = word.partition("=")
             if not sep:
@@ -178,8 +178,8 @@ def parse_zoneinfo(text: str) -> "List[Zone]":
     watermarks (empty highmem on some boards) are kept but lack ``min``.
     Raises: ParseError if no zone with watermarks was found.
     """
-    zones = []  # type: List[Zone]
-    zone = None  # type: Optional[Zone]
+    zones: "List[Zone]" = []
+    zone: "Optional[Zone]" = None
     for line in text.split("\n"):
         if line.startswith("Node ") and ", zone" in line:
             zone = _new_zone(line)

@@ -40,7 +40,7 @@ class SystemDomain:
 
     def __init__(self, proc_root: str = "/proc") -> None:
         self.proc_root = proc_root.rstrip("/") or "/"
-        self._zones = None  # type: Optional[List[Zone]]
+        self._zones: "Optional[List[Zone]]" = None
         self.name = "system"
 
     def _zones_once(self) -> "Optional[List[Zone]]":

@@ -48,8 +48,8 @@ class Reading:
 
     def to_dict(self) -> "Dict[str, Any]":
         """Return: the reading as a JSON-ready dict, without the unknown fields."""
-        out = {"t_ms": self.t_ms, "total_kib": self.total_kib,
-               "avail_kib": self.avail_kib}  # type: Dict[str, Any]
+        out: "Dict[str, Any]" = {"t_ms": self.t_ms, "total_kib": self.total_kib,
+                                 "avail_kib": self.avail_kib}
         for name in _OPTIONAL_INTS + _OPTIONAL_FLOATS:
             value = getattr(self, name)
             if value is not None:

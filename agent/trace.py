@@ -66,7 +66,7 @@ def parse_trace(lines: "Iterable[str]") -> "List[Reading]":
     Returns: its readings in order.
     Raises: TraceError at the first bad line, or if time runs backwards.
     """
-    readings = []  # type: List[Reading]
+    readings: "List[Reading]" = []
     lineno = 0
     for line in lines:
         lineno += 1
@@ -97,7 +97,7 @@ def replay(readings: "List[Reading]",
     if not readings:
         raise ValueError("the trace has no readings")
     monitor = Monitor(thresholds or default_thresholds(readings[0].total_kib))
-    out = []  # type: List[Notification]
+    out: "List[Notification]" = []
     for reading in readings:
         note = monitor.update(reading)
         if note is not None:

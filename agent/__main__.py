@@ -1,0 +1,7 @@
+"""``python -m memagent``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

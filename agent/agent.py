@@ -1,0 +1,247 @@
+"""The running agent: sources -> monitor -> dispatcher, plus the status view.
+
+:class:`Agent` owns one sensing loop.  It waits for the kernel (no timer
+while calm with an event-driven source), reads the domain, feeds the
+monitor, logs and records what the monitor says, and hands notifications to
+the dispatcher without waiting for it.
+"""
+
+import errno
+import json
+import logging
+import os
+import signal
+
+from . import __version__, aio, readers, selfprotect, sources
+from .config import Config, ConfigError, load_config, thresholds_from_config
+from .control import ControlServer
+from .dispatch import Dispatcher
+from .levels import Monitor, Notification, level_name
+from .reading import Reading
+
+try:
+    from typing import IO, Any, Dict, List, Optional, Tuple
+except ImportError:  # MicroPython
+    pass
+
+log = logging.getLogger("memagent")
+
+RECENT_NOTES = 16
+READ_ERROR_BACKOFF_MS = 1000
+
+
+def source_options(config: Config) -> "sources.SourceOptions":
+    """Return: the sources' options from the [sources] and [agent] sections."""
+    trace = config.get("agent", "trace")
+    return sources.SourceOptions(
+        device_path=str(config.get("sources", "device_path")),
+        psi_stall_us=int(str(config.get("sources", "psi_stall_us"))),
+        psi_window_us=int(str(config.get("sources", "psi_window_us"))),
+        calm_interval_ms=int(str(config.get("sources", "calm_interval_ms"))),
+        proc_root=str(config.get("agent", "proc_root")),
+        trace_path=str(trace) if trace else None,
+        trace_speed=float(str(config.get("agent", "trace_speed"))),
+    )
+
+
+def poll_interval_ms(avail_kib: int, low_kib: int, max_fill_kib_s: int, max_ms: int) -> int:
+    """Return: how long a poller may sleep while calm: half the time the
+    fastest expected fill (``max_fill_kib_s``) takes to reach LOW, within
+    100 ms..``max_ms``.  A full board is checked often, an empty one rarely."""
+    headroom_kib = max(avail_kib - low_kib, 0)
+    return min(max(headroom_kib * 1000 // max(max_fill_kib_s, 1) // 2, 100), max_ms)
+
+
+class Agent:
+    """One agent: build it with a Config, then ``await run()``."""
+
+    def __init__(self, config: Config, config_path: "Optional[str]" = None,
+                 events_out: "Optional[IO[str]]" = None,
+                 record_out: "Optional[IO[str]]" = None,
+                 min_interval_ms: "Optional[int]" = None,
+                 plugins: "Optional[List[Any]]" = None,
+                 control: bool = True) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.events_out = events_out
+        self.record_out = record_out
+        self.min_interval_ms = min_interval_ms
+        self.dispatcher = Dispatcher(plugins)
+        self.control_enabled = control
+        self.monitor: "Optional[Monitor]" = None
+        self.source: "Optional[Any]" = None
+        self.skipped: "List[Tuple[str, str]]" = []
+        self.recent: "List[Dict[str, Any]]" = []
+        self.started_ms = aio.ticks_ms()
+        self.read_errors = 0
+        self._stop: "Optional[Any]" = None
+        self._exit_code = 0
+
+    # -- setup ---------------------------------------------------------------
+
+    def _open_source(self) -> "Any":
+        config = self.config
+        memcg = config.get("agent", "memcg")
+        domain = readers.open_domain(str(memcg) if memcg else None,
+                                     str(config.get("agent", "proc_root")))
+        source, skipped = sources.choose(str(config.get("agent", "source")), domain,
+                                         source_options(config))
+        for name, reason in skipped:
+            log.info("source %s unavailable: %s", name, reason)
+        log.info("source: %s (%s) on %s", source.name,
+                 "event-driven" if source.event_driven else "polling", domain.name)
+        self.skipped = skipped
+        return source
+
+    def _start_monitor(self, first: Reading) -> Monitor:
+        th = thresholds_from_config(self.config, first.total_kib)
+        log.info("levels: LOW <= %d KiB, CRITICAL <= %d KiB, recover >= %d KiB, of %d KiB",
+                 th.low_kib, th.critical_kib, th.recover_kib, first.total_kib)
+        return Monitor(th)
+
+    # -- the sensing loop -----------------------------------------------------
+
+    def _timeout_ms(self, monitor: Monitor, source: "Any") -> "Optional[int]":
+        timeout = monitor.next_sample_ms(aio.ticks_ms())
+        if timeout is None and not source.event_driven and monitor.last is not None:
+            timeout = poll_interval_ms(
+                monitor.last.avail_kib, monitor.thresholds.low_kib,
+                int(str(self.config.get("sources", "max_fill_kib_s"))),
+                int(str(self.config.get("sources", "calm_interval_ms"))))
+        if self.min_interval_ms is not None:
+            timeout = self.min_interval_ms if timeout is None else min(timeout,
+                                                                       self.min_interval_ms)
+        return timeout
+
+    async def _sense(self, source: "Any", monitor: Monitor) -> None:
+        while True:
+            event = await source.wait(self._timeout_ms(monitor, source))
+            try:
+                reading = source.read(aio.ticks_ms(), event or "poll")
+            except (OSError, ValueError) as e:
+                if self._domain_gone(e):
+                    return
+                self.read_errors += 1
+                log.warning("reading failed (%s); retrying in %d ms", e, READ_ERROR_BACKOFF_MS)
+                await aio.sleep_ms(READ_ERROR_BACKOFF_MS)
+                continue
+            self._take(monitor, reading)
+
+    def _domain_gone(self, e: Exception) -> bool:
+        if isinstance(e, OSError) and e.errno == errno.ENOENT and \
+                self.config.get("agent", "memcg"):
+            log.error("memcg %s is gone (%s): stopping", self.config.get("agent", "memcg"), e)
+            self._exit_code = 1
+            if self._stop is not None:
+                self._stop.set()
+            return True
+        return False
+
+    def _take(self, monitor: Monitor, reading: Reading) -> None:
+        if self.record_out is not None:
+            self.record_out.write(json.dumps(reading.to_dict()) + "\n")
+            self.record_out.flush()
+        note = monitor.update(reading)
+        if note is not None:
+            self._announce(note)
+
+    def _announce(self, note: Notification) -> None:
+        obj = note.as_dict()
+        self.recent.append(obj)
+        del self.recent[:-RECENT_NOTES]
+        if note.level != note.prev_level:
+            log.warning("level %s (was %s): %s, available %d KiB of %d KiB, eta %s",
+                        level_name(note.level), level_name(note.prev_level), note.reason,
+                        note.avail_kib, note.total_kib,
+                        "-" if note.eta_ms is None else "%d ms" % note.eta_ms)
+        if self.events_out is not None:
+            self.events_out.write(json.dumps(obj) + "\n")
+            self.events_out.flush()
+        self.dispatcher.submit(note)
+
+    # -- views and control ------------------------------------------------------
+
+    def status(self) -> "Dict[str, Any]":
+        """Return: the agent's state for ``memagent status``."""
+        m = self.monitor
+        out: "Dict[str, Any]" = {"version": __version__, "pid": os.getpid(),
+               "uptime_s": (aio.ticks_ms() - self.started_ms) // 1000,
+               "source": self.source.name if self.source else None,
+               "unavailable": dict(self.skipped), "read_errors": self.read_errors,
+               "recent": list(self.recent)}
+        if m is not None:
+            out.update({"level": level_name(m.level), "thresholds": m.thresholds.as_dict(),
+                        "reading": m.last.to_dict() if m.last else None,
+                        "eta_ms": m.eta_ms, "fill_kib_s": m.rate.kib_per_s(),
+                        "readings": m.readings, "notifications": m.notifications})
+        return out
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config file and apply new thresholds; a bad
+        file is logged and the running config kept."""
+        try:
+            config = load_config(self.config_path)
+            if self.monitor is not None and self.monitor.last is not None:
+                th = thresholds_from_config(config, self.monitor.last.total_kib)
+                self.monitor.thresholds = th
+        except ConfigError as e:
+            log.error("reload failed, keeping the running config: %s", e)
+            return
+        self.config = config
+        log.info("config reloaded from %s", self.config_path or "defaults")
+
+    async def _start_control(self) -> "Optional[ControlServer]":
+        path = str(self.config.get("agent", "socket") or "")
+        if not self.control_enabled or not path:
+            return None
+        server = ControlServer(path, self.status)
+        try:
+            await server.start()
+        except OSError as e:
+            log.warning("control socket %s not available: %s", path, e)
+            return None
+        log.info("status on %s", path)
+        return server
+
+    # -- run ----------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT (or the watched memcg vanishes).
+
+        Returns: the exit code.  Raises: sources.SourceUnavailable if a forced
+        source cannot open; OSError if the domain cannot be read at start.
+        """
+        for line in selfprotect.protect(int(str(self.config.get("agent", "oom_score_adj"))),
+                                        bool(self.config.get("agent", "mlockall")),
+                                        str(self.config.get("agent", "proc_root"))):
+            log.info("%s", line)
+        self._stop = aio.Event()
+        source = self.source = self._open_source()
+        try:
+            first = source.read(aio.ticks_ms(), "start")
+            monitor = self.monitor = self._start_monitor(first)
+            self._take(monitor, first)
+            self._signals()
+            server = await self._start_control()
+            tasks = [aio.create_task(self._sense(source, monitor)),
+                     aio.create_task(self.dispatcher.run())]
+            await self._stop.wait()
+            for task in tasks:
+                task.cancel()
+            await aio.gather(*tasks, return_exceptions=True)
+            if server is not None:
+                await server.close()
+        finally:
+            source.close()
+        log.info("stopped")
+        return self._exit_code
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return."""
+        if self._stop is not None:
+            self._stop.set()
+
+    def _signals(self) -> None:
+        aio.add_signal_handler(signal.SIGTERM, self.stop)
+        aio.add_signal_handler(signal.SIGINT, self.stop)
+        aio.add_signal_handler(signal.SIGHUP, self.reload)

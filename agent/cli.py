@@ -1,0 +1,253 @@
+"""The ``memagent`` command: run, status, record, replay, demo.
+
+``main()`` only parses and wires; each subcommand is a small function.
+Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.
+"""
+
+import argparse
+import json
+import logging
+import logging.handlers
+import sys
+
+from . import __version__, aio, control, readers, sources, trace
+from .agent import Agent
+from .config import Config, ConfigError, load_config, thresholds_from_config
+from .levels import Monitor, level_name
+
+try:
+    from typing import List, Optional
+except ImportError:  # MicroPython
+    pass
+
+log = logging.getLogger("memagent")
+
+
+def setup_logging(target: str, verbose: int) -> None:
+    """Log to stderr or syslog (falling back to stderr if /dev/log is absent)."""
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.INFO
+    handler: "Optional[logging.Handler]" = None
+    if target == "syslog":
+        try:
+            handler = logging.handlers.SysLogHandler(address="/dev/log")
+            handler.setFormatter(logging.Formatter("memagent[%(process)d]: %(message)s"))
+        except OSError:
+            handler = None
+    if handler is None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("memagent: %(levelname)s %(message)s"))
+    root = logging.getLogger("memagent")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def _config(args: argparse.Namespace) -> Config:
+    config = load_config(getattr(args, "config", None))
+    for section, key, attr in (("agent", "source", "source"), ("agent", "memcg", "memcg"),
+                               ("agent", "proc_root", "proc_root"),
+                               ("agent", "socket", "socket"), ("agent", "trace", "trace"),
+                               ("agent", "log", "log")):
+        value = getattr(args, attr, None)
+        if value is not None:
+            config.set(section, key, value)
+    if getattr(args, "mlockall", False):
+        config.set("agent", "mlockall", "yes")
+    if getattr(args, "no_socket", False):
+        config.set("agent", "socket", "")
+    return config
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", help="config file (default /etc/memagent/memagent.conf)")
+    p.add_argument("--source", help="force a source: " + ", ".join(sources.NAMES))
+    p.add_argument("--memcg", help="watch this memory cgroup directory, not the whole system")
+    p.add_argument("--proc-root", dest="proc_root", help="read /proc from here (tests)")
+    p.add_argument("--trace", help="trace file for --source trace")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``memagent run``: the agent, until SIGTERM."""
+    config = _config(args)
+    setup_logging(str(config.get("agent", "log")), args.verbose)
+    events = open(args.events_json, "a") if args.events_json not in (None, "-") else (
+        sys.stdout if args.events_json == "-" else None)
+    agent = Agent(config, config_path=args.config, events_out=events)
+    log.info("memagent %s starting", __version__)
+    try:
+        return aio.run(agent.run())
+    except sources.SourceUnavailable as e:
+        print("memagent: source unavailable: %s" % e, file=sys.stderr)
+        return 2
+
+
+def _local_status(args: argparse.Namespace) -> "dict":
+    config = _config(args)
+    memcg = config.get("agent", "memcg")
+    domain = readers.open_domain(str(memcg) if memcg else None,
+                                 str(config.get("agent", "proc_root")))
+    reading = domain.read(aio.ticks_ms(), "status")
+    monitor = Monitor(thresholds_from_config(config, reading.total_kib))
+    monitor.update(reading)
+    return {"agent": "not running: computed from %s now" % domain.name,
+            "level": level_name(monitor.level), "reading": reading.to_dict(),
+            "thresholds": monitor.thresholds.as_dict()}
+
+
+def _print_status(st: "dict") -> None:
+    r = st.get("reading") or {}
+    total = r.get("total_kib") or 0
+    avail = r.get("avail_kib") or 0
+    print("level:     %s" % st.get("level"))
+    print("available: %d KiB of %d KiB (%d%%)" % (avail, total, 100 * avail // total if total
+                                                  else 0))
+    for key in ("free_kib", "file_kib", "anon_kib", "psi_some_avg10", "psi_full_avg10"):
+        if key in r:
+            print("%-10s %s" % (key.split("_")[0] + ":" if "psi" not in key else key + ":",
+                                r[key]))
+    for key in ("agent", "source", "pid", "uptime_s", "eta_ms", "fill_kib_s", "readings",
+                "notifications"):
+        if st.get(key) is not None:
+            print("%-10s %s" % (key + ":", st[key]))
+    for name, why in sorted((st.get("unavailable") or {}).items()):
+        print("  %s unavailable: %s" % (name, why))
+    for note in st.get("recent") or []:
+        print("  event: %s <- %s %s avail %s KiB" % (note["level"], note["prev_level"],
+                                                     note["reason"], note["avail_kib"]))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """``memagent status``: ask the running agent, else read /proc now."""
+    config = _config(args)
+    path = str(config.get("agent", "socket"))
+    try:
+        reply = aio.run(control.query(path, "status"))
+        st = reply.get("status") if reply.get("ok") else None
+        if not isinstance(st, dict):
+            raise ValueError(reply.get("error", "bad reply"))
+    except (OSError, ValueError, aio.TimeoutError) as e:
+        st = _local_status(args)
+        st["agent"] = "not running at %s (%s); computed from /proc now" % (path, e)
+    if args.json:
+        print(json.dumps(st, indent=1, sort_keys=True))
+    else:
+        _print_status(st)
+    return 0
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    """``memagent record``: write readings as a trace until SIGTERM/SIGINT or --duration-s."""
+    config = _config(args)
+    setup_logging(str(config.get("agent", "log")), args.verbose)
+    config.set("agent", "socket", "")
+    out = sys.stdout if args.output == "-" else open(args.output, "w")
+    memcg = config.get("agent", "memcg")
+    out.write(trace.header(str(memcg or "system"), str(config.get("agent", "source"))) + "\n")
+    agent = Agent(config, record_out=out, min_interval_ms=args.interval_ms, control=False)
+
+    async def timed() -> int:
+        if args.duration_s:
+            async def stop_later() -> None:
+                await aio.sleep_ms(int(args.duration_s * 1000))
+                agent.stop()
+            aio.create_task(stop_later())
+        return await agent.run()
+
+    try:
+        return aio.run(timed())
+    except sources.SourceUnavailable as e:
+        print("memagent: source unavailable: %s" % e, file=sys.stderr)
+        return 2
+    finally:
+        if out is not sys.stdout:
+            out.close()
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """``memagent replay``: the level timeline of a trace, on its own clock."""
+    try:
+        readings = trace.load_trace(args.trace_file)
+    except (OSError, trace.TraceError) as e:
+        print("memagent: %s: %s" % (args.trace_file, e), file=sys.stderr)
+        return 2
+    if not readings:
+        print("memagent: %s: no readings" % args.trace_file, file=sys.stderr)
+        return 2
+    config = _config(args)
+    notes = trace.replay(readings, thresholds_from_config(config, readings[0].total_kib))
+    if args.json:
+        for note in notes:
+            print(json.dumps(note.as_dict()))
+        return 0
+    t0 = readings[0].t_ms
+    print("%d readings over %.1f s; %d notifications" % (
+        len(readings), (readings[-1].t_ms - t0) / 1000, len(notes)))
+    for line in trace.format_timeline(notes, t0):
+        print(line)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``memagent demo``: the virtual handset (see memagent.demo)."""
+    from . import demo
+
+    return demo.main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return: the argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="memagent", description=(
+        "Low-memory notification agent: /dev/mem_notify semantics on today's kernels."))
+    parser.add_argument("--version", action="version", version="memagent " + __version__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("run", help="run the agent")
+    _add_common(p)
+    p.add_argument("--socket", help="control socket path (default /run/memagent.sock)")
+    p.add_argument("--no-socket", action="store_true", help="serve no control socket")
+    p.add_argument("--log", choices=("stderr", "syslog"))
+    p.add_argument("--mlockall", action="store_true", help="lock the agent's memory")
+    p.add_argument("--events-json", help="append notifications as JSON lines here (- stdout)")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("status", help="print the current readings and level")
+    _add_common(p)
+    p.add_argument("--socket", help="the agent's control socket")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("record", help="record readings to a trace (JSON lines)")
+    _add_common(p)
+    p.add_argument("-o", "--output", default="-", help="trace file (default stdout)")
+    p.add_argument("--interval-ms", type=int, default=100, help="read at least this often")
+    p.add_argument("--duration-s", type=float, help="stop after this long")
+    p.set_defaults(func=cmd_record)
+    p = sub.add_parser("replay", help="run the monitor over a trace, print the timeline")
+    p.add_argument("trace_file")
+    p.add_argument("-c", "--config", help="thresholds from this config file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_replay)
+    p = sub.add_parser("demo", help="the virtual handset demo (safe; replays without root)")
+    try:
+        from . import demo
+
+        demo.add_arguments(p)
+    except ImportError:
+        pass
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: "Optional[List[str]]" = None) -> int:
+    """Entry point.  Returns: the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args))
+    except ConfigError as e:
+        print("memagent: %s" % e, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+

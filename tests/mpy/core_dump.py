@@ -1,0 +1,67 @@
+"""Run memagent's pure core over every fixture and trace; print JSON lines.
+
+Runs under CPython and under MicroPython's unix port; tests/test_micropython.py
+runs it under both and requires identical output.  Usage:
+
+    core_dump.py DATA_DIR FILE...      (FILE relative to DATA_DIR)
+"""
+
+import json
+import sys
+
+from memagent import procfs, trace
+from memagent.levels import default_thresholds
+from memagent.memstate import estimate_available_kib
+
+PARSERS = (
+    ("meminfo", procfs.parse_meminfo),
+    ("zoneinfo", procfs.parse_zoneinfo),
+    ("vmstat", procfs.parse_vmstat),
+    ("pressure", procfs.parse_pressure),
+    ("memory.stat", procfs.parse_flat_keyed),
+    ("memory.events", procfs.parse_flat_keyed),
+)
+
+
+def parser_for(name):
+    for key, fn in PARSERS:
+        if key in name:
+            return fn
+    return None
+
+
+def canon(obj):
+    # MicroPython and CPython order dicts alike only by insertion; sort keys.
+    if isinstance(obj, dict):
+        return [[k, canon(obj[k])] for k in sorted(obj)]
+    if isinstance(obj, list):
+        return [canon(x) for x in obj]
+    if isinstance(obj, float):
+        return "%.2f" % obj
+    return obj
+
+
+def dump_file(data_dir, name):
+    with open(data_dir + "/" + name) as f:
+        text = f.read()
+    if name.endswith(".jsonl"):
+        readings = trace.parse_trace(text.split("\n"))
+        notes = trace.replay(readings, default_thresholds(readings[0].total_kib))
+        return [n.as_dict() for n in notes]
+    fn = parser_for(name)
+    try:
+        out = fn(text)
+    except procfs.ParseError as e:
+        return {"error": str(e)}
+    if fn is procfs.parse_meminfo:
+        return {"parsed": out, "avail_kib": estimate_available_kib(out)}
+    return out
+
+
+def main(argv):
+    data_dir = argv[1]
+    for name in argv[2:]:
+        print(json.dumps([name, canon(dump_file(data_dir, name))]))
+
+
+main(sys.argv)
