@@ -107,6 +107,12 @@ def add_signal_handler(signum: int, callback: "Callable[[], None]") -> bool:
     return True
 
 
+def _io_wait(fd: int) -> "Any":  # pragma: no cover - MicroPython only
+    """MicroPython: a plain generator is awaitable; yielding the IO queue's
+    entry parks the task until ``fd`` is readable (as its streams do)."""
+    yield asyncio.core._io_queue.queue_read(fd)  # type: ignore[attr-defined]
+
+
 class FdWatch:
     """Wait, without polling, until ``fd`` is readable or has urgent data.
 
@@ -166,18 +172,14 @@ class FdWatch:
         return True
 
     async def _wait_micropython(self, timeout_ms: "Optional[int]") -> bool:  # pragma: no cover
-        core = asyncio.core  # type: ignore[attr-defined]
-
-        async def _ready() -> bool:
-            yield core._io_queue.queue_read(self.fd)  # type: ignore[misc]
-            return True
-
         if timeout_ms is None:
-            return await _ready()
+            await _io_wait(self.fd)
+            return True
         try:
-            return await asyncio.wait_for_ms(_ready(), timeout_ms)  # type: ignore[attr-defined]
+            await asyncio.wait_for_ms(_io_wait(self.fd), timeout_ms)  # type: ignore[attr-defined]
         except asyncio.TimeoutError:
             return False
+        return True
 
     def close(self) -> None:
         """Release the epoll object (the watched fd stays open)."""

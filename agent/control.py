@@ -72,7 +72,10 @@ class ControlServer:
 
     async def _client(self, reader: "Any", writer: "Any") -> None:
         if len(self._clients) >= self.max_clients:
-            await self._send(writer, {"ok": False, "error": "busy: too many clients"})
+            try:
+                await self._send(writer, {"ok": False, "error": "busy: too many clients"})
+            except (OSError, aio.TimeoutError):
+                pass
             await self._close(writer)
             return
         self._clients.add(writer)

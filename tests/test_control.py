@@ -1,0 +1,135 @@
+"""The control socket on a real Unix socket: status, and hostile clients."""
+
+import json
+import os
+import socket
+import time
+from typing import Any, Callable, Dict
+
+import pytest
+
+from memagent import aio
+from memagent.control import MAX_LINE_BYTES, ControlServer, handle_request, query
+
+
+def status() -> "Dict[str, Any]":
+    return {"level": "NORMAL"}
+
+
+def with_server(fn: "Callable[[str], Any]", tmp: str, **kw: Any) -> Any:
+    """Run ``fn(path)`` in a thread-free way: start the server, run the
+    blocking client in the default executor, stop the server."""
+    import asyncio  # the test drives the loop; the package itself uses memagent.aio
+
+    path = os.path.join(tmp, "ctl.sock")
+
+    async def main() -> Any:
+        server = ControlServer(path, status, **kw)
+        await server.start()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, fn, path)
+        finally:
+            await server.close()
+            assert not os.path.exists(path)
+
+    return aio.run(main())
+
+
+def talk(path: str, data: bytes, timeout_s: float = 5.0) -> "list[dict]":
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout_s)
+    s.connect(path)
+    s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+    buf = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    s.close()
+    return [json.loads(line) for line in buf.splitlines()]
+
+
+def test_handle_request_never_raises() -> None:
+    for line in (b"", b"\xff\xfe", b"[]", b"1", b'{"cmd": 5}', b"{" * 1000):
+        reply = handle_request(line, status)
+        assert reply["ok"] is False and reply["error"]
+    assert handle_request(b'{"cmd": "status"}', status)["status"] == {"level": "NORMAL"}
+
+
+def test_status_roundtrip(tmp_path: Any) -> None:
+    def client(path: str) -> Any:
+        return aio.run(query(path, "status"))
+
+    reply = with_server(client, str(tmp_path))
+    assert reply["ok"] and reply["status"]["level"] == "NORMAL" and reply["v"] == 1
+
+
+def test_garbage_then_closed_after_repeated_errors(tmp_path: Any) -> None:
+    def client(path: str) -> Any:
+        return talk(path, b"garbage\n\x00\x01\n{]\nstill here\n" + b'{"cmd":"ping"}\n')
+
+    replies = with_server(client, str(tmp_path))
+    assert [r["ok"] for r in replies] == [False, False, False]  # closed after 3 errors
+
+
+def test_oversized_line(tmp_path: Any) -> None:
+    def client(path: str) -> Any:
+        return talk(path, b"x" * (MAX_LINE_BYTES + 10) + b"\n")
+
+    replies = with_server(client, str(tmp_path))
+    assert replies == [{"ok": False, "error": "request too long"}]
+
+
+def test_stalled_half_line_times_out(tmp_path: Any) -> None:
+    def client(path: str) -> Any:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(10)
+        s.connect(path)
+        s.sendall(b'{"cmd": "sta')  # and stall
+        t0 = time.monotonic()
+        data = s.recv(100)  # the server closes us after its read timeout
+        s.close()
+        return data, time.monotonic() - t0
+
+    data, waited_s = with_server(client, str(tmp_path), read_timeout_ms=300)
+    assert data == b"" and 0.2 < waited_s < 5
+
+
+def test_connection_cap(tmp_path: Any) -> None:
+    def client(path: str) -> Any:
+        held = []
+        for _ in range(4):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(path)
+            held.append(s)
+        time.sleep(0.2)
+        extra = talk(path, b'{"cmd":"ping"}\n')
+        for s in held:
+            s.close()
+        time.sleep(0.2)
+        after = talk(path, b'{"cmd":"ping"}\n')
+        return extra, after
+
+    extra, after = with_server(client, str(tmp_path), max_clients=4)
+    assert extra == [{"ok": False, "error": "busy: too many clients"}]
+    assert after[0]["ok"] is True
+
+
+def test_vanishing_clients(tmp_path: Any) -> None:
+    def client(path: str) -> Any:
+        for _ in range(200):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(path)
+            s.sendall(b'{"cmd": "status"}\n')
+            s.close()  # before reading the reply
+        time.sleep(0.5)  # let the server reap the dead connections
+        return talk(path, b'{"cmd":"ping"}\n')
+
+    assert with_server(client, str(tmp_path))[0]["ok"] is True
+
+
+def test_query_without_agent(tmp_path: Any) -> None:
+    with pytest.raises(OSError):
+        aio.run(query(str(tmp_path) + "/none.sock"))
