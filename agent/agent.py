@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import time
 
 from . import __version__, aio, readers, selfprotect, sources
 from .config import Config, ConfigError, load_config, thresholds_from_config
@@ -147,6 +148,7 @@ class Agent:
 
     def _announce(self, note: Notification) -> None:
         obj = note.as_dict()
+        obj["wall"] = round(time.time(), 3)
         self.recent.append(obj)
         del self.recent[:-RECENT_NOTES]
         if note.level != note.prev_level:

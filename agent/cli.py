@@ -59,7 +59,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", help="config file (default /etc/memagent/memagent.conf)")
-    p.add_argument("--source", help="force a source: " + ", ".join(sources.NAMES))
+    p.add_argument("--source", help="force a source: " + ", ".join(("auto",) + sources.ALL_NAMES))
     p.add_argument("--memcg", help="watch this memory cgroup directory, not the whole system")
     p.add_argument("--proc-root", dest="proc_root", help="read /proc from here (tests)")
     p.add_argument("--trace", help="trace file for --source trace")
