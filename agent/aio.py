@@ -42,11 +42,11 @@ StreamWriter = asyncio.StreamWriter
 if MICROPYTHON:  # pragma: no cover - exercised under the micropython tox env
     import time as _time
 
-    sleep_ms = asyncio.sleep_ms
+    sleep_ms = asyncio.sleep_ms  # type: ignore[attr-defined]
 
     def ticks_ms() -> int:
         """Return a monotonic millisecond clock (wraps on MicroPython's small ints)."""
-        return _time.ticks_ms()
+        return _time.ticks_ms()  # type: ignore[attr-defined,no-any-return]
 
 else:
     import time as _time

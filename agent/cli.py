@@ -16,7 +16,7 @@ from .config import Config, ConfigError, load_config, thresholds_from_config
 from .levels import Monitor, level_name
 
 try:
-    from typing import List, Optional
+    from typing import Any, Dict, List, Optional
 except ImportError:  # MicroPython
     pass
 
@@ -81,7 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
 
 
-def _local_status(args: argparse.Namespace) -> "dict":
+def _local_status(args: argparse.Namespace) -> "Dict[str, Any]":
     config = _config(args)
     memcg = config.get("agent", "memcg")
     domain = readers.open_domain(str(memcg) if memcg else None,
@@ -94,7 +94,7 @@ def _local_status(args: argparse.Namespace) -> "dict":
             "thresholds": monitor.thresholds.as_dict()}
 
 
-def _print_status(st: "dict") -> None:
+def _print_status(st: "Dict[str, Any]") -> None:
     r = st.get("reading") or {}
     total = r.get("total_kib") or 0
     avail = r.get("avail_kib") or 0

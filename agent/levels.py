@@ -22,7 +22,7 @@ timeline, on CPython or MicroPython.
 """
 
 try:
-    from typing import List, Optional, Tuple
+    from typing import Any, Dict, List, Optional, Tuple
 except ImportError:  # MicroPython
     pass
 
@@ -84,7 +84,7 @@ class Thresholds:
         self.thrash_full_pct = thrash_full_pct
         self.thrash_critical_pct = thrash_critical_pct
 
-    def as_dict(self) -> "dict":
+    def as_dict(self) -> "Dict[str, Any]":
         """Return: the thresholds as a plain dict (for status and traces)."""
         return {k: getattr(self, k) for k in (
             "low_kib", "critical_kib", "recover_kib", "critical_recover_kib", "lead_ms",
@@ -124,7 +124,7 @@ class Notification:
         self.total_kib = total_kib
         self.eta_ms = eta_ms
 
-    def as_dict(self) -> "dict":
+    def as_dict(self) -> "Dict[str, Any]":
         """Return: a JSON-ready dict of the notification."""
         return {"t_ms": self.t_ms, "level": LEVEL_NAMES[self.level],
                 "prev_level": LEVEL_NAMES[self.prev_level], "reason": self.reason,

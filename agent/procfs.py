@@ -10,7 +10,7 @@ MicroPython-clean: no typing at run time, no re, no dataclasses.
 """
 
 try:
-    from typing import Dict, List, Optional
+    from typing import Dict, List, Optional, Tuple
 
     Zone = Dict[str, object]
 except ImportError:  # MicroPython: annotations are not evaluated there
@@ -72,7 +72,7 @@ def parse_flat_keyed(text: str, what: str = "file") -> "Dict[str, int]":
     return out
 
 
-def _sum_prefixed(counters: "Dict[str, int]", prefixes: "tuple") -> "Optional[int]":
+def _sum_prefixed(counters: "Dict[str, int]", prefixes: "Tuple[str, ...]") -> "Optional[int]":
     parts = [v for k, v in counters.items()
              if k.startswith(prefixes) and not k.endswith("_throttle")]
     return sum(parts) if parts else None

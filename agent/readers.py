@@ -7,7 +7,7 @@ point elsewhere) or one memcg (cgroup v1 or v2 directory).  All parsing is in
 """
 
 try:
-    from typing import Dict, List, Optional
+    from typing import Dict, List, Optional, Tuple, Union
 
     from .procfs import Zone
 except ImportError:  # MicroPython
@@ -23,7 +23,7 @@ def read_text(path: str) -> str:
         return f.read()
 
 
-def _psi_avgs(path: str) -> "tuple":
+def _psi_avgs(path: str) -> "Tuple[Optional[float], Optional[float]]":
     """Return: (some avg10, full avg10) of a PSI file, Nones if unreadable."""
     try:
         psi = procfs.parse_pressure(read_text(path))
@@ -84,7 +84,7 @@ class MemcgDomain:
             read_text(self.path + "/memory.limit_in_bytes")  # raises if no memcg here
             self.kind = "memcg-v1"
 
-    def _files(self) -> "tuple":
+    def _files(self) -> "Tuple[str, str, Optional[str]]":
         if self.kind == "memcg-v2":
             return ("memory.max", "memory.current", "memory.pressure")
         return ("memory.limit_in_bytes", "memory.usage_in_bytes", None)
@@ -118,7 +118,8 @@ class MemcgDomain:
                        psi_some_avg10=some, psi_full_avg10=full, event=event)
 
 
-def open_domain(memcg: "Optional[str]" = None, proc_root: str = "/proc") -> "object":
+def open_domain(memcg: "Optional[str]" = None,
+                proc_root: str = "/proc") -> "Union[SystemDomain, MemcgDomain]":
     """Return: the domain to watch: ``memcg`` if given, else the system.
     Raises: OSError if ``memcg`` is not a memory cgroup directory."""
     if memcg:
