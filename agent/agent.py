@@ -116,7 +116,12 @@ class Agent:
 
     async def _sense(self, source: "Any", monitor: Monitor) -> None:
         while True:
-            event = await source.wait(self._timeout_ms(monitor, source))
+            try:
+                event = await source.wait(self._timeout_ms(monitor, source))
+            except EOFError:  # a trace source played its last reading
+                log.info("the trace has ended")
+                self.stop()
+                return
             try:
                 reading = source.read(aio.ticks_ms(), event or "poll")
             except (OSError, ValueError) as e:

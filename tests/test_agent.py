@@ -12,8 +12,8 @@ import time
 from typing import Any, Dict, List
 
 import pytest
-
 from conftest import ALLOC
+
 from memagent import aio
 from memagent.control import query
 from memagent.memcg import Memcg

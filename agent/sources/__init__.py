@@ -1,0 +1,167 @@
+"""Sources: what wakes the agent when the kernel reports memory activity.
+
+A source opens the kernel's notification files for one domain (the system or
+a memcg), sleeps until the kernel reports something, and then reads the
+domain.  In ``auto`` mode the first source that opens wins, in this order:
+
+``mem_notify``  the 2008 ``/dev/mem_notify`` device (patched kernels);
+``psi``         PSI memory triggers (4.20+ with CONFIG_PSI);
+``cgroup2``     a v2 memcg's ``memory.events`` (4.5+);
+``cgroup1``     v1 vmpressure levels and usage thresholds (3.10+);
+``poll``        a timer, no kernel events (any kernel from 2.6.24).
+
+``trace`` (a recorded trace played back) is only used when asked for.
+
+Usage::
+
+    source, skipped = choose("auto", domain, SourceOptions())
+    while True:
+        event = await source.wait(None)       # None: woke on a timer
+        reading = source.read(aio.ticks_ms(), event or "poll")
+"""
+
+from typing import Dict, List, Optional, Protocol, Tuple, Type
+
+from ..reading import Reading
+
+AUTO_ORDER = ("mem_notify", "psi", "cgroup2", "cgroup1", "poll")
+ALL_NAMES = AUTO_ORDER + ("trace",)
+
+
+class Domain(Protocol):
+    """What a source needs of a domain (:mod:`memagent.readers`)."""
+
+    kind: str  # "system", "memcg-v1" or "memcg-v2"
+    name: str
+
+    def read(self, t_ms: int, event: str = "poll") -> Reading: ...
+
+
+class SourceUnavailable(Exception):
+    """A source cannot run here; str() is the human reason, starting with
+    the source's name (``psi: kernel rejected trigger (EINVAL) ...``)."""
+
+
+class SourceOptions:
+    """Settings of the sources (the ``[sources]`` section of the config).
+
+    ``device_path``: the mem_notify device.  ``psi_stall_us`` /
+    ``psi_window_us``: the PSI trigger (stall time per window).
+    ``thresholds_pct``: cgroup1 usage thresholds, percent of the limit.
+    ``calm_interval_ms``: the poller's period when no timeout is given.
+    ``proc_root``: where /proc is.  ``trace_path`` / ``trace_speed``: the
+    trace source's file and playback speed (2.0 = twice as fast).
+    """
+
+    def __init__(self, device_path: str = "/dev/mem_notify", psi_stall_us: int = 150000,
+                 psi_window_us: int = 1000000,
+                 thresholds_pct: Tuple[int, ...] = (50, 60, 70, 75, 80, 85, 90, 95),
+                 calm_interval_ms: int = 10000, proc_root: str = "/proc",
+                 trace_path: Optional[str] = None, trace_speed: float = 1.0) -> None:
+        self.device_path = device_path
+        self.psi_stall_us = psi_stall_us
+        self.psi_window_us = psi_window_us
+        self.thresholds_pct = tuple(thresholds_pct)
+        self.calm_interval_ms = calm_interval_ms
+        self.proc_root = proc_root
+        self.trace_path = trace_path
+        self.trace_speed = trace_speed
+
+
+class Source:
+    """Base class: a way to sleep until the kernel reports memory activity.
+
+    ``event_driven`` is True when a calm system causes no wakeups at all.
+    Lifecycle: ``open()``, then ``wait()``/``read()`` in a loop, ``close()``.
+    """
+
+    name = "base"
+    event_driven = False
+
+    def __init__(self, domain: Domain, opts: SourceOptions) -> None:
+        self.domain = domain
+        self.opts = opts
+
+    def open(self) -> None:
+        """Set up fds and kernel registrations.
+        Raises: SourceUnavailable with the reason this source cannot run."""
+
+    async def wait(self, timeout_ms: Optional[int]) -> Optional[str]:
+        """Sleep until the kernel reports memory activity; everything that
+        is pending is drained so that a storm of events is one wake.
+
+        Returns: the event name (``"vmpressure:critical"``, ``"threshold"``,
+        ``"psi"``, ``"mem_notify"``, ``"events:max"``...), or None when
+        ``timeout_ms`` passed (None: wait forever; the poller then uses its
+        calm interval).  Raises: OSError if the source's files went away
+        (FileNotFoundError: the watched memcg was removed); EOFError after
+        the last reading of a trace.
+        """
+        raise NotImplementedError
+
+    def read(self, t_ms: int, event: str) -> Reading:
+        """Return: the domain's reading, tagged with ``event``.
+        Raises: OSError or ValueError from the domain's files."""
+        return self.domain.read(t_ms, event)
+
+    def close(self) -> None:
+        """Release fds and registrations.  Idempotent."""
+
+    def __enter__(self) -> "Source":
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def domain_path(domain: Domain, attr: str = "path") -> str:
+    """Return: the domain's directory (``path`` of a memcg, ``proc_root`` of
+    the system).  Raises: SourceUnavailable if the domain has none."""
+    value = getattr(domain, attr, None)
+    if not isinstance(value, str):
+        raise SourceUnavailable("domain %s has no %s" % (domain.name, attr))
+    return value.rstrip("/") or "/"
+
+
+def source_classes() -> Dict[str, Type[Source]]:
+    """Return: source name -> class, for every source (imported on demand)."""
+    from .cgroup1 import Cgroup1Source
+    from .cgroup2 import Cgroup2Source
+    from .mem_notify import MemNotifySource
+    from .poll import PollSource
+    from .psi import PsiSource
+    from .trace import TraceSource
+
+    classes: List[Type[Source]] = [MemNotifySource, PsiSource, Cgroup2Source, Cgroup1Source,
+                                   PollSource, TraceSource]
+    return {cls.name: cls for cls in classes}
+
+
+def choose(name: str, domain: Domain,
+           opts: SourceOptions) -> Tuple[Source, List[Tuple[str, str]]]:
+    """Open the source called ``name``, or with "auto" the first of
+    AUTO_ORDER that opens.
+
+    Returns: (the opened source, [(name, reason) of each source skipped]).
+    Raises: SourceUnavailable with the reason when a named source cannot
+    open, the name is unknown, or (auto) no source opens.
+    """
+    classes = source_classes()
+    if name != "auto":
+        if name not in classes:
+            raise SourceUnavailable("unknown source %r: use auto or one of %s"
+                                    % (name, ", ".join(ALL_NAMES)))
+        source = classes[name](domain, opts)
+        source.open()
+        return source, []
+    skipped: List[Tuple[str, str]] = []
+    for candidate in AUTO_ORDER:
+        source = classes[candidate](domain, opts)
+        try:
+            source.open()
+        except SourceUnavailable as e:
+            skipped.append((candidate, str(e)))
+            continue
+        return source, skipped
+    raise SourceUnavailable("no source can run: " + "; ".join(r for _, r in skipped))

@@ -1,0 +1,86 @@
+"""cgroup v2 ``memory.events`` (Linux 4.5+).
+
+kernfs notifies a change of ``memory.events`` as POLLPRI|POLLERR on every
+open fd of the file, until that fd reads the file again.  After each wake the
+source re-reads it (seek 0) and reports the most severe counter that grew:
+``oom_kill`` > ``oom`` > ``max`` > ``high`` > ``low``, as ``"events:<name>"``.
+A wake where nothing it knows grew is not reported (it waits again).
+"""
+
+import errno
+import os
+from typing import Dict, Optional
+
+from .. import aio, procfs
+from . import Domain, Source, SourceOptions, SourceUnavailable, domain_path
+
+SEVERITY = ("oom_kill", "oom_group_kill", "oom", "max", "high", "low")
+
+
+def grown_event(before: Dict[str, int], after: Dict[str, int]) -> Optional[str]:
+    """Return: "events:<counter>" for the most severe counter that grew, else None."""
+    for counter in SEVERITY:
+        if after.get(counter, 0) > before.get(counter, 0):
+            return "events:" + counter
+    return None
+
+
+class Cgroup2Source(Source):
+    """Wakes when a v2 memcg's memory.events changes; events "events:<name>"."""
+
+    name = "cgroup2"
+    event_driven = True
+
+    def __init__(self, domain: Domain, opts: SourceOptions) -> None:
+        super().__init__(domain, opts)
+        self.fd: Optional[int] = None
+        self.counters: Dict[str, int] = {}
+        self._watch: Optional[aio.FdWatch] = None
+
+    def _read_counters(self) -> Dict[str, int]:
+        """Return: memory.events re-read through the open fd (this re-arms kernfs).
+        Raises: OSError if the group is gone, procfs.ParseError if garbled."""
+        assert self.fd is not None
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        text = os.read(self.fd, 4096).decode("ascii", "replace")
+        return procfs.parse_flat_keyed(text, "memory.events")
+
+    def open(self) -> None:
+        """Open memory.events and take the first counts.
+        Raises: SourceUnavailable unless the domain is a cgroup v2 memcg."""
+        if self.domain.kind != "memcg-v2":
+            raise SourceUnavailable("cgroup2: needs a cgroup v2 memcg domain, not %s"
+                                    % self.domain.kind)
+        path = domain_path(self.domain) + "/memory.events"
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            self.counters = self._read_counters()
+        except (OSError, ValueError) as e:
+            self.close()
+            raise SourceUnavailable("cgroup2: cannot read %s: %s" % (path, e)) from e
+
+    async def wait(self, timeout_ms: Optional[int]) -> Optional[str]:
+        """Returns: "events:<counter>" for the most severe counter that grew,
+        None on timeout.  Raises: OSError if the group was removed."""
+        if self.fd is None:
+            raise OSError(errno.EBADF, "cgroup2: source is not open")
+        if self._watch is None:
+            self._watch = aio.FdWatch(self.fd, urgent=True)
+        deadline_ms = None if timeout_ms is None else aio.ticks_ms() + timeout_ms
+        while True:
+            left_ms = None if deadline_ms is None else max(deadline_ms - aio.ticks_ms(), 0)
+            if not await self._watch.wait(left_ms):
+                return None
+            before, self.counters = self.counters, self._read_counters()
+            event = grown_event(before, self.counters)
+            if event is not None:
+                return event
+
+    def close(self) -> None:
+        """Close memory.events.  Idempotent."""
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
