@@ -19,14 +19,17 @@ DUMP = os.path.join(HERE, "mpy", "core_dump.py")
 
 
 def fixture_names() -> "list[str]":
+    """Every captured file core_dump.py has a parser for, and every trace."""
+    sys.path.insert(0, os.path.join(HERE, "mpy"))
+    try:
+        from core_dump import parser_for
+    finally:
+        sys.path.pop(0)
     names = []
     for path in sorted(glob.glob(os.path.join(DATA, "**", "*"), recursive=True)):
         rel = os.path.relpath(path, DATA)
-        base = os.path.basename(rel)
-        if os.path.isfile(path) and not base.endswith(".md") and (
-                rel.endswith(".jsonl") or any(k in base for k in (
-                    "meminfo", "zoneinfo", "vmstat", "pressure", "memory.stat",
-                    "memory.events"))):
+        if os.path.isfile(path) and (rel.endswith(".jsonl") or
+                                     (not rel.endswith(".md") and parser_for(rel))):
             names.append(rel)
     return names
 

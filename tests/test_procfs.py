@@ -149,7 +149,7 @@ def test_hostile_zoneinfo(name: str) -> None:
         procfs.parse_zoneinfo(data("hostile", name))
 
 
-@pytest.mark.parametrize("name", ["empty", "garbage.txt", "pressure.bad"])
+@pytest.mark.parametrize("name", ["empty", "garbage.txt", "pressure-memory.bad"])
 def test_hostile_pressure(name: str) -> None:
     with pytest.raises(procfs.ParseError):
         procfs.parse_pressure(data("hostile", name))

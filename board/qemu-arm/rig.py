@@ -150,9 +150,9 @@ def ensure_debs():
     if not kernels:
         missing.append(_resolve_kernel_package())
     log("apt-get download %s" % " ".join(missing))
-    # _apt cannot write into a root-owned cache dir; apt then downloads
-    # unsandboxed, which is fine (it only prints a warning).
-    _run(["apt-get", "download"] + [p + ":armhf" for p in missing],
+    # _apt cannot write into a root-owned cache dir: download as root.
+    sandbox = ["-o", "APT::Sandbox::User=root"] if os.geteuid() == 0 else []
+    _run(["apt-get", "download"] + sandbox + [p + ":armhf" for p in missing],
          cwd=debdir, stdout=subprocess.DEVNULL)
     have = _cached_debs(debdir)
     still = [p for p in PACKAGES if p not in have]
@@ -354,18 +354,24 @@ def build_base(modules=MODULES):
     with _lock():
         if not done.exists():
             t0 = time.monotonic()
-            log("building guest image %s (one-time, about a minute)" % key)
+            log("building guest image %s (one-time, a few seconds)" % key)
             if out.exists():
                 shutil.rmtree(out)
             out.mkdir(parents=True)
             _build(out, debs, kdeb, modules)
             done.write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
             log("built in %.1f s" % (time.monotonic() - t0))
-            for old in (CACHE / "build").iterdir():   # keep only the newest build
-                if old != out and old.is_dir():
-                    shutil.rmtree(old, ignore_errors=True)
+            _prune_builds(keep=3)
     return Base(out, out / "vmlinuz", out / "rootfs.img", out / "initrd-base.gz",
                 (out / "kernel-release").read_text().strip())
+
+
+def _prune_builds(keep):
+    """Delete all but the ``keep`` newest builds (a concurrent run may still use one)."""
+    builds = [d for d in (CACHE / "build").iterdir() if (d / "done").exists()]
+    builds.sort(key=lambda d: (d / "done").stat().st_mtime, reverse=True)
+    for old in builds[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _build(out, debs, kdeb, modules):
@@ -407,7 +413,7 @@ def _build(out, debs, kdeb, modules):
     (etc / "fstab").write_text("")
     _compileall(sysroot, "usr/lib/python3.11")
     _run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "rootfs", "-d", str(sysroot),
-          str(out / "rootfs.img"), ROOTFS_SIZE])
+          str(out / "rootfs.img"), ROOTFS_SIZE], stdout=subprocess.DEVNULL)
 
     # base initramfs: busybox, modules, stage-1 init
     c = Cpio()
@@ -688,9 +694,9 @@ def main(argv=None):
     except RigError as e:
         log("error: %s" % e)
         return EXIT_HOST
-    log("boot %.1f s, total %.1f s, results %s, scenario exit %s, files %s -> %s" % (
+    log("boot %.1f s, total %.1f s, results %s, scenario exit %s, %d file(s) -> %s" % (
         res.boot_s or -1, res.elapsed_s, res.results, res.exit_status,
-        sorted(res.files), res.out_dir))
+        len(res.files), res.out_dir))
     log("OK" if res.ok else ("TIMEOUT" if res.timed_out else "FAILED"))
     return res.exit_code
 

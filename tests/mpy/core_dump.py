@@ -13,19 +13,34 @@ from memagent import procfs, trace
 from memagent.levels import default_thresholds
 from memagent.memstate import estimate_available_kib
 
-PARSERS = (
+def _limit(text):
+    return {"limit": procfs.parse_limit(text)}
+
+
+# By the file's name, before the capture suffix (".64m-pressure"): which parser.
+PREFIXES = (
     ("meminfo", procfs.parse_meminfo),
     ("zoneinfo", procfs.parse_zoneinfo),
     ("vmstat", procfs.parse_vmstat),
-    ("pressure", procfs.parse_pressure),
-    ("memory.stat", procfs.parse_flat_keyed),
-    ("memory.events", procfs.parse_flat_keyed),
+    ("pressure-", procfs.parse_pressure),
+    ("cgv1-memory.stat", procfs.parse_flat_keyed),
+    ("cgv2-memory.stat", procfs.parse_flat_keyed),
+    ("cgv2-root-memory.stat", procfs.parse_flat_keyed),
+    ("cgv2-memory.events", procfs.parse_flat_keyed),
+    ("cgv2-memory.pressure", procfs.parse_pressure),
+    ("cgv2-root-memory.pressure", procfs.parse_pressure),
+    ("cgv2-memory.max", _limit),
+    ("cgv2-memory.current", _limit),
+    ("garbage", procfs.parse_meminfo),
+    ("empty", procfs.parse_meminfo),
 )
 
 
 def parser_for(name):
-    for key, fn in PARSERS:
-        if key in name:
+    """Return: the parser for a fixture file's base name, or None."""
+    base = name.split("/")[-1]
+    for prefix, fn in PREFIXES:
+        if base.startswith(prefix):
             return fn
     return None
 
@@ -64,4 +79,5 @@ def main(argv):
         print(json.dumps([name, canon(dump_file(data_dir, name))]))
 
 
-main(sys.argv)
+if __name__ == "__main__":
+    main(sys.argv)
