@@ -249,5 +249,8 @@ def main(argv: "Optional[List[str]]" = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `memagent replay t.jsonl | head`
+        sys.stderr.close()
+        return 0
 
 

@@ -35,11 +35,11 @@ SCHEMA = {
         "low_kib": "int", "critical_kib": "int", "low_pct": "float", "critical_pct": "float",
         "recover_kib": "int", "critical_recover_kib": "int", "lead_ms": "int",
         "renotify_ms": "int", "rate_window_ms": "int", "active_hold_ms": "int",
-        "thrash_full_pct": "float", "thrash_critical_pct": "float",
+        "thrash_full_pct": "float", "thrash_critical_pct": "float", "quiet_ms": "int",
     },
     "sources": {
         "device_path": "str", "psi_stall_us": "int", "psi_window_us": "int",
-        "calm_interval_ms": "int", "max_fill_kib_s": "int",
+        "calm_interval_ms": "int", "max_fill_kib_s": "int", "event_gap_ms": "int",
     },
 }
 
@@ -50,7 +50,7 @@ DEFAULTS = {
     "levels": {},
     "sources": {"device_path": "/dev/mem_notify", "psi_stall_us": "150000",
                 "psi_window_us": "1000000", "calm_interval_ms": "10000",
-                "max_fill_kib_s": "20480"},
+                "max_fill_kib_s": "20480", "event_gap_ms": "1000"},
 }
 
 _TRUE = ("1", "yes", "true", "on")

@@ -13,7 +13,9 @@ The rules, from the /dev/mem_notify thread (shared/seeds):
   ``lead_ms``, so something can still be saved on swapless boards, where the
   kernel's own signals come in the same instant as the OOM kill.
 * **Hysteresis**: out of trouble only when available memory climbs back past
-  about twice the threshold (the patch's ``(pages_high+lowmem_reserve)*2``).
+  about twice the threshold (the patch's ``(pages_high+lowmem_reserve)*2``)
+  *and* the kernel has reported no shortage (nor thrashing) for ``quiet_ms``:
+  the patch's other rule, "memory pressure decreases".
 * **Rate limit**: while a level holds, it is notified again at most every
   ``renotify_ms``; escalation is never delayed.
 
@@ -65,7 +67,7 @@ class Thresholds:
                  lead_ms: int = 2000, renotify_ms: int = 2000,
                  rate_window_ms: int = 2000, active_hold_ms: int = 2000,
                  thrash_full_pct: float = 10.0, thrash_critical_pct: float = 40.0,
-                 total_kib: "Optional[int]" = None) -> None:
+                 quiet_ms: int = 5000, total_kib: "Optional[int]" = None) -> None:
         if not 0 < critical_kib < low_kib:
             raise ValueError("need 0 < critical_kib (%d) < low_kib (%d)"
                              % (critical_kib, low_kib))
@@ -83,13 +85,14 @@ class Thresholds:
         self.active_hold_ms = active_hold_ms
         self.thrash_full_pct = thrash_full_pct
         self.thrash_critical_pct = thrash_critical_pct
+        self.quiet_ms = quiet_ms
 
     def as_dict(self) -> "Dict[str, Any]":
         """Return: the thresholds as a plain dict (for status and traces)."""
         return {k: getattr(self, k) for k in (
             "low_kib", "critical_kib", "recover_kib", "critical_recover_kib", "lead_ms",
             "renotify_ms", "rate_window_ms", "active_hold_ms", "thrash_full_pct",
-            "thrash_critical_pct")}
+            "thrash_critical_pct", "quiet_ms")}
 
 
 def default_thresholds(total_kib: int) -> Thresholds:
@@ -184,7 +187,7 @@ class Monitor:
         self.eta_ms: "Optional[int]" = None
         self.rate = FillRate(thresholds.rate_window_ms)
         self.last_notified_ms: "Optional[int]" = None
-        self.last_event_ms: "Optional[int]" = None
+        self.last_shortage_ms: "Optional[int]" = None
         self.readings = 0
         self.notifications = 0
 
@@ -215,11 +218,22 @@ class Monitor:
                 return LOW, "kernel:" + r.event
         return NORMAL, "recovered"
 
+    def _shortage(self, r: Reading) -> bool:
+        """Return: True if the kernel reports a shortage or thrashing now,
+        whatever the thresholds say."""
+        full = r.psi_full_avg10
+        return r.event in KERNEL_SHORTAGE_EVENTS or (
+            full is not None and full >= self.thresholds.thrash_full_pct)
+
     def _after_hysteresis(self, target: int, r: Reading) -> int:
         """Return: the level to hold, given that ``target`` is below the
-        current level: drop only past the recover thresholds."""
+        current level: drop only past the recover thresholds, and only once
+        the kernel has been quiet for ``quiet_ms``."""
         th = self.thresholds
         level = self.level
+        last = self.last_shortage_ms
+        if last is not None and r.t_ms - last < th.quiet_ms:
+            return level
         if level == CRITICAL and r.avail_kib >= th.critical_recover_kib:
             level = LOW
         if level == LOW and target == NORMAL and r.avail_kib >= th.recover_kib:
@@ -236,8 +250,8 @@ class Monitor:
         self.readings += 1
         self.rate.add(reading.t_ms, reading.avail_kib)
         self.last = reading
-        if reading.event != "poll":
-            self.last_event_ms = reading.t_ms
+        if self._shortage(reading):
+            self.last_shortage_ms = reading.t_ms
         self.eta_ms = self._eta_ms(reading)
         target, reason = self._target(reading)
         prev = self.level
@@ -263,8 +277,12 @@ class Monitor:
         """Return: how long the sensing loop may wait for the kernel before
         reading anyway, or None when calm (wait for the kernel only).
 
-        Calm means NORMAL, above the hysteresis band, no kernel event within
-        ``active_hold_ms``, and no measurable fill.  Otherwise the interval
+        Calm means NORMAL, above the hysteresis band, no kernel shortage
+        within ``active_hold_ms``, and no measurable fill.  Plain reclaim
+        events (vmpressure low, usage thresholds) far above the band do not
+        count: measured on the dev machine, an idle memcg whose page cache
+        the kernel trims crosses usage thresholds now and then, and
+        page-cache churn fires vmpressure low ~70 times a second.  Otherwise the interval
         is a quarter of the time left before the next threshold at the
         current fill rate, within 100..1000 ms.
         """
@@ -274,8 +292,8 @@ class Monitor:
             return 0
         rate = self.rate.kib_per_s()
         filling = rate is not None and rate > max(r.total_kib // 1000, 1)
-        recent = self.last_event_ms is not None and \
-            now_ms - self.last_event_ms < th.active_hold_ms
+        recent = self.last_shortage_ms is not None and \
+            now_ms - self.last_shortage_ms < th.active_hold_ms
         if self.level == NORMAL and r.avail_kib >= th.recover_kib and not recent \
                 and not filling:
             return None

@@ -1,0 +1,238 @@
+"""``memagent demo``: the "virtual handset", safe on any Linux machine.
+
+With root and a memory controller it makes a 128 MiB memcg (no swap), fills
+it with page cache, then runs Daniel Spang's 2008 alloc-test inside it (10
+MB/s of anonymous memory) while memagent senses the memcg in this process,
+and prints the timeline as it goes: when LOW and CRITICAL came, the MiB
+allocated, the headroom left and the predicted time left.  The allocator is
+stopped at CRITICAL (``--until-oom``: left to the OOM killer).  The memcg is
+removed at the end, also on Ctrl-C or SIGTERM; the demo only ever signals
+processes it started inside its own memcg.
+
+Without privileges or a memory controller (or with ``--replay``) it replays
+a trace recorded that way (``memagent/data/ramp-128m.jsonl``) through the
+same monitor and says why it is replaying.
+
+Measured here (cgroup v1, kernel 6.18): the live run takes ~12 s (~13 s with
+``--until-oom``); LOW came after 95-96 MiB with 19-20% (25 MiB) available,
+2.8 s before the OOM kill at 123 MiB; CRITICAL after 108-109 MiB (9%).
+"""
+
+import argparse
+import json
+import os
+import signal
+import sys
+from typing import Any, Dict, List, Optional
+
+from . import aio, memcg, scenario, trace
+from .levels import CRITICAL, Notification, default_thresholds, level_name
+
+DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+BUNDLED_TRACE = os.path.join(DATA_DIR, "ramp-128m.jsonl")
+TICK_MS = 2000
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the demo's options to ``parser`` (the ``demo`` subcommand)."""
+    parser.add_argument("--replay", action="store_true",
+                        help="replay the bundled recording even if a live run is possible")
+    parser.add_argument("--trace", help="replay this trace instead of the bundled one")
+    parser.add_argument("--until-oom", action="store_true",
+                        help="do not stop the allocator at CRITICAL: let the OOM killer end it")
+    parser.add_argument("--memcg-mib", type=int, default=128,
+                        help="size of the virtual handset (default 128)")
+    parser.add_argument("--rate-mib-s", type=float, default=10.0,
+                        help="allocation rate in MiB/s (default 10, as in 2008)")
+    parser.add_argument("--source", default="auto",
+                        help="memagent source to sense with (default auto)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON summary instead of the timeline")
+
+
+class Show:
+    """Prints the timeline (unless ``quiet``) and collects the summary."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.events: List[Dict[str, Any]] = []
+
+    def say(self, text: str) -> None:
+        """Print a human line (not with --json)."""
+        if not self.quiet:
+            print(text, flush=True)
+
+    def note(self, note: Notification, t0_ms: int, mib: Optional[int]) -> None:
+        """Print and keep one notification, with the MiB allocated by then."""
+        pct = 100 * note.avail_kib // note.total_kib if note.total_kib else 0
+        eta = "-" if note.eta_ms is None else "%.1f s" % (note.eta_ms / 1000)
+        mib_text = "?" if mib is None else "%d MiB" % mib
+        self.events.append({"t_s": round((note.t_ms - t0_ms) / 1000, 2),
+                            "level": level_name(note.level),
+                            "prev_level": level_name(note.prev_level), "reason": note.reason,
+                            "allocated_mib": mib, "avail_mib": note.avail_kib // 1024,
+                            "avail_pct": pct, "eta_ms": note.eta_ms})
+        if note.level != note.prev_level:
+            self.say("%6.2fs  %-8s <- %-8s %-9s allocated %-7s  headroom %3d MiB (%2d%%)"
+                     "  time left %s" % ((note.t_ms - t0_ms) / 1000, level_name(note.level),
+                                         level_name(note.prev_level), note.reason, mib_text,
+                                         note.avail_kib // 1024, pct, eta))
+
+    def first(self, level: str) -> Optional[Dict[str, Any]]:
+        """Return: the first kept event at ``level`` that was a change of level."""
+        for event in self.events:
+            if event["level"] == level and event["prev_level"] != level:
+                return event
+        return None
+
+
+def _summary_lines(show: Show, end_text: str, end_s: float) -> List[str]:
+    lines = ["", "summary:"]
+    for name in ("LOW", "CRITICAL"):
+        ev = show.first(name)
+        if ev is None:
+            lines.append("  %-8s never" % name)
+            continue
+        lines.append("  %-8s at %5.2f s, after %s MiB allocated, %d MiB (%d%%) left, "
+                     "%.1f s before the end" % (name, ev["t_s"], ev["allocated_mib"],
+                                                ev["avail_mib"], ev["avail_pct"],
+                                                end_s - ev["t_s"]))
+    lines.append("  end      %s at %.2f s" % (end_text, end_s))
+    return lines
+
+
+def _header(show: Show, limit_mib: int, rate: float) -> None:
+    th = default_thresholds(limit_mib * 1024)
+    show.say("virtual handset: %d MiB memcg, no swap; LOW at <= %d MiB available, "
+             "CRITICAL at <= %d MiB" % (limit_mib, th.low_kib // 1024, th.critical_kib // 1024))
+    show.say("allocating %g MiB/s of anonymous memory after filling the page cache "
+             "(Daniel Spang's 2008 test)" % rate)
+
+
+async def _live_run(hs: scenario.Handset, args: argparse.Namespace,
+                    show: Show) -> Dict[str, Any]:
+    t = aio.ticks_ms()
+    await hs.fill_page_cache()
+    show.say("page cache filled in %.1f s: %d MiB charged to %s"
+             % ((aio.ticks_ms() - t) / 1000, hs.memcg.usage_kib() // 1024, hs.path))
+    progress = scenario.Progress()
+    t0 = aio.ticks_ms()
+    watch = scenario.Watch(hs.path, args.source,
+                           on_note=lambda n: show.note(n, t0, progress.at(n.t_ms)))
+    show.say("sensing with memagent's %s source; the allocator starts now" % watch.source_label)
+    next_tick = [t0 + TICK_MS]
+
+    def stop() -> bool:
+        now = aio.ticks_ms()
+        if now >= next_tick[0] and watch.monitor.last is not None:
+            next_tick[0] += TICK_MS
+            r = watch.monitor.last
+            show.say("%6.2fs  %-8s allocated %3d MiB, available %3d MiB (%2d%%)" % (
+                (now - t0) / 1000, level_name(watch.monitor.level), progress.last(),
+                r.avail_kib // 1024, 100 * r.avail_kib // r.total_kib))
+        return not args.until_oom and watch.monitor.level >= CRITICAL
+
+    end = await scenario.watching(watch, hs.ramp(args.rate_mib_s, progress, stop))
+    end_s = (end.end_ms - t0) / 1000
+    if end.oom_killed:
+        end_text = "OOM-killed after %d MiB" % progress.last()
+    elif end.stopped:
+        end_text = "allocator stopped by the demo at CRITICAL after %d MiB" % progress.last()
+    else:
+        end_text = "allocator exited (status %d) after %d MiB" % (end.returncode,
+                                                                  progress.last())
+    return {"mode": "live", "memcg": hs.path, "source": watch.source_label,
+            "end": end_text, "end_s": round(end_s, 2), "oom_killed": end.oom_killed,
+            "allocated_mib": progress.last(), "events": show.events}
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def live(args: argparse.Namespace, show: Show) -> Dict[str, Any]:
+    """Run the virtual handset for real.
+
+    Returns: the summary dict.  Raises: memcg.MemcgError if the memcg
+    cannot be made; KeyboardInterrupt on Ctrl-C/SIGTERM (after cleanup).
+    """
+    _header(show, args.memcg_mib, args.rate_mib_s)
+    old = signal.signal(signal.SIGTERM, _on_sigterm)
+    hs = scenario.Handset(args.memcg_mib)
+    try:
+        result = aio.run(_live_run(hs, args, show))
+    finally:
+        hs.close()
+        signal.signal(signal.SIGTERM, old)
+    show.say("memcg %s removed" % hs.path)
+    for line in _summary_lines(show, result["end"], result["end_s"]):
+        show.say(line)
+    return result
+
+
+def _replay_mib(head: Dict[str, Any], t_ms: int) -> Optional[int]:
+    """Return: the MiB allocated at ``t_ms`` by the recorded ramp, from its header."""
+    start, rate = head.get("ramp_start_ms"), head.get("rate_mib_s")
+    if not isinstance(start, int) or not isinstance(rate, (int, float)):
+        return None
+    most = head.get("alloc_mib_at_end", 1 << 30)
+    return max(0, min(int((t_ms - start) * rate / 1000), int(most)))
+
+
+def replay(path: str, why: str, show: Show) -> Dict[str, Any]:
+    """Replay a recorded ramp through the monitor and print its timeline.
+
+    Returns: the summary dict.  Raises: OSError, trace.TraceError.
+    """
+    with open(path) as f:
+        first = f.readline()
+        head: Dict[str, Any] = json.loads(first) if "memagent_trace" in first else {}
+    readings = trace.load_trace(path)
+    show.say("replaying %s: %s" % (os.path.basename(path), why))
+    show.say("(recorded on kernel %s, %s source, %s)" % (
+        head.get("kernel", "?"), head.get("source", "?"), head.get("recorded", "?")))
+    limit_mib = readings[0].total_kib // 1024
+    _header(show, limit_mib, float(head.get("rate_mib_s", 10)))
+    t0 = int(head.get("ramp_start_ms", readings[0].t_ms))
+    for note in trace.replay(readings):
+        show.note(note, t0, _replay_mib(head, note.t_ms))
+    end_ms = int(head.get("end_ms", readings[-1].t_ms))
+    oom = bool(head.get("oom_killed"))
+    end_text = ("OOM-killed after %s MiB" if oom else "recording ended after %s MiB") % (
+        head.get("alloc_mib_at_end", "?"))
+    for line in _summary_lines(show, end_text, (end_ms - t0) / 1000):
+        show.say(line)
+    return {"mode": "replay", "why": why, "trace": path, "end": end_text,
+            "end_s": round((end_ms - t0) / 1000, 2), "oom_killed": oom,
+            "events": show.events}
+
+
+def why_not_live(args: argparse.Namespace) -> Optional[str]:
+    """Return: why the demo must replay, or None if it can run live."""
+    if args.replay or args.trace:
+        return "replay asked for (--replay/--trace)"
+    return memcg.available()
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the demo.  Returns: 0, 1 if it failed, 130 on Ctrl-C."""
+    show = Show(quiet=bool(args.json))
+    why = why_not_live(args)
+    result: Dict[str, Any] = {}
+    try:
+        if why is None:
+            try:
+                result = live(args, show)
+            except memcg.MemcgError as e:
+                why = "cannot run live: %s" % e
+        if why is not None:
+            result = replay(args.trace or BUNDLED_TRACE, why, show)
+    except KeyboardInterrupt:
+        print("memagent demo: interrupted; the memcg was removed", file=sys.stderr)
+        return 130
+    except (OSError, ValueError) as e:
+        print("memagent demo: %s" % e, file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    return 0

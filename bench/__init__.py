@@ -1,0 +1,1 @@
+"""Benchmarks of memagent on real kernel pressure (see bench/README.md)."""

@@ -1,0 +1,118 @@
+"""``memagent demo``: live in a real memcg as root, replay without privileges,
+and the recorded traces it and the tests rely on."""
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+from typing import Any, Dict, List
+
+import pytest
+from conftest import need
+
+from memagent import demo, memcg, trace
+from memagent.levels import CRITICAL, LOW
+
+TRACES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "traces")
+
+
+def _leftovers() -> List[str]:
+    """Return: memagent-* memcgs anywhere in the hierarchy that holds the memory controller."""
+    _version, root = memcg.find_hierarchy()
+    return glob.glob(os.path.join(root, "**", memcg.NAME_PREFIX + "*"), recursive=True)
+
+
+def _demo(*args: str, user: bool = False,
+          timeout_s: float = 90) -> "subprocess.CompletedProcess[str]":
+    argv = [sys.executable, "-m", "memagent", "demo"] + list(args)
+    if user:
+        argv = ["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups"] + argv
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, cwd="/")
+
+
+@pytest.mark.memcg
+@pytest.mark.slow
+def test_live_demo_gives_low_before_the_oom_kill_and_cleans_up() -> None:
+    reason = memcg.available()
+    if reason is not None:
+        need(reason)
+    before = set(_leftovers())
+    done = _demo("--until-oom", "--json")
+    assert done.returncode == 0, done.stderr
+    result: Dict[str, Any] = json.loads(done.stdout)
+    assert result["mode"] == "live"
+    assert result["oom_killed"], result
+    lows = [e for e in result["events"] if e["level"] == "LOW" and e["prev_level"] == "NORMAL"]
+    assert lows, result["events"]
+    low = lows[0]
+    # Measured: LOW at ~9.5 s after ~96 MiB with ~20% available; the kill at ~12.4 s.
+    assert low["t_s"] < result["end_s"]
+    assert 10 <= low["avail_pct"] <= 30
+    assert not os.path.exists(result["memcg"])
+    assert set(_leftovers()) <= before
+
+
+@pytest.mark.memcg
+@pytest.mark.slow
+def test_live_demo_timeline_is_printed_and_stops_at_critical() -> None:
+    reason = memcg.available()
+    if reason is not None:
+        need(reason)
+    done = _demo()
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "LOW      <- NORMAL" in out and "CRITICAL <- LOW" in out, out
+    assert out.index("LOW      <- NORMAL") < out.index("CRITICAL <- LOW")
+    assert "stopped by the demo at CRITICAL" in out
+    assert "removed" in out
+
+
+def test_replay_as_nobody_says_why() -> None:
+    if os.geteuid() == 0 and shutil.which("setpriv"):
+        done = _demo(user=True)
+        expected_why = "not root"
+    else:
+        done = _demo("--replay")
+        expected_why = "--replay"
+    assert done.returncode == 0, done.stderr
+    assert "replaying ramp-128m.jsonl" in done.stdout
+    assert expected_why in done.stdout
+    assert "LOW      <- NORMAL" in done.stdout
+    assert "OOM-killed after" in done.stdout
+
+
+def test_replay_in_process_json(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    assert demo.main(parser.parse_args(["--replay", "--json"])) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["mode"] == "replay" and result["oom_killed"]
+    first = result["events"][0]
+    assert first["level"] == "LOW" and 10 <= first["avail_pct"] <= 30
+
+
+def test_bundled_trace_is_a_recorded_ramp() -> None:
+    readings = trace.load_trace(demo.BUNDLED_TRACE)
+    assert readings[0].total_kib == 128 * 1024
+    assert any(r.event != "poll" for r in readings)  # recorded with kernel events
+
+
+def _changes(name: str) -> List[Any]:
+    readings = trace.load_trace(os.path.join(TRACES, name))
+    return [n for n in trace.replay(readings) if n.level != n.prev_level]
+
+
+def test_recorded_ramp_low_then_critical_before_exhaustion() -> None:
+    changes = _changes("ramp-128m.jsonl")
+    assert [n.level for n in changes[:2]] == [LOW, CRITICAL]
+    low = changes[0]
+    assert 0.10 <= low.avail_kib / low.total_kib <= 0.30
+    assert low.eta_ms is not None and low.eta_ms >= 1000
+
+
+@pytest.mark.parametrize("name", ["churn-128m.jsonl", "calm-128m.jsonl", "spike-128m.jsonl"])
+def test_recorded_traces_without_threat_stay_normal(name: str) -> None:
+    assert _changes(name) == []
