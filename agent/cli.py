@@ -10,7 +10,7 @@ import logging
 import logging.handlers
 import sys
 
-from . import __version__, aio, control, readers, sources, trace
+from . import __version__, aio, control, procfs, readers, sources, trace
 from .agent import Agent
 from .config import Config, ConfigError, load_config, thresholds_from_config
 from .levels import Monitor, level_name
@@ -247,6 +247,9 @@ def main(argv: "Optional[List[str]]" = None) -> int:
     except ConfigError as e:
         print("memagent: %s" % e, file=sys.stderr)
         return 2
+    except (OSError, procfs.ParseError) as e:  # /proc or the memcg unreadable or hostile
+        print("memagent: cannot read the memory state: %s" % e, file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `memagent replay t.jsonl | head`
