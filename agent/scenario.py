@@ -31,7 +31,7 @@ import sys
 import tempfile
 from typing import IO, Any, Callable, Dict, List, Optional, Tuple
 
-from . import aio, memcg, readers
+from . import aio, loadgen, memcg, readers
 from .levels import Monitor, Notification, default_thresholds
 from .reading import Reading
 
@@ -41,45 +41,9 @@ _SCRATCH_ENV = "MEMAGENT_SCRATCH"
 # Page cache on these is shmem: without swap it cannot be reclaimed at all.
 _RAM_FILESYSTEMS = ("tmpfs", "ramfs", "devtmpfs", "hugetlbfs")
 
-# The child that allocates: 1 MiB anonymous mappings, every page written,
-# at RATE MiB/s (0: as fast as it can) up to MAX MiB, then held HOLD s.
-# It prints "<MiB> <monotonic ms>" per MiB, "full <ms>" at MAX.
-ALLOC_PY = r"""
-import mmap, sys, time
-rate, most, hold = float(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-block = b"\x5a" * (1 << 20)
-kept = []
-t0 = time.monotonic()
-while len(kept) < most:
-    m = mmap.mmap(-1, 1 << 20)
-    m.write(block)
-    kept.append(m)
-    print(len(kept), int(time.monotonic() * 1000), flush=True)
-    if rate > 0:
-        delay = t0 + len(kept) / rate - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-print("full", int(time.monotonic() * 1000), flush=True)
-time.sleep(hold)
-"""
-
-# The child that reads PATH through the page cache for SECONDS (0: one pass);
-# it prints "<pass> <monotonic ms>" after each pass.
-READ_PY = r"""
-import sys, time
-path, seconds = sys.argv[1], float(sys.argv[2])
-end = time.monotonic() + seconds
-buf = bytearray(1 << 20)
-passes = 0
-while True:
-    with open(path, "rb", buffering=0) as f:
-        while f.readinto(buf):
-            pass
-    passes += 1
-    print(passes, int(time.monotonic() * 1000), flush=True)
-    if time.monotonic() >= end:
-        break
-"""
+# The children run memagent.loadgen by path under -S: no site, no memagent
+# import, so that little beyond their load is charged to the memcg.
+LOADGEN_ARGV = (sys.executable, "-S", os.path.abspath(loadgen.__file__))
 
 
 def _fs_type(path: str, mounts_path: str = "/proc/self/mounts") -> str:
@@ -147,7 +111,8 @@ def make_file(directory: str, name: str, size_mib: int) -> str:
 
 
 class Progress:
-    """What a child reported: (monotonic ms, count) points, MiB or passes."""
+    """What a child reported: (monotonic ms, count) points, MiB or passes;
+    ``full_ms``: the time of its done line (anon: --max-mb reached)."""
 
     def __init__(self) -> None:
         self.points: List[Tuple[int, int]] = []
@@ -155,17 +120,17 @@ class Progress:
         self._partial = b""
 
     def feed(self, data: bytes) -> None:
-        """Take a chunk of the child's stdout (lines "<count> <ms>", "full <ms>")."""
+        """Take a chunk of the child's stdout (:mod:`memagent.loadgen` lines)."""
         lines = (self._partial + data).split(b"\n")
         self._partial = lines.pop()
         for line in lines:
-            words = line.split()
-            if len(words) != 2:
+            parsed = loadgen.parse_line(line.decode("ascii", "replace"))
+            if parsed is None:
                 continue
-            if words[0] == b"full":
-                self.full_ms = int(words[1])
+            if parsed.done:
+                self.full_ms = parsed.mono_ms
             else:
-                self.points.append((int(words[1]), int(words[0])))
+                self.points.append((parsed.mono_ms, int(parsed.count)))
 
     def last(self) -> int:
         """Return: the latest count (0 before the first)."""
@@ -341,16 +306,19 @@ class Handset:
             self._files[size_mib] = make_file(self.scratch, "data-%d" % size_mib, size_mib)
         return self._files[size_mib]
 
-    def _spawn(self, code: str, *args: object) -> "Any":
+    def _spawn(self, args: Tuple[object, ...]) -> "Any":
+        """Start memagent.loadgen ``args`` in the memcg.  Returns: the Popen."""
         import subprocess
 
-        argv = [sys.executable, "-S", "-c", code] + [str(a) for a in args]
+        argv = list(LOADGEN_ARGV) + [str(a) for a in args]
         return self.memcg.spawn(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
 
-    async def _run(self, code: str, args: Tuple[object, ...], progress: Progress,
+    async def _run(self, args: Tuple[object, ...], progress: Progress,
                    stop: Optional[Callable[[], bool]] = None) -> ChildEnd:
+        """Run memagent.loadgen ``args`` in the memcg, following its progress.
+        Returns: how it ended."""
         kills0 = self.memcg.oom_kill_count()
-        child = self._spawn(code, *args)
+        child = self._spawn(args)
         stopped = await follow(child, progress, stop)
         while child.poll() is None:
             await aio.sleep_ms(2)
@@ -364,14 +332,14 @@ class Handset:
         path = self.file(file_mib or self.limit_mib * 3 // 2)
         drop_cached(path)
         progress = Progress()
-        await self._run(READ_PY, (path, 0), progress)
+        await self._run(("read", path), progress)
         return progress
 
     async def ramp(self, rate_mib_s: float = 10.0, progress: Optional[Progress] = None,
                    stop: Optional[Callable[[], bool]] = None) -> ChildEnd:
         """Allocate anonymous memory at ``rate_mib_s`` until the OOM kill or
         ``stop()``; ``progress`` gets the MiB allocated vs time."""
-        return await self._run(ALLOC_PY, (rate_mib_s, 1 << 20, 0), progress or Progress(), stop)
+        return await self._run(("anon", "--rate", rate_mib_s), progress or Progress(), stop)
 
     async def churn(self, seconds: float = 60.0, file_factor: int = 3,
                     progress: Optional[Progress] = None) -> ChildEnd:
@@ -379,12 +347,13 @@ class Handset:
         ``progress`` counts the passes."""
         path = self.file(self.limit_mib * file_factor)
         drop_cached(path)
-        return await self._run(READ_PY, (path, seconds), progress or Progress())
+        return await self._run(("read", path, "--seconds", seconds), progress or Progress())
 
     async def spike(self, size_mib: int = 70, hold_s: float = 2.0,
                     progress: Optional[Progress] = None) -> ChildEnd:
         """Allocate ``size_mib`` as fast as possible, hold it, then exit (release)."""
-        return await self._run(ALLOC_PY, (0, size_mib, hold_s), progress or Progress())
+        return await self._run(("anon", "--rate", 0, "--max-mb", size_mib, "--hold", hold_s),
+                               progress or Progress())
 
     async def idle(self, seconds: float) -> None:
         """Do nothing in the memcg for ``seconds``."""

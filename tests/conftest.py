@@ -1,6 +1,5 @@
 """Shared fixtures.  Keep small: other test files may append fixtures here."""
 
-import os
 import sys
 from typing import Iterator
 
@@ -9,8 +8,9 @@ import pytest
 from memagent import memcg as memcg_mod
 from support import need  # noqa: F401  (re-exported for the test modules)
 
-HELPERS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers")
-ALLOC = [sys.executable, "-u", os.path.join(HELPERS_DIR, "alloc.py")]
+LOADGEN = [sys.executable, "-u", "-m", "memagent.loadgen"]
+ALLOC = LOADGEN + ["anon"]  # + --rate MB/s, --chunk MB, --max-mb MB, --hold S
+CACHE_FILL = LOADGEN + ["cache"]  # + FILE and the same options
 MEMCG_LIMIT_KIB = 64 * 1024
 
 

@@ -24,7 +24,7 @@ import subprocess
 from typing import List, Optional, Tuple
 
 import pytest
-from conftest import ALLOC, MEMCG_LIMIT_KIB
+from conftest import ALLOC, CACHE_FILL, MEMCG_LIMIT_KIB
 
 from memagent import aio
 from memagent.memcg import Memcg, available
@@ -135,7 +135,7 @@ def test_with_page_cache_low_warns_well_before_the_oom_kill(memcg: Memcg, tmp_pa
     with open(cache_file, "wb") as f:
         f.write(b"\0" * (40 << 20))
         os.fsync(f.fileno())  # clean pages: reclaim drops them without writeback
-    filler = memcg.spawn(ALLOC + ["--cache", cache_file, "--rate", "0", "--chunk", "4"],
+    filler = memcg.spawn(CACHE_FILL + [cache_file, "--rate", "0", "--chunk", "4"],
                          stdout=subprocess.DEVNULL)
     assert filler.wait(timeout=10) == 0
     assert memcg.usage_kib() > 30 * 1024  # the cache is charged to the group

@@ -28,7 +28,8 @@ import select
 from typing import Dict, List, Optional, Tuple
 
 from .. import aio
-from . import Domain, Source, SourceOptions, SourceUnavailable, domain_path
+from . import Domain, SourceOptions, SourceUnavailable, domain_path
+from .fdsource import FdSource
 
 LEVELS = ("low", "medium", "critical")
 SEVERITY = ("vmpressure:critical", "vmpressure:medium", "vmpressure:low", "threshold")
@@ -91,8 +92,9 @@ def v1_root(mountinfo: str = "/proc/self/mountinfo") -> Optional[str]:
     return None
 
 
-class Cgroup1Source(Source):
-    """Wakes on vmpressure or usage-threshold eventfds of a v1 memcg."""
+class Cgroup1Source(FdSource):
+    """Wakes on vmpressure or usage-threshold eventfds of a v1 memcg, gathered
+    in one epoll object whose fd is ``self.fd``."""
 
     name = "cgroup1"
     event_driven = True
@@ -104,7 +106,6 @@ class Cgroup1Source(Source):
         self._events: Dict[int, str] = {}  # eventfd -> event name
         self._threshold_fd: Optional[int] = None
         self._epoll: Optional["select.epoll"] = None
-        self._watch: Optional[aio.FdWatch] = None
         self.last_fired: Tuple[str, ...] = ()  # every event drained at the last wake
 
     def _group_dir(self) -> str:
@@ -124,6 +125,7 @@ class Cgroup1Source(Source):
         Raises: SourceUnavailable if the group lacks the files or the kernel refuses."""
         self.path = self._group_dir()
         self._epoll = select.epoll()
+        self.fd = self._epoll.fileno()
         try:
             for level in LEVELS:
                 self._register_level(level)
@@ -189,14 +191,11 @@ class Cgroup1Source(Source):
         """Returns: "vmpressure:critical" > "vmpressure:medium" >
         "vmpressure:low" > "threshold" (the most severe that fired), or None
         on timeout.  Raises: FileNotFoundError if the group was removed."""
-        if self._epoll is None:
-            raise OSError(errno.EBADF, "cgroup1: source is not open")
-        if self._watch is None:
-            self._watch = aio.FdWatch(self._epoll.fileno())
+        watch = self._watch_fd()
         deadline_ms = None if timeout_ms is None else aio.ticks_ms() + timeout_ms
         while True:
             left_ms = None if deadline_ms is None else max(deadline_ms - aio.ticks_ms(), 0)
-            if not await self._watch.wait(left_ms):
+            if not await watch.wait(left_ms):
                 return None
             await aio.sleep_ms(COALESCE_MS)
             event = self._drain_all()
@@ -205,11 +204,9 @@ class Cgroup1Source(Source):
             if event is not None:
                 return event
 
-    def close(self) -> None:
-        """Close every eventfd (which unregisters it).  Idempotent."""
-        if self._watch is not None:
-            self._watch.close()
-            self._watch = None
+    def _close_fd(self, fd: int) -> None:
+        """Close every eventfd (which unregisters it), then the epoll object
+        (whose fd is ``fd``)."""
         for efd in list(self._events):
             self._remove_fd(efd)
         self._threshold_fd = None

@@ -7,12 +7,12 @@ source re-reads it (seek 0) and reports the most severe counter that grew:
 A wake where nothing it knows grew is not reported (it waits again).
 """
 
-import errno
 import os
 from typing import Dict, Optional
 
 from .. import aio, procfs
-from . import Domain, Source, SourceOptions, SourceUnavailable, domain_path
+from . import Domain, SourceOptions, SourceUnavailable, domain_path
+from .fdsource import FdSource
 
 SEVERITY = ("oom_kill", "oom_group_kill", "oom", "max", "high", "low")
 
@@ -25,17 +25,16 @@ def grown_event(before: Dict[str, int], after: Dict[str, int]) -> Optional[str]:
     return None
 
 
-class Cgroup2Source(Source):
+class Cgroup2Source(FdSource):
     """Wakes when a v2 memcg's memory.events changes; events "events:<name>"."""
 
     name = "cgroup2"
     event_driven = True
+    urgent = True  # kernfs reports POLLPRI|POLLERR
 
     def __init__(self, domain: Domain, opts: SourceOptions) -> None:
         super().__init__(domain, opts)
-        self.fd: Optional[int] = None
         self.counters: Dict[str, int] = {}
-        self._watch: Optional[aio.FdWatch] = None
 
     def _read_counters(self) -> Dict[str, int]:
         """Return: memory.events re-read through the open fd (this re-arms kernfs).
@@ -62,25 +61,13 @@ class Cgroup2Source(Source):
     async def wait(self, timeout_ms: Optional[int]) -> Optional[str]:
         """Returns: "events:<counter>" for the most severe counter that grew,
         None on timeout.  Raises: OSError if the group was removed."""
-        if self.fd is None:
-            raise OSError(errno.EBADF, "cgroup2: source is not open")
-        if self._watch is None:
-            self._watch = aio.FdWatch(self.fd, urgent=True)
+        watch = self._watch_fd()
         deadline_ms = None if timeout_ms is None else aio.ticks_ms() + timeout_ms
         while True:
             left_ms = None if deadline_ms is None else max(deadline_ms - aio.ticks_ms(), 0)
-            if not await self._watch.wait(left_ms):
+            if not await watch.wait(left_ms):
                 return None
             before, self.counters = self.counters, self._read_counters()
             event = grown_event(before, self.counters)
             if event is not None:
                 return event
-
-    def close(self) -> None:
-        """Close memory.events.  Idempotent."""
-        if self._watch is not None:
-            self._watch.close()
-            self._watch = None
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None

@@ -17,13 +17,14 @@ import stat
 from typing import Optional
 
 from .. import aio
-from . import Domain, Source, SourceOptions, SourceUnavailable
+from . import Domain, SourceOptions, SourceUnavailable
+from .fdsource import FdSource
 
 MIN_GAP_MS = 100
 _DRAIN_READS = 64  # bound the drain of a stand-in FIFO that someone keeps filling
 
 
-class MemNotifySource(Source):
+class MemNotifySource(FdSource):
     """Wakes on POLLIN of ``opts.device_path``; event "mem_notify"."""
 
     name = "mem_notify"
@@ -31,8 +32,6 @@ class MemNotifySource(Source):
 
     def __init__(self, domain: Domain, opts: SourceOptions) -> None:
         super().__init__(domain, opts)
-        self.fd: Optional[int] = None
-        self._watch: Optional[aio.FdWatch] = None
         self._last_wake_ms: Optional[int] = None
 
     def open(self) -> None:
@@ -82,24 +81,12 @@ class MemNotifySource(Source):
     async def wait(self, timeout_ms: Optional[int]) -> Optional[str]:
         """Returns: "mem_notify" when the device became readable, None on
         timeout.  Raises: OSError if the fd fails."""
-        if self.fd is None:
-            raise OSError(errno.EBADF, "mem_notify: source is not open")
+        watch = self._watch_fd()
         left_ms = await self._respect_gap(timeout_ms)
         if left_ms == 0:
             return None
-        if self._watch is None:
-            self._watch = aio.FdWatch(self.fd)
-        if not await self._watch.wait(left_ms):
+        if not await watch.wait(left_ms):
             return None
         self._last_wake_ms = aio.ticks_ms()
         self._drain()
         return "mem_notify"
-
-    def close(self) -> None:
-        """Close the device.  Idempotent."""
-        if self._watch is not None:
-            self._watch.close()
-            self._watch = None
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None

@@ -15,8 +15,8 @@ import errno
 import os
 from typing import Optional
 
-from .. import aio
-from . import Domain, Source, SourceOptions, SourceUnavailable, domain_path
+from . import Domain, SourceOptions, SourceUnavailable, domain_path
+from .fdsource import FdSource
 
 _REASONS = {
     errno.EINVAL: "kernel rejected trigger (EINVAL)",
@@ -33,17 +33,17 @@ def _reason(e: OSError) -> str:
     return known if known else "%s (%s)" % (e.strerror, errno.errorcode.get(e.errno or 0, "?"))
 
 
-class PsiSource(Source):
-    """Wakes on POLLPRI of a PSI trigger; event "psi"."""
+class PsiSource(FdSource):
+    """Wakes on POLLPRI of a PSI trigger; event "psi".  close() closes the
+    trigger fd, which removes the trigger."""
 
     name = "psi"
     event_driven = True
+    urgent = True
 
     def __init__(self, domain: Domain, opts: SourceOptions) -> None:
         super().__init__(domain, opts)
-        self.fd: Optional[int] = None
         self.path = ""
-        self._watch: Optional[aio.FdWatch] = None
 
     def _pressure_path(self) -> str:
         """Return: the domain's pressure file.  Raises: SourceUnavailable (v1 memcg)."""
@@ -74,17 +74,4 @@ class PsiSource(Source):
     async def wait(self, timeout_ms: Optional[int]) -> Optional[str]:
         """Returns: "psi" when the trigger fired, None on timeout.
         Raises: OSError if the source is not open."""
-        if self.fd is None:
-            raise OSError(errno.EBADF, "psi: source is not open")
-        if self._watch is None:
-            self._watch = aio.FdWatch(self.fd, urgent=True)
-        return "psi" if await self._watch.wait(timeout_ms) else None
-
-    def close(self) -> None:
-        """Close the trigger fd (which removes the trigger).  Idempotent."""
-        if self._watch is not None:
-            self._watch.close()
-            self._watch = None
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        return "psi" if await self._watch_fd().wait(timeout_ms) else None

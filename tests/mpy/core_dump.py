@@ -13,6 +13,7 @@ from memagent import procfs, trace
 from memagent.levels import default_thresholds
 from memagent.memstate import estimate_available_kib
 
+
 def _limit(text):
     return {"limit": procfs.parse_limit(text)}
 

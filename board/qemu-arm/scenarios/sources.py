@@ -23,28 +23,15 @@ import time
 
 import rigguest
 
+from memagent import loadgen
+
 CG_ROOT = "/sys/fs/cgroup"
-ALLOC = r"""
-import sys, time
-rate, limit = float(sys.argv[1]), int(sys.argv[2])
-chunks, t0 = [], time.monotonic()
-print("ready", flush=True)
-while len(chunks) < limit:
-    b = bytearray(1 << 20)
-    b[::4096] = b"\1" * len(b[::4096])
-    chunks.append(b)
-    print("anon_mb=%d" % len(chunks), flush=True)
-    delay = t0 + len(chunks) / rate - time.monotonic()
-    if delay > 0:
-        time.sleep(delay)
-time.sleep(float(sys.argv[3]) if len(sys.argv) > 3 else 3600)
-"""
+LOADGEN = [sys.executable, "-m", "memagent.loadgen"]  # /opt/memagent is on PYTHONPATH
 
 
 THRASH = r"""
 echo $$ > %(cg)s/cgroup.procs
-python3 -c 'import time; b = bytearray(%(hold)d << 20)
-b[::4096] = b"\1" * len(b[::4096]); time.sleep(600)' &
+python3 -m memagent.loadgen anon --rate 0 --max-mb %(hold)d --hold 600 >/dev/null &
 dd if=/dev/zero of=/var/tmp/thrash bs=1M count=%(fill)d 2>/dev/null; sync
 while :; do python3 -c 'import asyncio, json, email.parser, argparse'; done &
 while :; do dd if=/var/tmp/thrash of=/dev/null bs=1M 2>/dev/null; done
@@ -101,9 +88,16 @@ def in_group(path):
 
 
 def start_alloc(rate_mb_s, limit_mb, group=None, hold_s=3600):
-    return subprocess.Popen([sys.executable, "-c", ALLOC, str(rate_mb_s), str(limit_mb),
-                             str(hold_s)], stdout=subprocess.PIPE, text=True,
+    argv = LOADGEN + ["anon", "--rate", str(rate_mb_s), "--max-mb", str(limit_mb),
+                      "--hold", str(hold_s)]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True,
                             preexec_fn=in_group(group) if group else None)
+
+
+def allocated_mb(out):
+    """Return: the MiB the allocator last reported in its output ``out``."""
+    counts = [p.count for p in map(loadgen.parse_line, out.splitlines()) if p is not None]
+    return int(counts[-1]) if counts else 0
 
 
 def fill_cache(group, mb):
@@ -170,7 +164,7 @@ def ramp_in_group(name, max_mb, cache_mb, source):
 def judge_ramp(t0, killed_wall, rc, out, err, oom_kills, label):
     evs = load_jsonl("/tmp/ev.jsonl") if os.path.exists("/tmp/ev.jsonl") else []
     lows = [e for e in evs if e["level"] == "LOW" and e["prev_level"] == "NORMAL"]
-    mb_total = int(out.split("anon_mb=")[-1].split()[0]) if "anon_mb=" in out else 0
+    mb_total = allocated_mb(out)
     fact("alloc_exit", rc)
     fact("oom_kills", oom_kills)
     fact("allocated_mb", mb_total)
