@@ -52,9 +52,11 @@ def source_options(config: Config) -> "sources.SourceOptions":
 
 
 def poll_interval_ms(avail_kib: int, low_kib: int, max_fill_kib_s: int, max_ms: int) -> int:
-    """Return: how long a poller may sleep while calm: half the time the
-    fastest expected fill (``max_fill_kib_s``) takes to reach LOW, within
-    100 ms..``max_ms``.  A full board is checked often, an empty one rarely."""
+    """Return: how long a source that cannot see memory fill (poll, psi,
+    cgroup2, mem_notify) may sleep while calm: half the time the fastest
+    expected fill (``max_fill_kib_s``) takes to reach LOW, within
+    100 ms..``max_ms``.  A full board is checked often, an empty one rarely;
+    0 KiB/s means "never" for the event-driven ones (trust the kernel)."""
     headroom_kib = max(avail_kib - low_kib, 0)
     return min(max(headroom_kib * 1000 // max(max_fill_kib_s, 1) // 2, 100), max_ms)
 
@@ -111,10 +113,11 @@ class Agent:
 
     def _timeout_ms(self, monitor: Monitor, source: "Any") -> "Optional[int]":
         timeout = monitor.next_sample_ms(aio.ticks_ms())
-        if timeout is None and not source.event_driven and monitor.last is not None:
+        max_fill_kib_s = int(str(self.config.get("sources", "max_fill_kib_s")))
+        net = not source.sees_fill and (max_fill_kib_s > 0 or not source.event_driven)
+        if timeout is None and net and monitor.last is not None:
             timeout = poll_interval_ms(
-                monitor.last.avail_kib, monitor.thresholds.low_kib,
-                int(str(self.config.get("sources", "max_fill_kib_s"))),
+                monitor.last.avail_kib, monitor.thresholds.low_kib, max_fill_kib_s,
                 int(str(self.config.get("sources", "calm_interval_ms"))))
         if self.min_interval_ms is not None:
             timeout = self.min_interval_ms if timeout is None else min(timeout,

@@ -21,8 +21,9 @@ SCENARIO = os.path.join(RIG_DIR, "scenarios", "sources.py")
 pytestmark = pytest.mark.qemu
 
 
-def boot(mode: str, tmp: str, mem_mb: int = 128) -> "Tuple[str, Dict[str, str]]":
-    """Run sources.py MODE in the guest.  Returns: (console, FACT values)."""
+def boot_script(script: str, tmp: str, args: "Tuple[str, ...]" = (),
+                mem_mb: int = 128) -> "Tuple[str, Dict[str, str]]":
+    """Run a scenario in the guest.  Returns: (console, FACT values)."""
     if shutil.which("qemu-system-arm") is None:
         need("qemu-system-arm is not installed (apt-get install qemu-system-arm)")
     sys.path.insert(0, RIG_DIR)
@@ -31,8 +32,8 @@ def boot(mode: str, tmp: str, mem_mb: int = 128) -> "Tuple[str, Dict[str, str]]"
     finally:
         sys.path.pop(0)
     try:
-        console, _files = rig.run_scenario(SCENARIO, mem_mb=mem_mb, timeout_s=240,
-                                           out_dir=tmp, args=(mode,))
+        console, _files = rig.run_scenario(script, mem_mb=mem_mb, timeout_s=240,
+                                           out_dir=tmp, args=args)
     except rig.RigError as e:
         need("the qemu rig cannot build its image here: %s" % e)
     facts = {}
@@ -42,6 +43,11 @@ def boot(mode: str, tmp: str, mem_mb: int = 128) -> "Tuple[str, Dict[str, str]]"
             facts[key] = value.strip()
     assert rig.scenario_ok(console), console[-3000:]
     return console, facts
+
+
+def boot(mode: str, tmp: str) -> "Tuple[str, Dict[str, str]]":
+    """Run sources.py MODE in the guest.  Returns: (console, FACT values)."""
+    return boot_script(SCENARIO, tmp, (mode,))
 
 
 def test_psi_source_sleeps_while_calm_and_wakes_on_thrash(tmp_path: Any) -> None:
@@ -62,3 +68,9 @@ def test_system_ramp_on_psi_warns_with_headroom(tmp_path: Any) -> None:
     assert facts["source"] == "psi"
     assert 10 <= int(facts["first_low_avail_pct"]) <= 30
     assert float(facts["low_lead_s"]) > 1.0
+
+
+def test_demo_live_on_cgroup_v2(tmp_path: Any) -> None:
+    # The README's first command on a cgroup v2 machine (Debian 12's default).
+    console, _ = boot_script(os.path.join(RIG_DIR, "scenarios", "demo.sh"), str(tmp_path))
+    assert "LOW      <- NORMAL" in console and "removed" in console

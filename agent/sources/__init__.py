@@ -71,12 +71,19 @@ class SourceOptions:
 class Source:
     """Base class: a way to sleep until the kernel reports memory activity.
 
-    ``event_driven`` is True when a calm system causes no wakeups at all.
+    ``event_driven`` is True when the source sleeps in the kernel;
+    ``sees_fill`` when, besides, a calm system then causes no wakeups at all.
     Lifecycle: ``open()``, then ``wait()``/``read()`` in a loop, ``close()``.
     """
 
     name = "base"
     event_driven = False
+    # True when the kernel also reports memory *filling up* before reclaim
+    # starts (v1 usage thresholds).  PSI, memory.events and mem_notify only
+    # speak once reclaim stalls: measured in the ARM guest, a 10 MB/s
+    # anonymous ramp with no swap can reach the OOM kill before any PSI
+    # trigger fires, so the agent keeps a watermark check beside them.
+    sees_fill = False
 
     def __init__(self, domain: Domain, opts: SourceOptions) -> None:
         self.domain = domain

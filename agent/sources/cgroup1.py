@@ -98,6 +98,7 @@ class Cgroup1Source(FdSource):
 
     name = "cgroup1"
     event_driven = True
+    sees_fill = True  # the usage thresholds
 
     def __init__(self, domain: Domain, opts: SourceOptions) -> None:
         super().__init__(domain, opts)
@@ -191,28 +192,24 @@ class Cgroup1Source(FdSource):
         """Returns: "vmpressure:critical" > "vmpressure:medium" >
         "vmpressure:low" > "threshold" (the most severe that fired), or None
         on timeout.  Raises: FileNotFoundError if the group was removed."""
-        watch = self._watch_fd()
-        deadline_ms = None if timeout_ms is None else aio.ticks_ms() + timeout_ms
-        while True:
-            left_ms = None if deadline_ms is None else max(deadline_ms - aio.ticks_ms(), 0)
-            if not await watch.wait(left_ms):
-                return None
-            event = self._drain_all()
-            if event is not None and event != "threshold":
-                # vmpressure comes in bursts: gather the rest as one wake.  A
-                # lone usage threshold does not, and an idle memcg whose cache
-                # the kernel trims crosses them one by one (measured: 8 a
-                # minute here), so it costs one wakeup, not two.
-                fired = set(self.last_fired)
-                await aio.sleep_ms(COALESCE_MS)
-                self._drain_all()
-                fired |= set(self.last_fired)
-                self.last_fired = tuple(n for n in SEVERITY if n in fired)
-                event = self.last_fired[0]
-            if not os.path.isdir(self.path):
-                raise FileNotFoundError(errno.ENOENT, "cgroup1: memcg removed", self.path)
-            if event is not None:
-                return event
+        return await self._wait_until(timeout_ms)
+
+    async def _on_ready(self) -> Optional[str]:
+        event = self._drain_all()
+        if event is not None and event != "threshold":
+            # vmpressure comes in bursts: gather the rest as one wake.  A lone
+            # usage threshold does not, and an idle memcg whose cache the
+            # kernel trims crosses them one by one (measured: 8 a minute
+            # here), so it costs one wakeup, not two.
+            fired = set(self.last_fired)
+            await aio.sleep_ms(COALESCE_MS)
+            self._drain_all()
+            fired |= set(self.last_fired)
+            self.last_fired = tuple(n for n in SEVERITY if n in fired)
+            event = self.last_fired[0]
+        if not os.path.isdir(self.path):
+            raise FileNotFoundError(errno.ENOENT, "cgroup1: memcg removed", self.path)
+        return event
 
     def _close_fd(self, fd: int) -> None:
         """Close every eventfd (which unregisters it), then the epoll object

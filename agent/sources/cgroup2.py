@@ -10,7 +10,7 @@ A wake where nothing it knows grew is not reported (it waits again).
 import os
 from typing import Dict, Optional
 
-from .. import aio, procfs
+from .. import procfs
 from . import Domain, SourceOptions, SourceUnavailable, domain_path
 from .fdsource import FdSource
 
@@ -61,13 +61,8 @@ class Cgroup2Source(FdSource):
     async def wait(self, timeout_ms: Optional[int]) -> Optional[str]:
         """Returns: "events:<counter>" for the most severe counter that grew,
         None on timeout.  Raises: OSError if the group was removed."""
-        watch = self._watch_fd()
-        deadline_ms = None if timeout_ms is None else aio.ticks_ms() + timeout_ms
-        while True:
-            left_ms = None if deadline_ms is None else max(deadline_ms - aio.ticks_ms(), 0)
-            if not await watch.wait(left_ms):
-                return None
-            before, self.counters = self.counters, self._read_counters()
-            event = grown_event(before, self.counters)
-            if event is not None:
-                return event
+        return await self._wait_until(timeout_ms)
+
+    async def _on_ready(self) -> Optional[str]:
+        before, self.counters = self.counters, self._read_counters()
+        return grown_event(before, self.counters)

@@ -33,6 +33,27 @@ class FdSource(Source):
             self._watch = aio.FdWatch(self.fd, urgent=self.urgent)
         return self._watch
 
+    async def _wait_until(self, timeout_ms: Optional[int]) -> Optional[str]:
+        """Wait on the fd until :meth:`_on_ready` names an event.
+
+        Returns: that event, or None once ``timeout_ms`` has passed (None:
+        no limit).  Raises: what ``_on_ready`` raises; OSError if not open.
+        """
+        watch = self._watch_fd()
+        deadline_ms = None if timeout_ms is None else aio.ticks_ms() + timeout_ms
+        while True:
+            left_ms = None if deadline_ms is None else max(deadline_ms - aio.ticks_ms(), 0)
+            if not await watch.wait(left_ms):
+                return None
+            event = await self._on_ready()
+            if event is not None:
+                return event
+
+    async def _on_ready(self) -> Optional[str]:
+        """The fd is ready: consume what it reports.
+        Returns: the event name, or None if it was nothing (wait on)."""
+        raise NotImplementedError
+
     def _close_fd(self, fd: int) -> None:
         """Release ``fd`` when the source closes (here: os.close)."""
         os.close(fd)

@@ -21,6 +21,7 @@ class TraceSource(Source):
 
     name = "trace"
     event_driven = True
+    sees_fill = True  # it plays every recorded reading
 
     def __init__(self, domain: Domain, opts: SourceOptions) -> None:
         super().__init__(domain, opts)

@@ -118,7 +118,11 @@ def events_of(readings):
 
 
 def mode_psi():
-    rec = memagent("record", "--source", "psi", "--interval-ms", "600000", "-o", "/tmp/t.jsonl")
+    # max_fill_kib_s = 0: trust PSI alone (no watermark check beside it), so
+    # that every reading after start-up is the kernel's doing.
+    write("/tmp/psi-only.conf", "[sources]\nmax_fill_kib_s = 0\n")
+    rec = memagent("record", "--source", "psi", "--interval-ms", "600000", "-c",
+                   "/tmp/psi-only.conf", "-o", "/tmp/t.jsonl")
     time.sleep(8)  # calm: past the start-up samples, then nothing should wake it
     calm = load_jsonl("/tmp/t.jsonl")[1:]
     time.sleep(10)

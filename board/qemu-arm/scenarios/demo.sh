@@ -1,0 +1,15 @@
+#!/bin/sh
+# memagent demo on cgroup v2 (the guest), as a fresh Debian 12 would run it.
+cd /tmp
+python3 -m memagent demo --memcg-mib 40 --rate-mib-s 10 > /tmp/demo.out 2>&1
+rc=$?
+cat /tmp/demo.out
+python3 -m memagent demo --memcg-mib 40 --json > /tmp/demo.json 2>/tmp/demo.err
+rc2=$?
+cat /tmp/demo.json /tmp/demo.err
+ls /sys/fs/cgroup | grep memagent && echo "LEFTOVER memcg"
+if [ $rc = 0 ] && [ $rc2 = 0 ] && grep -q "LOW      <- NORMAL" /tmp/demo.out && grep -q '"mode": "live"' /tmp/demo.json; then
+  echo "RESULT ok demo live on cgroup v2"
+else
+  echo "RESULT fail demo rc=$rc rc2=$rc2"
+fi
