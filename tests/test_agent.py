@@ -129,12 +129,15 @@ def test_sighup_reloads_and_bad_config_is_kept_out(memcg: Memcg, tmp_path: Any) 
 @pytest.mark.memcg
 def test_self_protection(memcg: Memcg, tmp_path: Any) -> None:
     tmp = str(tmp_path)
-    agent = start_agent(memcg, tmp)
+    agent = start_agent(memcg, tmp, "--mlockall")
     try:
         with open("/proc/%d/oom_score_adj" % agent.pid) as f:
             adj = int(f.read())
+        with open("/proc/%d/status" % agent.pid) as f:
+            locked_kib = int(next(ln for ln in f if ln.startswith("VmLck:")).split()[1])
     finally:
         err = stop_agent(agent)
+    assert locked_kib > 1000 or "mlockall failed" in err, err
     # Where the sandbox withholds CAP_SYS_RESOURCE (this CI machine does),
     # the agent must say so plainly and run on.
     assert adj == -1000 or "oom_score_adj -1000 not set" in err
