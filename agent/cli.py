@@ -23,9 +23,20 @@ except ImportError:  # MicroPython
 log = logging.getLogger("memagent")
 
 
-def setup_logging(target: str, verbose: int) -> None:
-    """Log to stderr or syslog (falling back to stderr if /dev/log is absent)."""
-    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.INFO
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+              "error": logging.ERROR}
+
+
+def setup_logging(config: Config, verbose: int) -> None:
+    """Log to stderr or syslog (falling back to stderr if /dev/log is absent),
+    at the config's log_level, or debug with -v.
+    Raises: ConfigError for an unknown log_level."""
+    target = str(config.get("agent", "log"))
+    name = "debug" if verbose else str(config.get("agent", "log_level")).lower()
+    if name not in LOG_LEVELS:
+        raise ConfigError("[agent] log_level: %r is not one of %s"
+                          % (name, ", ".join(LOG_LEVELS)))
+    level = LOG_LEVELS[name]
     handler: "Optional[logging.Handler]" = None
     if target == "syslog":
         try:
@@ -69,7 +80,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """``memagent run``: the agent, until SIGTERM."""
     config = _config(args)
-    setup_logging(str(config.get("agent", "log")), args.verbose)
+    setup_logging(config, args.verbose)
     events = open(args.events_json, "a") if args.events_json not in (None, "-") else (
         sys.stdout if args.events_json == "-" else None)
     agent = Agent(config, config_path=args.config, events_out=events)
@@ -138,7 +149,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_record(args: argparse.Namespace) -> int:
     """``memagent record``: write readings as a trace until SIGTERM/SIGINT or --duration-s."""
     config = _config(args)
-    setup_logging(str(config.get("agent", "log")), args.verbose)
+    setup_logging(config, args.verbose)
     config.set("agent", "socket", "")
     out = sys.stdout if args.output == "-" else open(args.output, "w")
     memcg = config.get("agent", "memcg")
