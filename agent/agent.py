@@ -41,13 +41,13 @@ def source_options(config: Config) -> "sources.SourceOptions":
     """Return: the sources' options from the [sources] and [agent] sections."""
     trace = config.get("agent", "trace")
     return sources.SourceOptions(
-        device_path=str(config.get("sources", "device_path")),
-        psi_stall_us=int(str(config.get("sources", "psi_stall_us"))),
-        psi_window_us=int(str(config.get("sources", "psi_window_us"))),
-        calm_interval_ms=int(str(config.get("sources", "calm_interval_ms"))),
-        proc_root=str(config.get("agent", "proc_root")),
+        device_path=config.get_str("sources", "device_path"),
+        psi_stall_us=config.get_int("sources", "psi_stall_us"),
+        psi_window_us=config.get_int("sources", "psi_window_us"),
+        calm_interval_ms=config.get_int("sources", "calm_interval_ms"),
+        proc_root=config.get_str("agent", "proc_root"),
         trace_path=str(trace) if trace else None,
-        trace_speed=float(str(config.get("agent", "trace_speed"))),
+        trace_speed=config.get_float("agent", "trace_speed"),
     )
 
 
@@ -93,8 +93,8 @@ class Agent:
         config = self.config
         memcg = config.get("agent", "memcg")
         domain = readers.open_domain(str(memcg) if memcg else None,
-                                     str(config.get("agent", "proc_root")))
-        source, skipped = sources.choose(str(config.get("agent", "source")), domain,
+                                     config.get_str("agent", "proc_root"))
+        source, skipped = sources.choose(config.get_str("agent", "source"), domain,
                                          source_options(config))
         for name, reason in skipped:
             log.info("source %s unavailable: %s", name, reason)
@@ -113,12 +113,12 @@ class Agent:
 
     def _timeout_ms(self, monitor: Monitor, source: "Any") -> "Optional[int]":
         timeout = monitor.next_sample_ms(aio.ticks_ms())
-        max_fill_kib_s = int(str(self.config.get("sources", "max_fill_kib_s")))
+        max_fill_kib_s = self.config.get_int("sources", "max_fill_kib_s")
         net = not source.sees_fill and (max_fill_kib_s > 0 or not source.event_driven)
         if timeout is None and net and monitor.last is not None:
             timeout = poll_interval_ms(
                 monitor.last.avail_kib, monitor.thresholds.low_kib, max_fill_kib_s,
-                int(str(self.config.get("sources", "calm_interval_ms"))))
+                self.config.get_int("sources", "calm_interval_ms"))
         if self.min_interval_ms is not None:
             timeout = self.min_interval_ms if timeout is None else min(timeout,
                                                                        self.min_interval_ms)
@@ -149,7 +149,7 @@ class Agent:
         """After a reclaim event: if another came within event_gap_ms and
         the domain is calm, let the next ones pile up for event_gap_ms (the
         source drains them as one wake)."""
-        gap_ms = int(str(self.config.get("sources", "event_gap_ms")))
+        gap_ms = self.config.get_int("sources", "event_gap_ms")
         last = self._last_noisy_ms
         self._last_noisy_ms = now_ms
         if last is not None and now_ms - last < gap_ms and \
@@ -221,7 +221,7 @@ class Agent:
         log.info("config reloaded from %s", self.config_path or "defaults")
 
     async def _start_control(self) -> "Optional[ControlServer]":
-        path = str(self.config.get("agent", "socket") or "")
+        path = self.config.get_str("agent", "socket")
         if not self.control_enabled or not path:
             return None
         server = ControlServer(path, self.status)
@@ -241,9 +241,9 @@ class Agent:
         Returns: the exit code.  Raises: sources.SourceUnavailable if a forced
         source cannot open; OSError if the domain cannot be read at start.
         """
-        for line in selfprotect.protect(int(str(self.config.get("agent", "oom_score_adj"))),
+        for line in selfprotect.protect(self.config.get_int("agent", "oom_score_adj"),
                                         bool(self.config.get("agent", "mlockall")),
-                                        str(self.config.get("agent", "proc_root"))):
+                                        self.config.get_str("agent", "proc_root")):
             log.info("%s", line)
         self._stop = aio.Event()
         source = self.source = self._open_source()

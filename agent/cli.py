@@ -31,8 +31,8 @@ def setup_logging(config: Config, verbose: int) -> None:
     """Log to stderr or syslog (falling back to stderr if /dev/log is absent),
     at the config's log_level, or debug with -v.
     Raises: ConfigError for an unknown log_level."""
-    target = str(config.get("agent", "log"))
-    name = "debug" if verbose else str(config.get("agent", "log_level")).lower()
+    target = config.get_str("agent", "log")
+    name = "debug" if verbose else config.get_str("agent", "log_level").lower()
     if name not in LOG_LEVELS:
         raise ConfigError("[agent] log_level: %r is not one of %s"
                           % (name, ", ".join(LOG_LEVELS)))
@@ -96,7 +96,7 @@ def _local_status(args: argparse.Namespace) -> "Dict[str, Any]":
     config = _config(args)
     memcg = config.get("agent", "memcg")
     domain = readers.open_domain(str(memcg) if memcg else None,
-                                 str(config.get("agent", "proc_root")))
+                                 config.get_str("agent", "proc_root"))
     reading = domain.read(aio.ticks_ms(), "status")
     monitor = Monitor(thresholds_from_config(config, reading.total_kib))
     monitor.update(reading)
@@ -130,7 +130,7 @@ def _print_status(st: "Dict[str, Any]") -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     """``memagent status``: ask the running agent, else read /proc now."""
     config = _config(args)
-    path = str(config.get("agent", "socket"))
+    path = config.get_str("agent", "socket")
     try:
         reply = aio.run(control.query(path, "status"))
         st = reply.get("status") if reply.get("ok") else None
@@ -153,7 +153,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     config.set("agent", "socket", "")
     out = sys.stdout if args.output == "-" else open(args.output, "w")
     memcg = config.get("agent", "memcg")
-    out.write(trace.header(str(memcg or "system"), str(config.get("agent", "source"))) + "\n")
+    out.write(trace.header(str(memcg or "system"), config.get_str("agent", "source")) + "\n")
     agent = Agent(config, record_out=out, min_interval_ms=args.interval_ms, control=False)
 
     async def timed() -> int:

@@ -86,6 +86,21 @@ class Config:
             return None
         return convert(kind, text, "%s: [%s] %s" % (self.origin, section, key))
 
+    def get_int(self, section: str, key: str) -> int:
+        """Return: an integer setting (0 if unset).  Raises: ConfigError."""
+        value = self.get(section, key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    def get_float(self, section: str, key: str) -> float:
+        """Return: a number setting (0.0 if unset).  Raises: ConfigError."""
+        value = self.get(section, key)
+        return float(value) if isinstance(value, (int, float)) else 0.0
+
+    def get_str(self, section: str, key: str) -> str:
+        """Return: a text setting ("" if unset).  Raises: ConfigError."""
+        value = self.get(section, key)
+        return value if isinstance(value, str) else ""
+
     def set(self, section: str, key: str, value: str) -> None:
         """Override a setting (command-line flags).  Raises: ConfigError."""
         kind = SCHEMA.get(section, {}).get(key)
@@ -188,7 +203,7 @@ def thresholds_from_config(config: Config, total_kib: int) -> Thresholds:
     for pct_key, kib_key in (("low_pct", "low_kib"), ("critical_pct", "critical_kib")):
         pct = config.get("levels", pct_key)
         if pct is not None:
-            base[kib_key] = int(total_kib * float(str(pct)) / 100)
+            base[kib_key] = int(total_kib * float(pct) / 100)  # type: ignore[arg-type]
     explicit = {}
     for key in base:
         value = config.get("levels", key)
