@@ -72,3 +72,40 @@ def test_memcg_domain_requires_a_memcg(tmp_path: Any) -> None:
     else:
         raise AssertionError("a plain directory is not a memcg")
     assert open_domain(None).kind == "system"
+
+
+def test_agent_survives_hostile_proc_mid_run(tmp_path: Any) -> None:
+    # The agent reads a /proc tree that turns to garbage and back: it logs,
+    # keeps serving, and recovers; it never dies of its input.
+    import signal
+    import time
+
+    root = old_proc(str(tmp_path))
+    sock = os.path.join(str(tmp_path), "ctl.sock")
+    conf = os.path.join(str(tmp_path), "m.conf")
+    with open(conf, "w") as f:
+        f.write("[sources]\ncalm_interval_ms = 200\nmax_fill_kib_s = 1\n")
+    agent = subprocess.Popen([sys.executable, "-m", "memagent", "run", "--source", "poll",
+                              "--proc-root", root, "--socket", sock, "-c", conf],
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while not os.path.exists(sock):
+            assert agent.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        good = os.path.join(root, "meminfo")
+        shutil.copy(good, good + ".good")
+        shutil.copy(os.path.join(DATA, "hostile", "garbage.txt"), good)
+        time.sleep(1.5)
+        assert agent.poll() is None
+        os.replace(good + ".good", good)
+        time.sleep(1.5)
+        out = subprocess.run([sys.executable, "-m", "memagent", "status", "--json", "--socket",
+                              sock], capture_output=True, text=True, timeout=30)
+        st = json.loads(out.stdout)
+        assert st["read_errors"] >= 1 and st["reading"]["total_kib"] == 895876
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        _, err = agent.communicate(timeout=10)
+    assert agent.returncode == 0
+    assert "reading failed (meminfo: no MemTotal line)" in err
