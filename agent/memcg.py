@@ -247,17 +247,26 @@ class Memcg:
         return child
 
     def kill_all(self, sig: int = signal.SIGKILL) -> int:
-        """Send ``sig`` to every process in the group.
+        """Send ``sig`` to every process in the group, by pidfd: a pid is
+        signalled only if, once pinned by its pidfd, it is still listed in
+        this group, so a pid reused meanwhile outside it is never hit.
 
         Returns: how many were signalled (pids that exited meanwhile are skipped).
         """
         sent = 0
         for pid in self.pids():
             try:
-                os.kill(pid, sig)
-                sent += 1
+                pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue
+            try:
+                if pid in self.pids():
+                    signal.pidfd_send_signal(pidfd, sig)
+                    sent += 1
             except ProcessLookupError:
                 pass
+            finally:
+                os.close(pidfd)
         return sent
 
     def oom_kill_count(self) -> int:
