@@ -13,7 +13,7 @@ import os
 import signal
 import time
 
-from . import __version__, aio, readers, selfprotect, sources
+from . import __version__, aio, pluginload, readers, selfprotect, sources
 from .config import Config, ConfigError, load_config, thresholds_from_config
 from .control import ControlServer
 from .dispatch import Dispatcher
@@ -75,7 +75,7 @@ class Agent:
         self.events_out = events_out
         self.record_out = record_out
         self.min_interval_ms = min_interval_ms
-        self.dispatcher = Dispatcher(plugins)
+        self.dispatcher = Dispatcher(plugins) if plugins is not None else self._load_plugins()
         self.control_enabled = control
         self.monitor: "Optional[Monitor]" = None
         self.source: "Optional[Any]" = None
@@ -88,6 +88,11 @@ class Agent:
         self._last_noisy_ms: "Optional[int]" = None
 
     # -- setup ---------------------------------------------------------------
+
+    def _load_plugins(self) -> Dispatcher:
+        result = pluginload.load_plugins(self.config)
+        result.log(log)
+        return result.dispatcher()
 
     def _open_source(self) -> "Any":
         config = self.config
@@ -253,12 +258,14 @@ class Agent:
             self._take(monitor, first)
             self._signals()
             server = await self._start_control()
+            await self.dispatcher.broadcast("on_start", agent_status=self.status())
             tasks = [aio.create_task(self._sense(source, monitor)),
                      aio.create_task(self.dispatcher.run())]
             await self._stop.wait()
             for task in tasks:
                 task.cancel()
             await aio.gather(*tasks, return_exceptions=True)
+            await self.dispatcher.broadcast("on_stop")
             if server is not None:
                 await server.close()
         finally:

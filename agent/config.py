@@ -41,6 +41,10 @@ SCHEMA = {
         "device_path": "str", "psi_stall_us": "int", "psi_window_us": "int",
         "calm_interval_ms": "int", "max_fill_kib_s": "int", "event_gap_ms": "int",
     },
+    "plugins": {
+        "enable": "str", "disable": "str", "block": "str", "order": "str", "dir": "str",
+        "hook_timeout_ms": "int",
+    },
 }
 
 DEFAULTS = {
@@ -51,6 +55,8 @@ DEFAULTS = {
     "sources": {"device_path": "/dev/mem_notify", "psi_stall_us": "150000",
                 "psi_window_us": "1000000", "calm_interval_ms": "10000",
                 "max_fill_kib_s": "20480", "event_gap_ms": "1000"},
+    "plugins": {"enable": "", "disable": "", "block": "", "order": "",
+                "dir": "/etc/memagent/plugins.d", "hook_timeout_ms": "2000"},
 }
 
 _TRUE = ("1", "yes", "true", "on")

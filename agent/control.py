@@ -15,6 +15,7 @@ import logging
 import os
 
 from . import aio
+from .protocol import MAX_ERRORS, MAX_LINE_BYTES, PROTOCOL_VERSION
 
 try:
     from typing import Any, Callable, Dict, Optional, Set
@@ -22,10 +23,6 @@ except ImportError:  # MicroPython
     pass
 
 log = logging.getLogger("memagent.control")
-
-PROTOCOL_VERSION = 1
-MAX_LINE_BYTES = 65536
-MAX_ERRORS = 3
 
 
 def handle_request(line: bytes, status: "Callable[[], Dict[str, Any]]") -> "Dict[str, Any]":

@@ -30,7 +30,9 @@ class Dispatcher:
         self.plugins = list(plugins or [])
         self.hook_timeout_ms = hook_timeout_ms
         self._pending: "Optional[Notification]" = None
-        self._wake = aio.Event()
+        # Made in run(): on Python 3.9 an Event binds the loop current at
+        # its creation, and the dispatcher is built before the loop runs.
+        self._wake: "Optional[Any]" = None
         self.dispatched = 0
         self.coalesced = 0
         self.hook_errors = 0
@@ -44,17 +46,26 @@ class Dispatcher:
             if note.level == note.prev_level and pending.level != pending.prev_level:
                 return
         self._pending = note
-        self._wake.set()
+        if self._wake is not None:
+            self._wake.set()
 
     async def run(self) -> None:
         """Dispatch forever (cancel to stop)."""
+        wake = self._wake = aio.Event()
+        if self._pending is not None:
+            wake.set()
         while True:
-            await self._wake.wait()
-            self._wake.clear()
+            await wake.wait()
+            wake.clear()
             note = self._pending
             self._pending = None
             if note is not None:
                 await self.dispatch(note)
+
+    async def broadcast(self, hook: str, **kwargs: "Any") -> None:
+        """Call ``hook`` on every plugin, in order (on_start, on_stop...)."""
+        for plugin in self.plugins:
+            await self.call(plugin, hook, **kwargs)
 
     async def dispatch(self, note: Notification) -> None:
         """Call every plugin's hooks for ``note``, in plugin order."""

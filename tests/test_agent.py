@@ -88,6 +88,43 @@ def test_low_comes_before_the_oom_kill(memcg: Memcg, tmp_path: Any) -> None:
 
 
 @pytest.mark.memcg
+def test_a_dropin_plugin_sees_the_levels(memcg: Memcg, tmp_path: Any) -> None:
+    # The vendor example as a drop-in, loaded by the agent from [plugins] dir,
+    # next to a plugin that raises: the agent and the good plugin carry on.
+    tmp = str(tmp_path)
+    plugins = os.path.join(tmp, "plugins.d")
+    os.makedirs(plugins)
+    example = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "examples", "vendor_plugin.py")
+    with open(example) as f, open(os.path.join(plugins, "vendor_plugin.py"), "w") as g:
+        g.write(f.read())
+    with open(os.path.join(plugins, "broken.py"), "w") as g:
+        g.write("class P:\n    name = 'broken'\n"
+                "    async def on_level_change(self, **kw):\n        raise RuntimeError('x')\n"
+                "plugin = P()\n")
+    conf = os.path.join(tmp, "m.conf")
+    with open(conf, "w") as f:
+        f.write("[plugins]\ndir = %s\n" % plugins)
+    level_file = os.path.join(tmp, "level")
+    os.environ["VENDOR_LEVEL_FILE"] = level_file
+    try:
+        agent = start_agent(memcg, tmp, "--config", conf)
+    finally:
+        del os.environ["VENDOR_LEVEL_FILE"]
+    try:
+        hog = memcg.spawn(ALLOC + ["--rate", "10"], stdout=subprocess.DEVNULL)
+        hog.wait(timeout=60)
+        time.sleep(0.5)
+    finally:
+        err = stop_agent(agent)
+    assert "plugins: broken, vendor_plugin" in err or "plugins: vendor_plugin, broken" in err
+    assert "plugin broken: on_level_change raised RuntimeError" in err
+    with open(level_file) as f:
+        assert f.read().strip() in ("LOW", "CRITICAL", "NORMAL")
+    assert "vendor_plugin: NORMAL -> LOW" in err
+
+
+@pytest.mark.memcg
 def test_calm_costs_no_wakeups(memcg: Memcg, tmp_path: Any) -> None:
     tmp = str(tmp_path)
     agent = start_agent(memcg, tmp)

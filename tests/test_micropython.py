@@ -12,6 +12,8 @@ import pytest
 
 from support import need
 
+pytestmark = pytest.mark.micropython
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "data")
 ROOT = os.path.dirname(HERE)
