@@ -368,6 +368,8 @@ def test_identical_under_micropython(tmp_path: "os.PathLike[str]") -> None:
 
 
 def test_bench_quick_runs(tmp_path: "os.PathLike[str]") -> None:
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)  # bench/ is not installed; plain `pytest` may not add it
     from bench import fairness as bench
 
     out = os.path.join(str(tmp_path), "fair.json")
