@@ -352,6 +352,7 @@ print([(a["id"], a["asked"], a["lag"], a["estimate_kib"]) for a in s.apps()])
 """
 
 
+@pytest.mark.micropython
 def test_identical_under_micropython(tmp_path: "os.PathLike[str]") -> None:
     exe = shutil.which("micropython")
     if exe is None:
