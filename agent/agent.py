@@ -14,6 +14,7 @@ import signal
 import time
 
 from . import __version__, aio, pluginload, readers, selfprotect, sources
+from .apps import AppRegistry, registry_from_config
 from .config import Config, ConfigError, load_config, thresholds_from_config
 from .control import ControlServer
 from .dispatch import Dispatcher
@@ -28,6 +29,7 @@ except ImportError:  # MicroPython
 log = logging.getLogger("memagent")
 
 RECENT_NOTES = 16
+SPARE_CLIENTS = 8  # connections beyond [apps] max_apps, for the shell and status
 # Kernel events that report reclaim, not shortage.  While they come faster
 # than one per event_gap_ms and find the domain calm, they are coalesced into
 # one read per event_gap_ms.  Measured on the dev machine: page-cache churn in
@@ -77,6 +79,7 @@ class Agent:
         self.min_interval_ms = min_interval_ms
         self.dispatcher = Dispatcher(plugins) if plugins is not None else self._load_plugins()
         self.control_enabled = control
+        self.apps: AppRegistry = registry_from_config(config)  # plugins trim through it
         self.monitor: "Optional[Monitor]" = None
         self.source: "Optional[Any]" = None
         self.skipped: "List[Tuple[str, str]]" = []
@@ -193,6 +196,7 @@ class Agent:
             self.events_out.write(json.dumps(obj) + "\n")
             self.events_out.flush()
         self.dispatcher.submit(note)
+        self.apps.broadcast_level(note)
 
     # -- views and control ------------------------------------------------------
 
@@ -203,7 +207,7 @@ class Agent:
                "uptime_s": (aio.ticks_ms() - self.started_ms) // 1000,
                "source": self.source.name if self.source else None,
                "unavailable": dict(self.skipped), "read_errors": self.read_errors,
-               "recent": list(self.recent)}
+               "recent": list(self.recent), "apps": self.apps.snapshot()}
         if m is not None:
             out.update({"level": level_name(m.level), "thresholds": m.thresholds.as_dict(),
                         "reading": m.last.to_dict() if m.last else None,
@@ -229,7 +233,10 @@ class Agent:
         path = self.config.get_str("agent", "socket")
         if not self.control_enabled or not path:
             return None
-        server = ControlServer(path, self.status)
+        # Room for every app plus the UI shell and status queries, so that a
+        # full app table never locks out `memagent status`.
+        server = ControlServer(path, self.status, registry=self.apps,
+                               max_clients=self.apps.max_apps + SPARE_CLIENTS)
         try:
             await server.start()
         except OSError as e:

@@ -45,6 +45,7 @@ SCHEMA = {
         "enable": "str", "disable": "str", "block": "str", "order": "str", "dir": "str",
         "hook_timeout_ms": "int",
     },
+    "apps": {"ui_uid": "int", "max_apps": "int"},
 }
 
 DEFAULTS = {
@@ -57,6 +58,8 @@ DEFAULTS = {
                 "max_fill_kib_s": "20480", "event_gap_ms": "1000"},
     "plugins": {"enable": "", "disable": "", "block": "", "order": "",
                 "dir": "/etc/memagent/plugins.d", "hook_timeout_ms": "2000"},
+    # ui_uid: the UI shell's uid, trusted like root (-1: none); see agent/apps.py
+    "apps": {"ui_uid": "-1", "max_apps": "64"},
 }
 
 _TRUE = ("1", "yes", "true", "on")

@@ -79,7 +79,7 @@ def test_oversized_line(tmp_path: Any) -> None:
         return talk(path, b"x" * (MAX_LINE_BYTES + 10) + b"\n")
 
     replies = with_server(client, str(tmp_path))
-    assert replies == [{"ok": False, "error": "request too long"}]
+    assert [(r["ok"], r["code"]) for r in replies] == [(False, "too_long")]
 
 
 def test_stalled_half_line_times_out(tmp_path: Any) -> None:
@@ -113,7 +113,7 @@ def test_connection_cap(tmp_path: Any) -> None:
         return extra, after
 
     extra, after = with_server(client, str(tmp_path), max_clients=4)
-    assert extra == [{"ok": False, "error": "busy: too many clients"}]
+    assert extra == [{"ok": False, "v": 1, "code": "busy", "error": "busy: too many clients"}]
     assert after[0]["ok"] is True
 
 
