@@ -265,7 +265,7 @@ class Agent:
             self._take(monitor, first)
             self._signals()
             server = await self._start_control()
-            await self.dispatcher.broadcast("on_start", agent_status=self.status())
+            await self.dispatcher.broadcast("on_start", agent_status=self.status(), agent=self)
             tasks = [aio.create_task(self._sense(source, monitor)),
                      aio.create_task(self.dispatcher.run())]
             await self._stop.wait()

@@ -185,6 +185,10 @@ class FairScheduler:
         """Return: one status dict per app, by id."""
         return [a.as_dict(self._vtime[a.cls]) for _, a in sorted(self._apps.items())]
 
+    def ids(self) -> "List[int]":
+        """Return: the registered app ids."""
+        return list(self._apps)
+
     def __len__(self) -> int:
         return len(self._apps)
 

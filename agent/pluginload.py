@@ -38,7 +38,7 @@ DEFAULT_HOOK_TIMEOUT_MS = 2000
 
 # hook -> the keyword arguments the agent passes to it today.
 HOOK_ARGS: "Dict[str, Tuple[str, ...]]" = {
-    "on_start": ("agent_status",),
+    "on_start": ("agent_status", "agent"),
     "on_stop": (),
     "on_level_change": ("level", "prev_level", "notification"),
     "on_pressure": ("level", "notification"),
@@ -399,12 +399,13 @@ def _unmatched(opts: _Options, found: "Iterable[str]", errors: "List[str]") -> N
 
 
 def load_plugins(config: Config, dropin_dir: "Optional[str]" = None,
-                 entry_points: "Optional[Iterable[importlib.metadata.EntryPoint]]" = None
-                 ) -> LoadResult:
+                 entry_points: "Optional[Iterable[importlib.metadata.EntryPoint]]" = None,
+                 builtins: bool = True) -> LoadResult:
     """Find, filter, load, validate and order the plugins.
 
     ``dropin_dir`` overrides ``[plugins] dir``; ``entry_points`` replaces the
-    installed entry points of the group ``memagent.plugins`` (``[]``: none).
+    installed entry points of the group ``memagent.plugins`` (``[]``: none);
+    ``builtins=False`` leaves out ``memagent.plugins.BUILTIN``.
 
     Returns: a LoadResult.  Never raises for a bad plugin, a bad drop-in
     file or a bad [plugins] value: each is a message in ``.errors``.
@@ -412,7 +413,7 @@ def load_plugins(config: Config, dropin_dir: "Optional[str]" = None,
     result = LoadResult()
     opts = _Options(config, result.errors)
     result.hook_timeout_ms = opts.hook_timeout_ms
-    candidates = (_builtin_candidates(result.errors)
+    candidates = ((_builtin_candidates(result.errors) if builtins else [])
                   + _installed_candidates(entry_points, result.errors)
                   + _dropin_candidates(opts.dir if dropin_dir is None else dropin_dir,
                                        result.errors))

@@ -1,5 +1,9 @@
 """memagent's built-in plugins (imported as ``memagent.plugins``).
 
-The plugin API and the first plugins arrive with the apps and plugins work;
-the agent already calls its hook points through :mod:`memagent.dispatch`.
+``BUILTIN`` lists them as (name, "module:attr"); the loader
+(:mod:`memagent.pluginload`) imports each only if the config enables it.
 """
+
+BUILTIN = [
+    ("release_caches", "memagent.plugins.release_caches:ReleaseCaches"),
+]

@@ -7,8 +7,8 @@ import sys
 from typing import Any, Dict
 
 import pytest
-from conftest import need
 
+from conftest import need
 from memagent import memcg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,8 +11,8 @@ import sys
 from typing import Any, Dict, List
 
 import pytest
-from conftest import need
 
+from conftest import need
 from memagent import demo, memcg, trace
 from memagent.levels import CRITICAL, LOW
 

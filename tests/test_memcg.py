@@ -7,8 +7,8 @@ import sys
 import time
 
 import pytest
-from conftest import ALLOC, MEMCG_LIMIT_KIB
 
+from conftest import ALLOC, MEMCG_LIMIT_KIB
 from memagent import memcg as memcg_mod
 from memagent.readers import MemcgDomain
 

@@ -41,6 +41,11 @@ plugin = Plugin()
 """
 
 
+def load_without_builtins(*args: Any, **kwargs: Any) -> LoadResult:
+    """load_plugins without memagent's built-in plugins: these tests load their own."""
+    return load_plugins(*args, builtins=False, **kwargs)
+
+
 def note(level: int = LOW, prev: int = NORMAL) -> Notification:
     return Notification(0, level, prev, "avail", 100, 1000, None)
 
@@ -52,7 +57,7 @@ def load(tmp_path: Path, files: Dict[str, str], conf: str = "",
     directory.mkdir(exist_ok=True)
     for filename, text in files.items():
         (directory / filename).write_text(textwrap.dedent(text))
-    return load_plugins(parse_config(conf, "test.conf"), dropin_dir=str(directory),
+    return load_without_builtins(parse_config(conf, "test.conf"), dropin_dir=str(directory),
                         entry_points=[] if entry_points is None else entry_points)
 
 
@@ -86,7 +91,7 @@ def test_a_class_is_instantiated_and_its_name_kept(tmp_path: Path) -> None:
 
 def test_an_empty_or_missing_directory_loads_nothing(tmp_path: Path) -> None:
     assert load(tmp_path, {}).plugins == []
-    result = load_plugins(Config({}), dropin_dir=str(tmp_path / "nope"), entry_points=[])
+    result = load_without_builtins(Config({}), dropin_dir=str(tmp_path / "nope"), entry_points=[])
     assert (result.plugins, result.errors) == ([], [])
 
 
@@ -230,7 +235,7 @@ def test_unknown_names_in_enable_and_order_are_reported(tmp_path: Path) -> None:
 def test_the_section_parses_and_a_bad_timeout_falls_back(tmp_path: Path) -> None:
     config = parse_config("[plugins]\ndir = %s\nhook_timeout_ms = 150\n" % tmp_path, "x.conf")
     (tmp_path / "r.py").write_text(RECORDER)
-    result = load_plugins(config, entry_points=[])  # the dir comes from the config
+    result = load_without_builtins(config, entry_points=[])  # the dir comes from the config
     assert (result.names, result.hook_timeout_ms) == (["r"], 150)
     assert result.dispatcher().hook_timeout_ms == 150
     bad = load(tmp_path, {}, "[plugins]\nhook_timeout_ms = 0\n")
@@ -270,7 +275,7 @@ def test_installed_entry_points_load(tmp_path: Path, monkeypatch: pytest.MonkeyP
     }, "acme = acme_memplug_cls:Acme\nrecorder = acme_memplug_mod\n"
        "broken = acme_memplug_bad:plugin\n")
     monkeypatch.syspath_prepend(str(site))  # also invalidates importlib's caches
-    result = load_plugins(Config({}), dropin_dir=str(tmp_path / "none"))
+    result = load_without_builtins(Config({}), dropin_dir=str(tmp_path / "none"))
     assert result.names == ["acme", "recorder"]  # sorted by entry point name
     assert len(result.errors) == 1
     assert "plugin broken (entry point broken = acme_memplug_bad:plugin)" in result.errors[0]
@@ -288,7 +293,7 @@ def test_entry_points_come_before_drop_ins(tmp_path: Path,
     directory = tmp_path / "d"
     directory.mkdir()
     (directory / "aaa.py").write_text(RECORDER)
-    result = load_plugins(Config({}), dropin_dir=str(directory))
+    result = load_without_builtins(Config({}), dropin_dir=str(directory))
     assert result.names == ["zed", "aaa"]
 
 
@@ -330,7 +335,7 @@ def test_the_example_plugin_works_as_a_drop_in(tmp_path: Path,
     shutil.copy(str(EXAMPLE), str(directory))
     level_file = tmp_path / "level"
     monkeypatch.setenv("VENDOR_LEVEL_FILE", str(level_file))
-    result = load_plugins(Config({}), dropin_dir=str(directory), entry_points=[])
+    result = load_without_builtins(Config({}), dropin_dir=str(directory), entry_points=[])
     assert (result.names, result.errors) == (["vendor_plugin"], [])
     d = result.dispatcher()
     aio.run(d.dispatch(note(LOW, NORMAL)))
@@ -338,3 +343,11 @@ def test_the_example_plugin_works_as_a_drop_in(tmp_path: Path,
     aio.run(d.call(result.plugins[0], "on_start", agent_status={"version": "0.1.0"}))
     assert d.hook_errors == 0
     assert not os.path.exists(str(level_file) + ".tmp")
+
+
+def test_the_builtin_release_caches_loads_by_default(tmp_path: Path) -> None:
+    result = load_plugins(Config({}), dropin_dir=str(tmp_path / "none"), entry_points=[])
+    assert result.names == ["release_caches"] and result.errors == []
+    result = load_plugins(parse_config("[plugins]\ndisable = release_caches\n"),
+                          dropin_dir=str(tmp_path / "none"), entry_points=[])
+    assert result.names == []

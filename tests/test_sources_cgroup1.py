@@ -24,8 +24,8 @@ import subprocess
 from typing import List, Optional, Tuple
 
 import pytest
-from conftest import ALLOC, CACHE_FILL, MEMCG_LIMIT_KIB
 
+from conftest import ALLOC, CACHE_FILL, MEMCG_LIMIT_KIB
 from memagent import aio
 from memagent.memcg import Memcg, available
 from memagent.readers import MemcgDomain, SystemDomain

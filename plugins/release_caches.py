@@ -1,0 +1,97 @@
+"""The built-in plugin ``release_caches``: ask registered apps to free their
+caches, fairly, in a closed loop, and measure what they really freed.
+
+On each LOW or CRITICAL notification it computes a deficit (what must be
+freed to get back above the LOW threshold, plus a margin), then runs rounds
+of the fair trim scheduler (:mod:`memagent.fairness`): a bounded number of
+apps per round, asked through the app registry (:mod:`memagent.apps`), each
+answer audited against the app's real footprint.  It stops as soon as the
+deficit is covered, when no app is left to ask, or when its time budget (kept
+under the dispatcher's hook timeout) runs out.
+"""
+
+import logging
+from typing import Any, Dict, List, Optional, Tuple
+
+from memagent import aio
+from memagent.fairness import FairScheduler
+from memagent.levels import LOW, Notification
+
+log = logging.getLogger("memagent.plugin.release_caches")
+
+BUDGET_MS = 1800  # under the dispatcher's default 2000 ms hook timeout
+MARGIN_DIV = 8  # ask for 1/8 of the LOW threshold beyond it: one round, not two
+
+
+def deficit_kib(avail_kib: int, low_kib: int) -> int:
+    """Return: KiB to free to get back above ``low_kib`` with a margin of
+    ``low_kib/8`` (never less than the margin: under a lead-time LOW the
+    memory is above the threshold but falling)."""
+    margin = max(low_kib // MARGIN_DIV, 1)
+    return max(low_kib + margin - avail_kib, margin)
+
+
+class ReleaseCaches:
+    """Trims registered apps on pressure (see the module docstring)."""
+
+    name = "release_caches"
+
+    def __init__(self, fanout: int = 3, budget_ms: int = BUDGET_MS) -> None:
+        self.scheduler = FairScheduler(fanout=fanout)
+        self.budget_ms = budget_ms
+        self.agent: Optional[Any] = None
+        self.events = 0
+        self.last_event: Optional[Dict[str, Any]] = None
+
+    async def on_start(self, agent: Optional[Any] = None, **kwargs: Any) -> None:
+        """Keep the agent: its app registry and thresholds."""
+        self.agent = agent
+
+    def _sync_apps(self, registry: Any) -> Dict[int, Any]:
+        """Mirror the registry into the scheduler.  Returns: app_id -> App."""
+        apps = {app.app_id: app for app in registry.apps()}
+        for app_id in self.scheduler.ids():
+            if app_id not in apps:
+                self.scheduler.remove(app_id)
+        known = set(self.scheduler.ids())
+        for app_id, app in apps.items():
+            if app_id in known:
+                self.scheduler.set_class(app_id, app.cls)
+            else:
+                self.scheduler.register(app_id, app.cls, app.estimate_kib)
+        return apps
+
+    async def on_pressure(self, level: int, notification: Notification,
+                          **kwargs: Any) -> None:
+        """Run one trim event for ``notification``."""
+        agent = self.agent
+        if agent is None or agent.monitor is None or level < LOW:
+            return
+        apps = self._sync_apps(agent.apps)
+        if not apps:
+            return
+        deficit = deficit_kib(notification.avail_kib, agent.monitor.thresholds.low_kib)
+        self.last_event = await self._event(apps, level, deficit)
+        self.events += 1
+        log.info("trim event: %s", self.last_event)
+
+    async def _event(self, apps: Dict[int, Any], level: int, deficit: int) -> Dict[str, Any]:
+        registry = self.agent.apps  # type: ignore[union-attr]
+        start_ms = aio.ticks_ms()
+        self.scheduler.begin_event(start_ms)
+        asked: List[Tuple[int, int, Optional[int]]] = []
+        left = deficit
+        deadline = self.scheduler.deadline_ms(level)
+        while left > 0 and aio.ticks_ms() - start_ms + deadline <= self.budget_ms:
+            plan = self.scheduler.plan_round(left, level, aio.ticks_ms())
+            if not plan:
+                break
+            results = await aio.gather(*(registry.trim(apps[app_id], level, target, deadline)
+                                         for app_id, target in plan if app_id in apps))
+            for (app_id, target), result in zip(plan, results):
+                freed = max(result.measured_kib or 0, 0)
+                self.scheduler.record_result(app_id, target, freed, aio.ticks_ms())
+                asked.append((app_id, target, result.measured_kib))
+                left -= freed
+        return {"deficit_kib": deficit, "freed_kib": deficit - left, "asked": asked,
+                "ms": aio.ticks_ms() - start_ms}

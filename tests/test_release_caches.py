@@ -1,0 +1,80 @@
+"""The built-in release_caches plugin, closed loop, with real processes.
+
+A 128 MiB memcg holds three registered cache apps (examples/cache_app.py,
+16 MiB of real cache each) and a 10 MB/s anonymous ramp that, without them
+giving memory back, ends in the memcg's OOM kill.  The agent runs outside
+the memcg; everything it acts on was started here, inside that memcg.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List
+
+import pytest
+
+from conftest import ALLOC
+from memagent import aio, memcg
+from memagent.control import query
+from memagent.plugins.release_caches import deficit_kib
+from support import need
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CACHE_APP = [sys.executable, "-u", os.path.join(ROOT, "examples", "cache_app.py")]
+
+
+def test_deficit_gets_back_above_low_with_a_margin() -> None:
+    assert deficit_kib(avail_kib=10000, low_kib=20000) == 10000 + 2500
+    assert deficit_kib(avail_kib=30000, low_kib=20000) == 2500  # lead-time LOW: the margin
+
+
+def apps_of(sock: str) -> "List[Dict[str, Any]]":
+    reply = aio.run(query(sock))
+    apps: List[Dict[str, Any]] = reply["status"]["apps"]["apps"]
+    return apps
+
+
+@pytest.mark.memcg
+def test_cooperative_apps_absorb_the_ramp_without_a_kill(tmp_path: Any) -> None:
+    reason = memcg.available()
+    if reason is not None:
+        need(reason)
+    tmp = str(tmp_path)
+    sock = os.path.join(tmp, "ctl.sock")
+    with memcg.Memcg(limit_kib=128 * 1024) as group:
+        agent = subprocess.Popen([sys.executable, "-m", "memagent", "run", "--memcg",
+                                  group.path, "--socket", sock, "--events-json",
+                                  os.path.join(tmp, "ev.jsonl")],
+                                 stderr=subprocess.PIPE, text=True)
+        apps = []
+        try:
+            deadline = time.monotonic() + 15
+            while not os.path.exists(sock):
+                assert agent.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+            for i in range(3):
+                apps.append(group.spawn(CACHE_APP + ["--socket", sock, "--cache-mib", "16",
+                                                     "--name", "cache%d" % i],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            while len(apps_of(sock)) < 3:
+                assert time.monotonic() < deadline, "the apps did not register"
+                time.sleep(0.1)
+            hog = group.spawn(ALLOC + ["--rate", "10", "--max-mb", "60", "--hold", "2"],
+                              stdout=subprocess.DEVNULL)
+            hog.wait(timeout=60)
+            registered = apps_of(sock)
+            kills = group.oom_kill_count()
+        finally:
+            for app in apps:
+                app.send_signal(signal.SIGTERM)
+            agent.send_signal(signal.SIGTERM)
+            _, err = agent.communicate(timeout=15)
+    asked = [a for a in registered if a["compliance"]["asked"] > 0]
+    measured_kib = sum(a["compliance"]["measured_kib"] for a in registered)
+    assert hog.returncode == 0 and kills == 0, err[-2000:]
+    assert asked, json.dumps(registered)[:2000]
+    assert measured_kib > 8 * 1024, registered
+    assert "trim event" in err and "level LOW" in err
