@@ -123,7 +123,8 @@ class ControlServer:
         self.read_timeout_ms = read_timeout_ms
         self.registry = registry if registry is not None else AppRegistry()
         self._server: "Optional[Any]" = None
-        self._clients: "Set[Any]" = set()
+        self._clients: "Set[Any]" = set()  # admitted connections (count toward max_clients)
+        self._handlers: "Set[Any]" = set()  # every connection whose handler still runs
 
     async def start(self) -> None:
         """Bind the socket (replacing a stale one).  Raises: OSError."""
@@ -136,6 +137,17 @@ class ControlServer:
         os.chmod(self.path, 0o666)  # anyone may ask for status; identity is SO_PEERCRED
 
     async def _client(self, reader: "Any", writer: "Any") -> None:
+        # Every handler is tracked until it has closed its writer, so that
+        # close() can wait for them all: one still closing when the loop
+        # ends is cancelled in wait_closed() and asyncio logs a traceback
+        # (seen with 1,000 hostile connections, tests/test_robustness.py).
+        self._handlers.add(writer)
+        try:
+            await self._admit(reader, writer)
+        finally:
+            self._handlers.discard(writer)
+
+    async def _admit(self, reader: "Any", writer: "Any") -> None:
         if len(self._clients) >= self.max_clients:
             try:
                 await self._send(writer, reply_error(None, "busy", "busy: too many clients"))
@@ -204,10 +216,10 @@ class ControlServer:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
-        for writer in list(self._clients):
+        for writer in list(self._handlers):
             writer.transport.abort()  # registered apps idle without a timeout
         waited_ms = 0
-        while self._clients and waited_ms < CLOSE_WAIT_MS:
+        while self._handlers and waited_ms < CLOSE_WAIT_MS:
             await aio.sleep_ms(10)
             waited_ms += 10
         try:
