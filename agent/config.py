@@ -46,6 +46,7 @@ SCHEMA = {
         "hook_timeout_ms": "int",
     },
     "apps": {"ui_uid": "int", "max_apps": "int"},
+    "release_caches": {"fanout": "int", "drop_caches": "bool", "compact_memory": "bool"},
 }
 
 DEFAULTS = {
@@ -60,6 +61,9 @@ DEFAULTS = {
                 "dir": "/etc/memagent/plugins.d", "hook_timeout_ms": "2000"},
     # ui_uid: the UI shell's uid, trusted like root (-1: none); see agent/apps.py
     "apps": {"ui_uid": "-1", "max_apps": "64"},
+    # The kernel knobs are last resorts, off by default: drop_caches empties
+    # the whole machine's clean page cache, compact_memory costs CPU.
+    "release_caches": {"fanout": "3", "drop_caches": "no", "compact_memory": "no"},
 }
 
 _TRUE = ("1", "yes", "true", "on")

@@ -8,6 +8,11 @@ apps per round, asked through the app registry (:mod:`memagent.apps`), each
 answer audited against the app's real footprint.  It stops as soon as the
 deficit is covered, when no app is left to ask, or when its time budget (kept
 under the dispatcher's hook timeout) runs out.
+
+At CRITICAL, when the apps could not cover the deficit, and only if the
+config allows it (``[release_caches] drop_caches`` / ``compact_memory``), it
+writes the kernel knobs ``/proc/sys/vm/drop_caches`` (1: clean page cache)
+and ``/proc/sys/vm/compact_memory``, as a last resort before any kill.
 """
 
 import logging
@@ -15,7 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from memagent import aio
 from memagent.fairness import FairScheduler
-from memagent.levels import LOW, Notification
+from memagent.levels import CRITICAL, LOW, Notification
 
 log = logging.getLogger("memagent.plugin.release_caches")
 
@@ -44,8 +49,28 @@ class ReleaseCaches:
         self.last_event: Optional[Dict[str, Any]] = None
 
     async def on_start(self, agent: Optional[Any] = None, **kwargs: Any) -> None:
-        """Keep the agent: its app registry and thresholds."""
+        """Keep the agent (its app registry, thresholds and config)."""
         self.agent = agent
+        if agent is not None:
+            self.scheduler.fanout = max(agent.config.get_int("release_caches", "fanout"), 1)
+
+    def _last_resort(self) -> List[str]:
+        """Write the kernel knobs the config allows.  Returns: what was done
+        (or why not), one line each."""
+        config = self.agent.config  # type: ignore[union-attr]
+        done = []
+        for key, knob, value in (("drop_caches", "drop_caches", "1"),
+                                 ("compact_memory", "compact_memory", "1")):
+            if not config.get("release_caches", key):
+                continue
+            path = config.get_str("agent", "proc_root") + "/sys/vm/" + knob
+            try:
+                with open(path, "w") as f:
+                    f.write(value + "\n")
+                done.append("wrote %s to %s" % (value, path))
+            except OSError as e:
+                done.append("%s: %s" % (path, e.strerror or e))
+        return done
 
     def _sync_apps(self, registry: Any) -> Dict[int, Any]:
         """Mirror the registry into the scheduler.  Returns: app_id -> App."""
@@ -68,10 +93,12 @@ class ReleaseCaches:
         if agent is None or agent.monitor is None or level < LOW:
             return
         apps = self._sync_apps(agent.apps)
-        if not apps:
+        if not apps and level < CRITICAL:
             return
         deficit = deficit_kib(notification.avail_kib, agent.monitor.thresholds.low_kib)
         self.last_event = await self._event(apps, level, deficit)
+        if level >= CRITICAL and self.last_event["freed_kib"] < deficit:
+            self.last_event["last_resort"] = self._last_resort()
         self.events += 1
         log.info("trim event: %s", self.last_event)
 

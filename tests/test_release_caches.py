@@ -78,3 +78,36 @@ def test_cooperative_apps_absorb_the_ramp_without_a_kill(tmp_path: Any) -> None:
     assert asked, json.dumps(registered)[:2000]
     assert measured_kib > 8 * 1024, registered
     assert "trim event" in err and "level LOW" in err
+
+
+def run_critical_agent(tmp: str, conf_text: str) -> str:
+    """Run the agent for a moment on a /proc tree that says CRITICAL.
+    Returns: the tree's sys/vm directory."""
+    root = os.path.join(tmp, "proc")
+    vm = os.path.join(root, "sys", "vm")
+    os.makedirs(vm)
+    with open(os.path.join(root, "meminfo"), "w") as f:
+        f.write("MemTotal:  131072 kB\nMemFree:  4096 kB\nMemAvailable:  6000 kB\n")
+    conf = os.path.join(tmp, "m.conf")
+    with open(conf, "w") as f:
+        f.write(conf_text)
+    agent = subprocess.Popen([sys.executable, "-m", "memagent", "run", "--source", "poll",
+                              "--proc-root", root, "--no-socket", "-c", conf],
+                             stderr=subprocess.PIPE, text=True)
+    time.sleep(2.5)
+    agent.send_signal(signal.SIGTERM)
+    _, err = agent.communicate(timeout=15)
+    assert agent.returncode == 0 and "level CRITICAL" in err, err
+    return vm
+
+
+def test_kernel_knobs_only_when_allowed(tmp_path: Any) -> None:
+    # The agent's /proc root is a tree of our own: the machine's real knobs
+    # are never written by the tests.
+    vm = run_critical_agent(os.path.join(str(tmp_path), "off"), "[agent]\n")
+    assert os.listdir(vm) == []
+    vm = run_critical_agent(os.path.join(str(tmp_path), "on"),
+                            "[release_caches]\ndrop_caches = yes\ncompact_memory = yes\n")
+    for knob in ("drop_caches", "compact_memory"):
+        with open(os.path.join(vm, knob)) as f:
+            assert f.read() == "1\n"
