@@ -369,3 +369,49 @@ async def watching(watch: Watch, body: "Any") -> Any:
     finally:
         task.cancel()
         await aio.gather(task, return_exceptions=True)
+
+
+def cache_app_main(argv: Optional[List[str]] = None) -> int:
+    """A minimal cooperative app for the demo: hold ``--cache-mib`` of real
+    cache (256 KiB bytearrays, written so they are resident), register with
+    the agent at ``--socket`` as ``--name`` (class "cached"), and on each trim
+    drop the oldest entries until the target is met.  Prints ``ready
+    cache_kib=N`` once filled, then per trim ``trim LEVEL TARGET_KIB FREED_KIB
+    LEFT_KIB MONO_MS``.  Runs until SIGTERM/SIGINT.
+
+    Run it as ``python3 -c 'from memagent.scenario import cache_app_main;
+    cache_app_main()' --socket S --name N --cache-mib M``.  Returns: 0.
+    """
+    import argparse
+
+    from .client import Client
+
+    p = argparse.ArgumentParser(prog="memagent-demo-cache-app")
+    p.add_argument("--socket", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--cache-mib", type=int, default=16)
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    entry_kib = 256
+    cache = [bytearray(b"\x5a" * (entry_kib * 1024))
+             for _ in range(args.cache_mib * 1024 // entry_kib)]
+    print("ready cache_kib=%d" % (len(cache) * entry_kib), flush=True)
+
+    def on_trim(level: str, target_kib: int) -> int:
+        wanted = target_kib if target_kib > 0 else len(cache) * entry_kib // 4
+        freed = 0
+        while cache and freed < wanted:
+            del cache[0]  # the oldest entry: its 256 KiB mmap goes back to the kernel
+            freed += entry_kib
+        print("trim %s %d %d %d %d" % (level, target_kib, freed, len(cache) * entry_kib,
+                                       aio.ticks_ms()), flush=True)
+        return freed
+
+    client = Client(args.name, cls="cached", estimate_kib=len(cache) * entry_kib,
+                    on_trim=on_trim, socket_path=args.socket)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: client.stop())
+    try:
+        client.run_forever()
+    finally:
+        client.close()
+    return 0

@@ -40,7 +40,7 @@ def test_live_demo_gives_low_before_the_oom_kill_and_cleans_up() -> None:
     if reason is not None:
         need(reason)
     before = set(_leftovers())
-    done = _demo("--until-oom", "--json")
+    done = _demo("--apps", "0", "--until-oom", "--json")
     assert done.returncode == 0, done.stderr
     result: Dict[str, Any] = json.loads(done.stdout)
     assert result["mode"] == "live"
@@ -61,13 +61,52 @@ def test_live_demo_timeline_is_printed_and_stops_at_critical() -> None:
     reason = memcg.available()
     if reason is not None:
         need(reason)
-    done = _demo()
+    done = _demo("--apps", "0")
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "LOW      <- NORMAL" in out and "CRITICAL <- LOW" in out, out
     assert out.index("LOW      <- NORMAL") < out.index("CRITICAL <- LOW")
     assert "stopped by the demo at CRITICAL" in out
     assert "removed" in out
+
+
+@pytest.mark.memcg
+@pytest.mark.slow
+def test_live_demo_apps_absorb_the_ramp_then_critical_and_clean_up() -> None:
+    reason = memcg.available()
+    if reason is not None:
+        need(reason)
+    before = set(_leftovers())
+    done = _demo("--json")  # the default: 3 cooperative apps and the agent as a process
+    assert done.returncode == 0, done.stderr
+    result: Dict[str, Any] = json.loads(done.stdout)
+    assert result["mode"] == "live" and result["apps"] == 3
+    absorbed = result["absorbed"]
+    assert absorbed["oom_kills"] == 0, absorbed  # no kill while the caches last
+    assert absorbed["asked_apps"] >= 1 and result["trims"], result["app_compliance"]
+    assert absorbed["freed_by_apps_mib"] > 0
+    assert result["freed_by_apps_mib"] >= 8, result["app_compliance"]
+    assert any(t["freed_kib"] > 0 for t in result["trims"])
+    assert not result["oom_killed"]  # ramp 2 stopped at CRITICAL
+    assert any(e["level"] == "CRITICAL" for e in result["events"])
+    assert not os.path.exists(result["memcg"])
+    assert not os.path.exists(os.path.dirname(result["socket"]))
+    assert not os.path.exists("/proc/%d" % result["agent_pid"])
+    assert set(_leftovers()) <= before
+
+
+@pytest.mark.memcg
+@pytest.mark.slow
+def test_live_demo_apps_timeline_is_printed() -> None:
+    reason = memcg.available()
+    if reason is not None:
+        need(reason)
+    done = _demo()
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "apps registered" in out and "trim     cache" in out, out
+    assert "OOM kills 0" in out, out
+    assert "stopped by the demo at CRITICAL" in out and "removed" in out
 
 
 def _nobody_can_run_us() -> bool:
