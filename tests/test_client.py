@@ -17,7 +17,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import pytest
 
 from memagent import aio
-from memagent.client import AsyncClient, Backoff, Client, ClientError
+from memagent.aclient import AsyncClient
+from memagent.client import Backoff, Client, ClientError
 from memagent.memcg import Memcg
 from memagent.protocol import (
     ProtocolError,
