@@ -5,9 +5,11 @@ Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.
 """
 
 import argparse
+import faulthandler
 import json
 import logging
 import logging.handlers
+import signal
 import sys
 
 from . import __version__, aio, control, procfs, readers, sources, trace
@@ -78,7 +80,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """``memagent run``: the agent, until SIGTERM."""
+    """``memagent run``: the agent, until SIGTERM (SIGUSR1 dumps its stacks
+    to stderr, for a support engineer facing a stuck agent)."""
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     config = _config(args)
     setup_logging(config, args.verbose)
     events = open(args.events_json, "a") if args.events_json not in (None, "-") else (

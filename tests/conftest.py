@@ -1,5 +1,6 @@
 """Shared fixtures.  Keep small: other test files may append fixtures here."""
 
+import os
 import sys
 from typing import Iterator
 
@@ -7,6 +8,10 @@ import pytest
 
 from memagent import memcg as memcg_mod
 from support import need  # noqa: F401  (re-exported for the test modules)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)  # bench/ is not installed; tests import it from the tree
 
 LOADGEN = [sys.executable, "-u", "-m", "memagent.loadgen"]
 ALLOC = LOADGEN + ["anon"]  # + --rate MB/s, --chunk MB, --max-mb MB, --hold S

@@ -19,10 +19,12 @@ from memagent.levels import CRITICAL, LOW
 TRACES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "traces")
 
 
-def _leftovers() -> List[str]:
-    """Return: memagent-* memcgs anywhere in the hierarchy that holds the memory controller."""
+def _leftovers(of_memcg: str) -> List[str]:
+    """Return: the memcgs left by the process that made ``of_memcg`` (named
+    memagent-<pid>-<n>): other runs on the machine may hold their own."""
     _version, root = memcg.find_hierarchy()
-    return glob.glob(os.path.join(root, "**", memcg.NAME_PREFIX + "*"), recursive=True)
+    pid_prefix = os.path.basename(of_memcg).rsplit("-", 1)[0] + "-"
+    return glob.glob(os.path.join(root, "**", pid_prefix + "*"), recursive=True)
 
 
 def _demo(*args: str, user: bool = False,
@@ -39,7 +41,6 @@ def test_live_demo_gives_low_before_the_oom_kill_and_cleans_up() -> None:
     reason = memcg.available()
     if reason is not None:
         need(reason)
-    before = set(_leftovers())
     done = _demo("--apps", "0", "--until-oom", "--json")
     assert done.returncode == 0, done.stderr
     result: Dict[str, Any] = json.loads(done.stdout)
@@ -52,7 +53,7 @@ def test_live_demo_gives_low_before_the_oom_kill_and_cleans_up() -> None:
     assert low["t_s"] < result["end_s"]
     assert 10 <= low["avail_pct"] <= 30
     assert not os.path.exists(result["memcg"])
-    assert set(_leftovers()) <= before
+    assert _leftovers(result["memcg"]) == []
 
 
 @pytest.mark.memcg
@@ -76,7 +77,6 @@ def test_live_demo_apps_absorb_the_ramp_then_critical_and_clean_up() -> None:
     reason = memcg.available()
     if reason is not None:
         need(reason)
-    before = set(_leftovers())
     done = _demo("--json")  # the default: 3 cooperative apps and the agent as a process
     assert done.returncode == 0, done.stderr
     result: Dict[str, Any] = json.loads(done.stdout)
@@ -92,7 +92,7 @@ def test_live_demo_apps_absorb_the_ramp_then_critical_and_clean_up() -> None:
     assert not os.path.exists(result["memcg"])
     assert not os.path.exists(os.path.dirname(result["socket"]))
     assert not os.path.exists("/proc/%d" % result["agent_pid"])
-    assert set(_leftovers()) <= before
+    assert _leftovers(result["memcg"]) == []
 
 
 @pytest.mark.memcg

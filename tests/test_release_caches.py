@@ -31,6 +31,18 @@ def test_deficit_gets_back_above_low_with_a_margin() -> None:
     assert deficit_kib(avail_kib=30000, low_kib=20000) == 2500  # lead-time LOW: the margin
 
 
+def stop_or_dump(agent: "subprocess.Popen[str]") -> str:
+    """Wait for the agent to exit after SIGTERM.  Returns: its stderr.
+    Fails with its stacks (SIGUSR1: faulthandler) if it does not stop."""
+    try:
+        return agent.communicate(timeout=15)[1]
+    except subprocess.TimeoutExpired:
+        agent.send_signal(signal.SIGUSR1)
+        time.sleep(1)
+        agent.kill()
+        pytest.fail("the agent did not stop on SIGTERM:\n" + agent.communicate()[1][-6000:])
+
+
 def apps_of(sock: str) -> "List[Dict[str, Any]]":
     reply = aio.run(query(sock))
     apps: List[Dict[str, Any]] = reply["status"]["apps"]["apps"]
@@ -71,7 +83,7 @@ def test_cooperative_apps_absorb_the_ramp_without_a_kill(tmp_path: Any) -> None:
             for app in apps:
                 app.send_signal(signal.SIGTERM)
             agent.send_signal(signal.SIGTERM)
-            _, err = agent.communicate(timeout=15)
+            err = stop_or_dump(agent)
     asked = [a for a in registered if a["compliance"]["asked"] > 0]
     measured_kib = sum(a["compliance"]["measured_kib"] for a in registered)
     assert hog.returncode == 0 and kills == 0, err[-2000:]
