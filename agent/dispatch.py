@@ -75,7 +75,8 @@ class Dispatcher:
                 await self.call(plugin, "on_level_change", level=note.level,
                                 prev_level=note.prev_level, notification=note)
             if note.level > 0:
-                await self.call(plugin, "on_pressure", level=note.level, notification=note)
+                await self.call(plugin, "on_pressure", level=note.level, notification=note,
+                                deficit_kib=note.deficit_kib)
 
     async def call(self, plugin: "Any", hook: str, **kwargs: "Any") -> "Any":
         """Call one hook by keyword, if the plugin has it.

@@ -108,17 +108,28 @@ def default_thresholds(total_kib: int) -> Thresholds:
     return Thresholds(total_kib // 5, total_kib // 10, total_kib=total_kib)
 
 
+def deficit_kib(avail_kib: int, low_kib: int) -> int:
+    """Return: KiB to free to get back above ``low_kib`` with a margin of
+    ``low_kib/8`` (never less than the margin: under a lead-time LOW the
+    memory is above the threshold but falling)."""
+    margin = max(low_kib // 8, 1)
+    return max(low_kib + margin - avail_kib, margin)
+
+
 class Notification:
     """A level change, or a rate-limited reminder that a level holds.
 
     ``reason``: "avail" (under a threshold), "lead-time", "kernel:<event>",
-    "thrash", "recovered" or "still".
+    "thrash", "recovered" or "still".  ``deficit_kib``: what must be freed
+    to get back above LOW (0 at NORMAL), for the plugins' on_pressure.
     """
 
-    __slots__ = ("t_ms", "level", "prev_level", "reason", "avail_kib", "total_kib", "eta_ms")
+    __slots__ = ("t_ms", "level", "prev_level", "reason", "avail_kib", "total_kib", "eta_ms",
+                 "deficit_kib")
 
     def __init__(self, t_ms: int, level: int, prev_level: int, reason: str,
-                 avail_kib: int, total_kib: int, eta_ms: "Optional[int]") -> None:
+                 avail_kib: int, total_kib: int, eta_ms: "Optional[int]",
+                 deficit_kib: int = 0) -> None:
         self.t_ms = t_ms
         self.level = level
         self.prev_level = prev_level
@@ -126,13 +137,14 @@ class Notification:
         self.avail_kib = avail_kib
         self.total_kib = total_kib
         self.eta_ms = eta_ms
+        self.deficit_kib = deficit_kib
 
     def as_dict(self) -> "Dict[str, Any]":
         """Return: a JSON-ready dict of the notification."""
         return {"t_ms": self.t_ms, "level": LEVEL_NAMES[self.level],
                 "prev_level": LEVEL_NAMES[self.prev_level], "reason": self.reason,
                 "avail_kib": self.avail_kib, "total_kib": self.total_kib,
-                "eta_ms": self.eta_ms}
+                "eta_ms": self.eta_ms, "deficit_kib": self.deficit_kib}
 
 
 class FillRate:
@@ -270,8 +282,9 @@ class Monitor:
     def _notify(self, r: Reading, prev: int, reason: str) -> Notification:
         self.last_notified_ms = r.t_ms
         self.notifications += 1
+        deficit = deficit_kib(r.avail_kib, self.thresholds.low_kib) if self.level > NORMAL else 0
         return Notification(r.t_ms, self.level, prev, reason, r.avail_kib, r.total_kib,
-                            self.eta_ms)
+                            self.eta_ms, deficit)
 
     def next_sample_ms(self, now_ms: int) -> "Optional[int]":
         """Return: how long the sensing loop may wait for the kernel before

@@ -41,7 +41,7 @@ HOOK_ARGS: "Dict[str, Tuple[str, ...]]" = {
     "on_start": ("agent_status", "agent"),
     "on_stop": (),
     "on_level_change": ("level", "prev_level", "notification"),
-    "on_pressure": ("level", "notification"),
+    "on_pressure": ("level", "notification", "deficit_kib"),
     "on_app_registered": ("app",),
     "on_tick": ("now_ms",),
 }

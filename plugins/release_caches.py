@@ -1,8 +1,8 @@
 """The built-in plugin ``release_caches``: ask registered apps to free their
 caches, fairly, in a closed loop, and measure what they really freed.
 
-On each LOW or CRITICAL notification it computes a deficit (what must be
-freed to get back above the LOW threshold, plus a margin), then runs rounds
+On each LOW or CRITICAL notification it takes the deficit the monitor
+computed (what must be freed to get back above LOW, plus a margin) and runs rounds
 of the fair trim scheduler (:mod:`memagent.fairness`): a bounded number of
 apps per round, asked through the app registry (:mod:`memagent.apps`), each
 answer audited against the app's real footprint.  It stops as soon as the
@@ -25,15 +25,6 @@ from memagent.levels import CRITICAL, LOW, Notification
 log = logging.getLogger("memagent.plugin.release_caches")
 
 BUDGET_MS = 1800  # under the dispatcher's default 2000 ms hook timeout
-MARGIN_DIV = 8  # ask for 1/8 of the LOW threshold beyond it: one round, not two
-
-
-def deficit_kib(avail_kib: int, low_kib: int) -> int:
-    """Return: KiB to free to get back above ``low_kib`` with a margin of
-    ``low_kib/8`` (never less than the margin: under a lead-time LOW the
-    memory is above the threshold but falling)."""
-    margin = max(low_kib // MARGIN_DIV, 1)
-    return max(low_kib + margin - avail_kib, margin)
 
 
 class ReleaseCaches:
@@ -92,7 +83,7 @@ class ReleaseCaches:
         return apps
 
     async def on_pressure(self, level: int, notification: Notification,
-                          **kwargs: Any) -> None:
+                          deficit_kib: int = 0, **kwargs: Any) -> None:
         """Run one trim event for ``notification``."""
         agent = self.agent
         if agent is None or agent.monitor is None or level < LOW:
@@ -100,7 +91,7 @@ class ReleaseCaches:
         apps = self._sync_apps(agent.apps)
         if not apps and level < CRITICAL:
             return
-        deficit = deficit_kib(notification.avail_kib, agent.monitor.thresholds.low_kib)
+        deficit = deficit_kib or notification.deficit_kib
         self.last_event = await self._event(apps, level, deficit)
         if level >= CRITICAL and self.last_event["freed_kib"] < deficit:
             self.last_event["last_resort"] = self._last_resort()

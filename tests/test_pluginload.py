@@ -151,7 +151,7 @@ def test_validate_checks_parameters_names_and_hooks() -> None:
         "plugin params: on_pressure: parameter 'lvl' is positional-only,"
         " but hooks are called by keyword",
         "plugin params: on_pressure: parameter 'note' is not one of its arguments"
-        " (level, notification)"]
+        " (level, notification, deficit_kib)"]
     assert validate(Nothing()) == ["plugin nothing: defines none of the hooks (%s)"
                                    % ", ".join(HOOKS)]
     assert validate(Disabled()) == []  # None switches an inherited hook off

@@ -19,7 +19,7 @@ import pytest
 from conftest import ALLOC
 from memagent import aio, memcg
 from memagent.control import query
-from memagent.plugins.release_caches import deficit_kib
+from memagent.levels import deficit_kib
 from support import need
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
