@@ -334,8 +334,11 @@ def test_many_connections_come_and_go(world: str) -> None:
     def churn(path: str) -> None:
         for n in range(600):
             s = connect(path)
-            if n % 2:
-                s.sendall((json.dumps(reg("app%d" % n, "cached")) + "\n").encode())
+            try:
+                if n % 2:
+                    s.sendall((json.dumps(reg("app%d" % n, "cached")) + "\n").encode())
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # at its connection cap the agent may refuse us first: its right
             s.close()  # before the reply
 
     async def scenario(path: str, registry: AppRegistry) -> Any:
