@@ -373,7 +373,8 @@ async def watching(watch: Watch, body: "Any") -> Any:
 
 def cache_app_main(argv: Optional[List[str]] = None) -> int:
     """A minimal cooperative app for the demo: hold ``--cache-mib`` of real
-    cache (256 KiB bytearrays, written so they are resident), register with
+    cache (256 KiB anonymous mmaps, written so they are resident, unmapped
+    when dropped so the memory really goes back), register with
     the agent at ``--socket`` as ``--name`` (class "cached"), and on each trim
     drop the oldest entries until the target is met.  Prints ``ready
     cache_kib=N`` once filled, then per trim ``trim LEVEL TARGET_KIB FREED_KIB
@@ -391,16 +392,24 @@ def cache_app_main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--name", required=True)
     p.add_argument("--cache-mib", type=int, default=16)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    import mmap
+
     entry_kib = 256
-    cache = [bytearray(b"\x5a" * (entry_kib * 1024))
-             for _ in range(args.cache_mib * 1024 // entry_kib)]
+    pattern = b"\x5a" * (entry_kib * 1024)
+    cache = []
+    for _ in range(args.cache_mib * 1024 // entry_kib):
+        # Own mmaps: a freed bytearray may stay in glibc's heap (its mmap
+        # threshold rises after the first large free) and return nothing.
+        entry = mmap.mmap(-1, len(pattern), flags=mmap.MAP_PRIVATE)  # anon, not shmem
+        entry.write(pattern)
+        cache.append(entry)
     print("ready cache_kib=%d" % (len(cache) * entry_kib), flush=True)
 
     def on_trim(level: str, target_kib: int) -> int:
         wanted = target_kib if target_kib > 0 else len(cache) * entry_kib // 4
         freed = 0
         while cache and freed < wanted:
-            del cache[0]  # the oldest entry: its 256 KiB mmap goes back to the kernel
+            cache.pop(0).close()  # the oldest entry: munmap, back to the kernel now
             freed += entry_kib
         print("trim %s %d %d %d %d" % (level, target_kib, freed, len(cache) * entry_kib,
                                        aio.ticks_ms()), flush=True)

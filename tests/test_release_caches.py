@@ -74,6 +74,7 @@ def test_cooperative_apps_absorb_the_ramp_without_a_kill(tmp_path: Any) -> None:
             while len(apps_of(sock)) < 3:
                 assert time.monotonic() < deadline, "the apps did not register"
                 time.sleep(0.1)
+            time.sleep(1.5)  # let the apps' own cache fill (a fast fill) settle first
             hog = group.spawn(ALLOC + ["--rate", "10", "--max-mb", "60", "--hold", "2"],
                               stdout=subprocess.DEVNULL)
             hog.wait(timeout=60)
