@@ -1,7 +1,9 @@
 """Test helpers shared by the test modules."""
 
+import json
 import os
-from typing import NoReturn
+import socket
+from typing import Any, Dict, List, NoReturn
 
 import pytest
 
@@ -12,3 +14,18 @@ def need(reason: str) -> NoReturn:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail("prerequisite missing in CI: " + reason)
     pytest.skip(reason)
+
+
+def exchange(s: socket.socket, data: bytes) -> "List[Dict[str, Any]]":
+    """Send ``data`` on a connected control socket and close our side.
+    Returns: every JSON reply line until the server closes."""
+    s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+    buf = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    s.close()
+    return [json.loads(line) for line in buf.splitlines()]

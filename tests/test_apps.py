@@ -26,6 +26,7 @@ from memagent.control import MAX_LINE_BYTES, ControlServer, query
 from memagent.levels import CRITICAL, LOW, NORMAL, Notification
 from memagent.protocol import parse_server_message
 from memagent.smaps import parse_smaps_rollup, parse_start_time, parse_status_rss
+from support import exchange
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
@@ -294,18 +295,6 @@ def connect(path: str, rcvbuf: int = 0) -> socket.socket:
     return s
 
 
-def exchange(s: socket.socket, data: bytes) -> "List[Dict[str, Any]]":
-    """Return: every reply to ``data`` until the server closes."""
-    s.sendall(data)
-    s.shutdown(socket.SHUT_WR)
-    buf = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        buf += chunk
-    s.close()
-    return [json.loads(line) for line in buf.splitlines()]
 
 
 def ask(s: socket.socket, req: "Dict[str, Any]") -> "Dict[str, Any]":

@@ -1,6 +1,5 @@
 """The control socket on a real Unix socket: status, and hostile clients."""
 
-import json
 import os
 import socket
 import time
@@ -10,6 +9,7 @@ import pytest
 
 from memagent import aio
 from memagent.control import MAX_LINE_BYTES, ControlServer, handle_request, query
+from support import exchange
 
 
 def status() -> "Dict[str, Any]":
@@ -39,16 +39,7 @@ def talk(path: str, data: bytes, timeout_s: float = 5.0) -> "list[dict]":
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout_s)
     s.connect(path)
-    s.sendall(data)
-    s.shutdown(socket.SHUT_WR)
-    buf = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        buf += chunk
-    s.close()
-    return [json.loads(line) for line in buf.splitlines()]
+    return exchange(s, data)
 
 
 def test_handle_request_never_raises() -> None:
