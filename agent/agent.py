@@ -14,6 +14,7 @@ import signal
 import time
 
 from . import __version__, aio, pluginload, readers, selfprotect, sources
+from .activity import Activity
 from .apps import AppRegistry, registry_from_config
 from .config import Config, ConfigError, load_config, thresholds_from_config
 from .control import ControlServer
@@ -29,6 +30,7 @@ except ImportError:  # MicroPython
 log = logging.getLogger("memagent")
 
 RECENT_NOTES = 16
+RECENT_ACTIONS = 16
 SPARE_CLIENTS = 8  # connections beyond [apps] max_apps, for the shell and status
 # Kernel events that report reclaim, not shortage.  While they come faster
 # than one per event_gap_ms and find the domain calm, they are coalesced into
@@ -84,6 +86,10 @@ class Agent:
         self.source: "Optional[Any]" = None
         self.skipped: "List[Tuple[str, str]]" = []
         self.recent: "List[Dict[str, Any]]" = []
+        self.actions: "List[Dict[str, Any]]" = []  # kills, switches: see record_action
+        self.activity = Activity(config.get_int("user_activity", "idle_after_ms"),
+                                 config.get_str("user_activity", "backlight"))
+        self._sense_task: "Optional[Any]" = None
         self.started_ms = aio.ticks_ms()
         self.read_errors = 0
         self._stop: "Optional[Any]" = None
@@ -139,6 +145,13 @@ class Agent:
             except EOFError:  # a trace source played its last reading
                 log.info("the trace has ended")
                 self.stop()
+                return
+            except OSError as e:  # a device that went away (mem_notify)
+                log.error("source %s failed: %s; falling back", source.name, e)
+                if source is self.source and not self.switch_source(
+                        self.config.get_str("agent", "source")):
+                    await aio.sleep_ms(READ_ERROR_BACKOFF_MS)
+                    continue
                 return
             try:
                 reading = source.read(aio.ticks_ms(), event or "poll")
@@ -198,6 +211,70 @@ class Agent:
         self.dispatcher.submit(note)
         self.apps.broadcast_level(note)
 
+    # -- what plugins use ----------------------------------------------------------
+
+    def record_action(self, action: str, **fields: "Any") -> "Dict[str, Any]":
+        """Log what was done about memory (a kill, a source switch...) in the
+        event log: the status's ``actions`` (the last RECENT_ACTIONS), the
+        ``--events-json`` file and the log.  Returns: the entry, a dict with
+        ``action``, ``t_ms``, ``wall`` and ``fields``."""
+        obj: "Dict[str, Any]" = {"action": action, "t_ms": aio.ticks_ms(),
+                                 "wall": round(time.time(), 3)}
+        obj.update(fields)
+        self.actions.append(obj)
+        del self.actions[:-RECENT_ACTIONS]
+        log.warning("action %s: %s", action,
+                    ", ".join("%s=%s" % (k, fields[k]) for k in sorted(fields)))
+        if self.events_out is not None:
+            self.events_out.write(json.dumps(obj) + "\n")
+            self.events_out.flush()
+        return obj
+
+    @property
+    def last_action(self) -> "Optional[Dict[str, Any]]":
+        """Return: the newest :meth:`record_action` entry, or None."""
+        return self.actions[-1] if self.actions else None
+
+    def read_now(self, why: str = "remeasure") -> "Optional[Reading]":
+        """Read the domain now and feed the monitor (a plugin re-measuring
+        after a kill).  Returns: the reading, or None if there is no source
+        yet or the read failed (logged)."""
+        if self.source is None or self.monitor is None:
+            return None
+        try:
+            reading = self.source.read(aio.ticks_ms(), why)
+        except (OSError, ValueError) as e:
+            log.warning("re-measure failed: %s", e)
+            return None
+        self._take(self.monitor, reading)
+        return reading
+
+    def switch_source(self, name: str) -> bool:
+        """Replace the running source with ``name`` (or "auto") on the same
+        domain, and read the domain at once so no pressure is missed.
+        Returns: True if switched; False if ``name`` cannot open here
+        (logged, the running source stays)."""
+        if self.monitor is None or self._sense_task is None:
+            return False
+        memcg = self.config.get("agent", "memcg")
+        try:
+            domain = readers.open_domain(str(memcg) if memcg else None,
+                                         self.config.get_str("agent", "proc_root"))
+            new, skipped = sources.choose(name, domain, source_options(self.config))
+        except (sources.SourceUnavailable, OSError) as e:
+            log.warning("cannot switch to source %s: %s", name, e)
+            return False
+        old = self.source
+        self._sense_task.cancel()
+        self.source, self.skipped = new, skipped
+        self._sense_task = aio.create_task(self._sense(new, self.monitor))
+        if old is not None:
+            old.close()
+        self.record_action("source", source=new.name,
+                           was=old.name if old is not None else None, asked=name)
+        self.read_now("switch")
+        return True
+
     # -- views and control ------------------------------------------------------
 
     def status(self) -> "Dict[str, Any]":
@@ -207,7 +284,10 @@ class Agent:
                "uptime_s": (aio.ticks_ms() - self.started_ms) // 1000,
                "source": self.source.name if self.source else None,
                "unavailable": dict(self.skipped), "read_errors": self.read_errors,
-               "recent": list(self.recent), "apps": self.apps.snapshot()}
+               "recent": list(self.recent), "actions": list(self.actions),
+               "apps": self.apps.snapshot(),
+               "activity": self.activity.as_dict(aio.ticks_ms()),
+               "plugins": self.dispatcher.describe()}
         if m is not None:
             out.update({"level": level_name(m.level), "thresholds": m.thresholds.as_dict(),
                         "reading": m.last.to_dict() if m.last else None,
@@ -266,9 +346,10 @@ class Agent:
             self._signals()
             server = await self._start_control()
             await self.dispatcher.broadcast("on_start", agent_status=self.status(), agent=self)
-            tasks = [aio.create_task(self._sense(source, monitor)),
-                     aio.create_task(self.dispatcher.run())]
+            self._sense_task = aio.create_task(self._sense(source, monitor))
+            dispatch_task = aio.create_task(self.dispatcher.run())
             await self._stop.wait()
+            tasks = [self._sense_task, dispatch_task]
             for task in tasks:
                 task.cancel()
             await aio.gather(*tasks, return_exceptions=True)
@@ -276,7 +357,8 @@ class Agent:
             if server is not None:
                 await server.close()
         finally:
-            source.close()
+            if self.source is not None:
+                self.source.close()
         log.info("stopped")
         return self._exit_code
 

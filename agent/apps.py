@@ -158,6 +158,9 @@ class App:
         self.started = start_time(peer.pid, proc_root)  # tells a reused pid apart
         self.name, self.cls, self.estimate_kib = name, cls, estimate_kib
         self.registered_ms = aio.ticks_ms()
+        # Last time the app was in the foreground (or registered): the
+        # least recently used background app is the first to go.
+        self.last_active_ms = self.registered_ms
         self.compliance = Compliance()
         self.last_trim: "Optional[TrimResult]" = None
         self.expired: "List[int]" = []  # trim ids whose deadline passed
@@ -181,7 +184,8 @@ class App:
         """Return: the app for ``status``, JSON-ready."""
         return {"app_id": self.app_id, "pid": self.pid, "uid": self.uid, "name": self.name,
                 "class": self.cls, "estimate_kib": self.estimate_kib,
-                "registered_ms": self.registered_ms, "compliance": self.compliance.as_dict(),
+                "registered_ms": self.registered_ms,
+                "last_active_ms": self.last_active_ms, "compliance": self.compliance.as_dict(),
                 "last_trim": self.last_trim.as_dict() if self.last_trim else None}
 
 
@@ -216,6 +220,7 @@ class AppRegistry:
         self._next_app_id = 1
         self._next_trim_id = 1
         self.events_sent = self.subscribers_dropped = self.trims = 0
+        self.foreground_pid: "Optional[int]" = None  # the last `foreground` pid, registered or not
 
     # -- connections ---------------------------------------------------------------
 
@@ -307,12 +312,16 @@ class AppRegistry:
         if not self.trusted(session.peer):
             raise _forbidden("foreground: needs a trusted client (root or [apps] ui_uid)")
         marked = []
+        now_ms = aio.ticks_ms()
+        self.foreground_pid = pid
         for app in self.apps():
             if app.pid == pid:
                 app.cls = "foreground"
+                app.last_active_ms = now_ms
                 marked.append(app)
             elif app.cls == "foreground":
                 app.cls = "visible"
+                app.last_active_ms = now_ms
         return marked
 
     def subscribe(self, session: Session, levels: "List[str]") -> None:

@@ -47,6 +47,14 @@ SCHEMA = {
     },
     "apps": {"ui_uid": "int", "max_apps": "int"},
     "release_caches": {"fanout": "int", "drop_caches": "bool", "compact_memory": "bool"},
+    "kill_background": {
+        "dry_run": "bool", "low_class": "str", "critical_class": "str", "kill_at_low": "str",
+        "grace_ms": "int", "wait_ms": "int", "cooldown_ms": "int", "max_kills": "int",
+        "protect": "str", "mrelease": "bool",
+    },
+    "notify_ui": {"bus": "str", "medium_eta_ms": "int"},
+    "user_activity": {"devices": "str", "idle_after_ms": "int", "backlight": "str"},
+    "device_watch": {"switch_source": "bool"},
 }
 
 DEFAULTS = {
@@ -64,6 +72,24 @@ DEFAULTS = {
     # The kernel knobs are last resorts, off by default: drop_caches empties
     # the whole machine's clean page cache, compact_memory costs CPU.
     "release_caches": {"fanout": "3", "drop_caches": "no", "compact_memory": "no"},
+    # Killing is off (dry run: log the victim it would pick) until a board
+    # profile or the integrator says otherwise: `memagent run` on a laptop
+    # never kills.  LOW may take cached apps only, and only while the user is
+    # idle; CRITICAL may go down to perceptible ones.  `protect` lists
+    # process names (comm) that are never killed, whatever their class.
+    "kill_background": {"dry_run": "yes", "low_class": "cached",
+                        "critical_class": "perceptible", "kill_at_low": "idle",
+                        "grace_ms": "1000", "wait_ms": "3000", "cooldown_ms": "2000",
+                        "max_kills": "4", "mrelease": "yes",
+                        "protect": "init, systemd, sshd, dropbear, adbd, dbus-daemon, udevd, "
+                                   "systemd-udevd, getty, Xorg, Xfbdev, weston, matchbox-wm"},
+    # bus: "system", "session", or a D-Bus address (unix:path=...).
+    "notify_ui": {"bus": "system", "medium_eta_ms": "10000"},
+    # The user counts as idle after idle_after_ms without input, or while
+    # every backlight matched by `backlight` reports bl_power != 0.
+    "user_activity": {"devices": "/dev/input/event*", "idle_after_ms": "60000",
+                      "backlight": "/sys/class/backlight/*/bl_power"},
+    "device_watch": {"switch_source": "yes"},
 }
 
 _TRUE = ("1", "yes", "true", "on")

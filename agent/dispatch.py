@@ -14,7 +14,7 @@ from . import aio
 from .levels import Notification
 
 try:
-    from typing import Any, List, Optional
+    from typing import Any, Dict, List, Optional
 except ImportError:  # MicroPython
     pass
 
@@ -77,6 +77,25 @@ class Dispatcher:
             if note.level > 0:
                 await self.call(plugin, "on_pressure", level=note.level, notification=note,
                                 deficit_kib=note.deficit_kib)
+
+    def describe(self) -> "List[Dict[str, Any]]":
+        """Return: one dict per plugin for ``memagent status``: its ``name``,
+        ``unavailable`` (the plugin's attribute of that name: why it cannot
+        work here, e.g. "install python3-evdev"; None when it works) and
+        ``state`` (what its ``status()`` method returns, if it has one; an
+        error there is reported in place, never raised)."""
+        out = []
+        for plugin in self.plugins:
+            entry: "Dict[str, Any]" = {"name": getattr(plugin, "name", type(plugin).__name__),
+                                       "unavailable": getattr(plugin, "unavailable", None)}
+            fn = getattr(plugin, "status", None)
+            if callable(fn):
+                try:
+                    entry["state"] = fn()
+                except Exception as e:  # a view must not break status
+                    entry["state"] = {"error": "%s: %s" % (type(e).__name__, e)}
+            out.append(entry)
+        return out
 
     async def call(self, plugin: "Any", hook: str, **kwargs: "Any") -> "Any":
         """Call one hook by keyword, if the plugin has it.
