@@ -50,7 +50,13 @@ PACKAGES = [
     "busybox-static", "libc6", "libgcc-s1", "libcrypt1", "zlib1g",
     "libexpat1", "libffi8", "libssl3", "libbz2-1.0", "liblzma5",
     "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib",
+    # the optional plugins' libraries (user_activity, device_watch,
+    # notify_ui); libc-bin for ldconfig, without which ctypes cannot find
+    # libudev for pyudev
+    "python3-evdev", "libudev1", "libc-bin", "python3-pyudev", "python3-jeepney",
 ]
+# Architecture "all" packages: downloaded without the ":armhf" qualifier.
+ARCH_ALL = ("python3-pyudev", "python3-jeepney")
 KERNEL_META = "linux-image-armmp"
 KERNEL_RE = re.compile(r"^linux-image-[0-9.]+-[0-9]+-armmp$")
 
@@ -58,7 +64,7 @@ KERNEL_RE = re.compile(r"^linux-image-[0-9.]+-[0-9]+-armmp$")
 # crc32c_generic is not a declared dependency of ext4 but is needed for
 # metadata_csum, so it goes before it.
 MODULES = ["virtio_mmio", "virtio_blk", "crc32c_generic", "jbd2", "mbcache",
-           "crc16", "ext4", "fuse", "cuse"]
+           "crc16", "ext4", "fuse", "cuse", "evdev", "uinput"]
 
 KERNEL_ARGS = "console=ttyAMA0 psi=1 panic=-1 cma=0 loglevel=4"
 ROOTFS_SIZE = "512M"     # sparse; leaves ~400 MB free for page-cache tests
@@ -106,7 +112,8 @@ def _deb_name(path):
 
 def _cached_debs(debdir):
     found = {}
-    for p in sorted(debdir.glob("*_armhf.deb"), key=lambda p: p.stat().st_mtime):
+    debs = list(debdir.glob("*_armhf.deb")) + list(debdir.glob("*_all.deb"))
+    for p in sorted(debs, key=lambda p: p.stat().st_mtime):
         found[_deb_name(p)] = p          # newest download wins
     return found
 
@@ -152,7 +159,8 @@ def ensure_debs():
     log("apt-get download %s" % " ".join(missing))
     # _apt cannot write into a root-owned cache dir: download as root.
     sandbox = ["-o", "APT::Sandbox::User=root"] if os.geteuid() == 0 else []
-    _run(["apt-get", "download"] + sandbox + [p + ":armhf" for p in missing],
+    _run(["apt-get", "download"] + sandbox
+         + [p if p in ARCH_ALL else p + ":armhf" for p in missing],
          cwd=debdir, stdout=subprocess.DEVNULL)
     have = _cached_debs(debdir)
     still = [p for p in PACKAGES if p not in have]
@@ -412,6 +420,7 @@ def _build(out, debs, kdeb, modules):
     (etc / "hosts").write_text("127.0.0.1 localhost memagent-arm\n")
     (etc / "fstab").write_text("")
     _compileall(sysroot, "usr/lib/python3.11")
+    _compileall(sysroot, "usr/lib/python3/dist-packages")
     _run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "rootfs", "-d", str(sysroot),
           str(out / "rootfs.img"), ROOTFS_SIZE], stdout=subprocess.DEVNULL)
 
