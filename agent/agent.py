@@ -148,11 +148,10 @@ class Agent:
                 return
             except OSError as e:  # a device that went away (mem_notify)
                 log.error("source %s failed: %s; falling back", source.name, e)
-                if source is self.source and not self.switch_source(
-                        self.config.get_str("agent", "source")):
-                    await aio.sleep_ms(READ_ERROR_BACKOFF_MS)
-                    continue
-                return
+                if source is self.source and self._fall_back(source.name):
+                    return  # a new sensing task runs the new source
+                await aio.sleep_ms(READ_ERROR_BACKOFF_MS)
+                continue
             try:
                 reading = source.read(aio.ticks_ms(), event or "poll")
             except (OSError, ValueError) as e:
@@ -165,6 +164,14 @@ class Agent:
             self._take(monitor, reading)
             if event in NOISY_EVENTS:
                 await self._coalesce(monitor, reading.t_ms)
+
+    def _fall_back(self, failed: str) -> bool:
+        """Source ``failed`` broke: switch to the configured source, or to
+        the best other one that opens.  Returns: True if another source runs."""
+        configured = self.config.get_str("agent", "source")
+        if configured not in ("auto", failed) and self.switch_source(configured):
+            return True
+        return self.switch_source("auto", avoid=failed)
 
     async def _coalesce(self, monitor: Monitor, now_ms: int) -> None:
         """After a reclaim event: if another came within event_gap_ms and
@@ -249,24 +256,28 @@ class Agent:
         self._take(self.monitor, reading)
         return reading
 
-    def switch_source(self, name: str) -> bool:
-        """Replace the running source with ``name`` (or "auto") on the same
-        domain, and read the domain at once so no pressure is missed.
-        Returns: True if switched; False if ``name`` cannot open here
-        (logged, the running source stays)."""
+    def switch_source(self, name: str, avoid: "Optional[str]" = None) -> bool:
+        """Replace the running source with ``name`` (or "auto": the first of
+        sources.AUTO_ORDER that opens, except ``avoid``) on the same domain,
+        and read the domain at once so no pressure is missed.  Switching to
+        the source that runs already is a no-op (unless it is ``avoid``: the
+        one that just failed).
+
+        Returns: True if ``name`` (or what "auto" picks) runs now; False if
+        nothing could open (logged, the running source stays)."""
         if self.monitor is None or self._sense_task is None:
             return False
-        memcg = self.config.get("agent", "memcg")
-        try:
-            domain = readers.open_domain(str(memcg) if memcg else None,
-                                         self.config.get_str("agent", "proc_root"))
-            new, skipped = sources.choose(name, domain, source_options(self.config))
-        except (sources.SourceUnavailable, OSError) as e:
-            log.warning("cannot switch to source %s: %s", name, e)
-            return False
         old = self.source
+        if old is not None and avoid is None and name == old.name:
+            return True
+        new = self._open_named(name, avoid)
+        if new is None:
+            return False
+        if old is not None and avoid is None and new.name == old.name:
+            new.close()  # "auto" picked what runs
+            return True
         self._sense_task.cancel()
-        self.source, self.skipped = new, skipped
+        self.source = new
         self._sense_task = aio.create_task(self._sense(new, self.monitor))
         if old is not None:
             old.close()
@@ -274,6 +285,29 @@ class Agent:
                            was=old.name if old is not None else None, asked=name)
         self.read_now("switch")
         return True
+
+    def _open_named(self, name: str, avoid: "Optional[str]") -> "Optional[Any]":
+        """Open source ``name`` (or the first of AUTO_ORDER but ``avoid``).
+        Returns: the open source, or None (logged)."""
+        memcg = self.config.get("agent", "memcg")
+        names = [n for n in sources.AUTO_ORDER if n != avoid] if name == "auto" else [name]
+        reasons = []
+        try:
+            domain = readers.open_domain(str(memcg) if memcg else None,
+                                         self.config.get_str("agent", "proc_root"))
+        except OSError as e:
+            log.warning("cannot switch to source %s: %s", name, e)
+            return None
+        for candidate in names:
+            try:
+                new, _ = sources.choose(candidate, domain, source_options(self.config))
+            except sources.SourceUnavailable as e:
+                reasons.append(str(e))
+                continue
+            self.skipped = [(n, r) for n, r in self.skipped if n != new.name]
+            return new
+        log.warning("cannot switch to source %s: %s", name, "; ".join(reasons))
+        return None
 
     # -- views and control ------------------------------------------------------
 

@@ -67,9 +67,30 @@ def test_core_is_identical_under_micropython(micropython: str) -> None:
 def test_core_modules_avoid_cpython_only_imports() -> None:
     # Importing them under MicroPython is the real check; this names the culprit.
     for mod in ("procfs", "memstate", "reading", "levels", "trace", "config", "protocol",
-                "fairness"):
+                "fairness", "activity"):
         with open(os.path.join(ROOT, "agent", mod + ".py")) as f:
             text = f.read()
         for banned in ("import re\n", "import dataclasses", "from dataclasses", "import asyncio",
                        "from __future__"):
             assert banned not in text, (mod, banned)
+
+
+def test_activity_runs_under_micropython(micropython: str, tmp_path: "os.PathLike[str]") -> None:
+    # The user-presence view is core: kill policy reads it on the 64 MB board.
+    lcd = os.path.join(str(tmp_path), "lcd")
+    os.makedirs(lcd)
+    with open(os.path.join(lcd, "bl_power"), "w") as f:
+        f.write("4\n")
+    code = ("from memagent.activity import Activity\n"
+            "a = Activity(1000, %r)\n"
+            "print(a.state(0))\n"
+            "open(%r, 'w').write('0')\n"
+            "a.start_feeding('evdev', 0); a.note_input(500)\n"
+            "print(a.state(1400), a.state(1500))\n") % (
+        os.path.join(str(tmp_path), "*", "bl_power"), os.path.join(lcd, "bl_power"))
+    with tempfile.TemporaryDirectory() as tmp:
+        os.symlink(os.path.join(ROOT, "agent"), os.path.join(tmp, "memagent"))
+        out = subprocess.run([micropython, "-c", code], env=dict(os.environ, MICROPYPATH=tmp),
+                             capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["screen-off", "active", "idle"]

@@ -6,9 +6,12 @@ some versions), so a wake carries no data.  It is level-triggered while
 memory stays low, so after each wake the source waits at least
 :data:`MIN_GAP_MS` before polling again: at most ten wakes a second.
 
-Tests use a FIFO as a stand-in for the device (same poll semantics, but it
-does have data: the drain reads it).  The real device is tested in the qemu
-guest, whose kernel carries the patch.
+Host tests use a FIFO as a stand-in for the device (same poll semantics,
+but it does have data: the drain reads it).  No kernel we run carries the
+patch; in the qemu guest a CUSE test fixture
+(board/qemu-arm/scenarios/cuse_mem_notify.py) serves a real character
+device /dev/mem_notify with the same poll semantics.  A device that goes
+away makes :meth:`wait` raise OSError, and the agent falls back.
 """
 
 import errno
