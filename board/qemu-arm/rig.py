@@ -54,6 +54,8 @@ PACKAGES = [
     # notify_ui); libc-bin for ldconfig, without which ctypes cannot find
     # libudev for pyudev
     "python3-evdev", "libudev1", "libc-bin", "python3-pyudev", "python3-jeepney",
+    # Debian's earlyoom 1.7 (needs only libc6), for bench/kill.py --guest
+    "earlyoom",
 ]
 # Architecture "all" packages: downloaded without the ":armhf" qualifier.
 ARCH_ALL = ("python3-pyudev", "python3-jeepney")
