@@ -6,4 +6,5 @@
 
 BUILTIN = [
     ("release_caches", "memagent.plugins.release_caches:ReleaseCaches"),
+    ("user_activity", "memagent.plugins.user_activity:UserActivity"),
 ]
