@@ -122,6 +122,7 @@ class UserActivity:
         self._paths: Dict[int, str] = {}  # fd -> path
         self._failed: Dict[str, str] = {}  # path -> why it did not open (retried)
         self._ignored: Dict[str, str] = {}  # path -> why it is not input (not retried)
+        self._last_drop: Optional[str] = None  # "path: why"
         self._epoll: Optional[Any] = None
         self._watch: Optional[aio.FdWatch] = None
         self._task: Optional[Any] = None
@@ -253,6 +254,7 @@ class UserActivity:
         self._close(device)
         if why is not None:
             self.dropped += 1
+            self._last_drop = "%s: %s" % (path, why)
             log.info("user_activity: dropped %s (%s): %s", path,
                      getattr(device, "name", ""), why)
 
@@ -281,6 +283,8 @@ class UserActivity:
         if self._failed:
             self.unavailable = "no input device readable: " + "; ".join(
                 "%s: %s" % item for item in sorted(self._failed.items()))
+        elif self._last_drop is not None:
+            self.unavailable = "no input device open (dropped %s)" % self._last_drop
         else:
             self.unavailable = "no input device matches %s" % self.pattern
 
