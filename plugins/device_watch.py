@@ -1,0 +1,355 @@
+"""The built-in plugin ``device_watch``: follow device events with pyudev.
+
+It listens to the kernel's device events (uevents) on a netlink socket
+through pyudev, bridged into the agent's loop the project's way: the
+monitor's fd behind :class:`memagent.aio.FdWatch`, then a bounded,
+non-blocking drain with ``monitor.poll(timeout=0)``.  No thread, no timer:
+while no device comes or goes it costs no wakeup.
+
+What it acts on:
+
+* the ``mem_notify`` device, matched by its node name (``DEVNAME``) against
+  ``[sources] device_path``, whatever its subsystem (the 2008 patch made a
+  "mem" class device; a CUSE provider's is class "cuse"; a module might use
+  "misc").  On "add", if ``[device_watch] switch_source`` and ``[agent]
+  source`` is auto or mem_notify, and the agent runs another source: wait
+  until the node opens (bounded: mdev may create it after the event), then
+  ``agent.switch_source("mem_notify")``.  On "remove" of the device the
+  agent runs on: switch back to ``[agent] source`` (if that is mem_notify
+  itself, to "auto": a source on a dead device would miss all pressure).
+  The agent's own fallback (its source's wait raising OSError) may come
+  first; then the running source is no longer mem_notify and the event is
+  a no-op, so the two never fight.
+* input devices (subsystem "input", ``DEVNAME input/event*``): the plugin
+  ``user_activity``, if loaded, is asked to ``rescan()``.
+
+The monitor source is "udev" when a udev daemon runs (``/run/udev/control``
+exists), else "kernel" (Buildroot images with mdev or devtmpfs only).
+Without pyudev, or where netlink is refused (EPERM in some containers), the
+plugin sets ``unavailable`` and logs it once; the agent runs on.
+
+CPython only: pyudev is a ctypes binding of libudev.  See docs/devices.md.
+"""
+
+import ctypes
+import errno
+import inspect
+import logging
+import os
+import stat
+from typing import Any, Dict, List, Optional, Tuple
+
+from memagent import aio
+
+log = logging.getLogger("memagent.plugin.device_watch")
+
+MISSING = "pyudev is not installed (apt install python3-pyudev, or pip install pyudev)"
+UDEV_CONTROL = "/run/udev/control"  # exists while a udev daemon runs
+# Filtered by libudev (in the kernel, by BPF, with source "udev"): a phone's
+# battery (power_supply) sends "change" events all day that must not wake
+# the agent.  mem: the 2008 patch; cuse: a CUSE provider; misc: a module.
+SUBSYSTEMS = ("mem", "cuse", "misc", "input")
+DRAIN_MAX = 64  # events per wake; the FdWatch wakes again at once if more wait
+NODE_WAIT_MS = 2000  # for the node to appear and open after "add"
+NODE_RETRY_MS = 50
+
+# What an event means to the plugin (see classify).
+MEM_NOTIFY_ADD, MEM_NOTIFY_REMOVE, INPUT_CHANGE, IGNORED = (
+    "mem_notify-add", "mem_notify-remove", "input", "ignored")
+
+Event = Tuple[str, str, str, int]  # action, subsystem, devname, devnum
+
+
+def node_name(devname: Optional[str]) -> str:
+    """Return: ``devname`` relative to /dev ("input/event3"): the kernel's
+    uevent has it so; libudev makes it absolute (also for kernel events)."""
+    name = devname or ""
+    return name[5:] if name.startswith("/dev/") else name
+
+
+def classify(action: str, subsystem: str, devname: Optional[str],
+             device_path: str = "/dev/mem_notify") -> str:
+    """Return: MEM_NOTIFY_ADD or MEM_NOTIFY_REMOVE for the node "mem_notify"
+    or that of ``device_path`` (any subsystem), INPUT_CHANGE for an input event device
+    added or removed, else IGNORED ("change", "bind", input/mouse0, ...)."""
+    name = node_name(devname)
+    if action not in ("add", "remove") or not name:
+        return IGNORED
+    if name in ("mem_notify", node_name(device_path)):
+        return MEM_NOTIFY_ADD if action == "add" else MEM_NOTIFY_REMOVE
+    if subsystem == "input" and name.startswith("input/event"):
+        return INPUT_CHANGE
+    return IGNORED
+
+
+def decide(kind: str, running: Optional[str], configured: str,
+           enabled: bool) -> Optional[str]:
+    """Return: the source to switch to for an event of ``kind`` while the
+    agent runs ``running`` and the config says ``configured``, or None to
+    stay.  ``enabled``: ``[device_watch] switch_source``."""
+    if not enabled or running is None:
+        return None
+    if kind == MEM_NOTIFY_ADD:
+        if configured in ("auto", "mem_notify") and running != "mem_notify":
+            return "mem_notify"
+    elif kind == MEM_NOTIFY_REMOVE and running == "mem_notify":
+        return "auto" if configured == "mem_notify" else configured
+    return None
+
+
+def monitor_source(udev_control: str = UDEV_CONTROL) -> str:
+    """Return: "udev" if a udev daemon runs (its control socket exists),
+    else "kernel"."""
+    return "udev" if os.path.exists(udev_control) else "kernel"
+
+
+def node_opens(path: str) -> bool:
+    """Return: True if ``path`` is a character device (or a FIFO, the
+    tests' stand-in) that opens for reading now."""
+    try:
+        mode = os.stat(path).st_mode
+        if not (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):
+            return False
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+    except OSError:
+        return False
+    return True
+
+
+def event_of(device: Any) -> Event:
+    """Return: (action, subsystem, devname, devnum) of a pyudev Device."""
+    return (str(device.action or ""), str(device.subsystem or ""),
+            str(device.properties.get("DEVNAME") or ""), int(device.device_number or 0))
+
+
+class DeviceWatch:
+    """Follows device events (see the module docstring)."""
+
+    name = "device_watch"
+
+    def __init__(self, subsystems: Tuple[str, ...] = SUBSYSTEMS,
+                 udev_control: str = UDEV_CONTROL, node_wait_ms: int = NODE_WAIT_MS) -> None:
+        self.subsystems = subsystems
+        self.udev_control = udev_control
+        self.node_wait_ms = node_wait_ms
+        self.unavailable: Optional[str] = None
+        self.agent: Optional[Any] = None
+        self.monitor: Optional[Any] = None
+        self.source: Optional[str] = None  # "udev" or "kernel" once the monitor runs
+        self._task: Optional[Any] = None
+        self.events = 0
+        self.by_kind: Dict[str, int] = {}
+        self.last_event: Optional[Dict[str, Any]] = None
+        self.switches: List[Dict[str, Any]] = []
+        self.rescans = 0
+        self.overflows = 0
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def on_start(self, agent: Optional[Any] = None, **kwargs: Any) -> None:
+        """Open the netlink monitor and start following it; or set
+        ``unavailable`` (logged once) and do nothing more."""
+        self.agent = agent
+        self.unavailable = self._open_monitor()
+        if self.unavailable is not None:
+            log.warning("plugin %s unavailable: %s", self.name, self.unavailable)
+            return
+        log.info("watching %s device events (%s)", self.source, ", ".join(self.subsystems))
+        self._task = aio.create_task(self._watch())
+
+    async def on_stop(self, **kwargs: Any) -> None:
+        """Cancel the watch and wait for it; release the monitor."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await aio.gather(task, return_exceptions=True)
+        self.monitor = None  # pyudev unrefs the libudev monitor (closes its fd)
+
+    def _open_monitor(self) -> Optional[str]:
+        """Returns: None with ``self.monitor`` started, or why it cannot be."""
+        try:
+            import pyudev
+        except ImportError:
+            return MISSING
+        source = monitor_source(self.udev_control)
+        try:
+            monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source=source)
+            for subsystem in self.subsystems:
+                monitor.filter_by(subsystem)
+            monitor.start()
+        except ImportError as e:  # pyudev without libudev
+            return "libudev cannot be loaded: %s" % e
+        except OSError as e:
+            # from_netlink raises without errno; libudev left it in errno.
+            code = e.errno or ctypes.get_errno()
+            return "the %s netlink monitor was refused: %s%s" % (
+                source, e.strerror or e, " (%s)" % os.strerror(code) if code else "")
+        self.monitor, self.source = monitor, source
+        return None
+
+    # -- the watch ---------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        """Wait on the monitor's fd; hand each event to :meth:`handle_event`."""
+        assert self.monitor is not None
+        watch = aio.FdWatch(self.monitor.fileno())
+        try:
+            while True:
+                await watch.wait(None)
+                for event in self._drain():
+                    try:
+                        await self.handle_event(*event)
+                    except Exception as e:  # bad input never kills the agent
+                        log.error("device event %s: %s: %s", event, type(e).__name__, e)
+        except OSError as e:
+            self.unavailable = "the udev monitor failed: %s" % e
+            log.error("plugin %s: %s", self.name, self.unavailable)
+        finally:
+            watch.close()
+
+    def _drain(self) -> List[Event]:
+        """Returns: up to DRAIN_MAX pending events, without blocking.  A lost
+        event (ENOBUFS: the socket buffer overflowed) becomes a "reconcile"."""
+        events: List[Event] = []
+        for _ in range(DRAIN_MAX):
+            try:
+                device = self.monitor.poll(timeout=0) if self.monitor is not None else None
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:
+                    self.overflows += 1
+                    events.append(("reconcile", "", "", 0))
+                    continue
+                log.warning("udev monitor: %s", e)
+                break
+            if device is None:
+                break
+            try:
+                events.append(event_of(device))
+            except Exception as e:  # a malformed event: skip it
+                log.warning("unreadable device event: %s: %s", type(e).__name__, e)
+        return events
+
+    async def handle_event(self, action: str, subsystem: str, devname: str,
+                           devnum: int = 0) -> Optional[str]:
+        """Act on one device event (the watch calls it; so may tests).
+        Returns: what was done ("switched to X", "rescan", ...), or None."""
+        if action == "reconcile":
+            return await self._reconcile()
+        device_path = self._config_str("sources", "device_path", "/dev/mem_notify")
+        kind = classify(action, subsystem, devname, device_path)
+        self.events += 1
+        self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
+        self.last_event = {"action": action, "subsystem": subsystem, "devname": node_name(devname),
+                           "kind": kind, "t_ms": aio.ticks_ms()}
+        log.debug("device event %s %s %s: %s", action, subsystem, devname, kind)
+        if kind == INPUT_CHANGE:
+            return await self._rescan()
+        if kind in (MEM_NOTIFY_ADD, MEM_NOTIFY_REMOVE):
+            return await self._mem_notify(kind, device_path, devnum)
+        return None
+
+    # -- acting ------------------------------------------------------------------
+
+    def _config_str(self, section: str, key: str, default: str) -> str:
+        agent = self.agent
+        return agent.config.get_str(section, key) if agent is not None else default
+
+    def _running(self) -> Optional[str]:
+        source = getattr(self.agent, "source", None)
+        return str(source.name) if source is not None else None
+
+    async def _mem_notify(self, kind: str, device_path: str, devnum: int) -> Optional[str]:
+        agent = self.agent
+        if agent is None:
+            return None
+        target = decide(kind, self._running(), agent.config.get_str("agent", "source"),
+                        bool(agent.config.get("device_watch", "switch_source")))
+        if target is None:
+            return None
+        if kind == MEM_NOTIFY_REMOVE:
+            if not self._runs_on(devnum):
+                log.info("%s removed, but the agent runs on another device", device_path)
+                return None
+            # avoid: "auto" must not pick the dead device again (a provider
+            # that restarted has a new node; its own "add" follows).
+            return self._switch(target, "device removed", avoid="mem_notify") or (
+                self._switch("auto", "device removed", avoid="mem_notify")
+                if target != "auto" else None)
+        if not await self._wait_node(device_path):
+            log.warning("%s was added but does not open after %d ms", device_path,
+                        self.node_wait_ms)
+            return None
+        if self._running() == "mem_notify":  # switched meanwhile
+            return None
+        return self._switch(target, "device added")
+
+    def _runs_on(self, devnum: int) -> bool:
+        """Return: False only if the running source's fd is provably another
+        device than ``devnum`` (a provider restarted: the new node is up)."""
+        fd = getattr(getattr(self.agent, "source", None), "fd", None)
+        if not devnum or not isinstance(fd, int):
+            return True
+        try:
+            rdev = os.fstat(fd).st_rdev
+        except OSError:
+            return True
+        return rdev in (0, devnum)
+
+    async def _wait_node(self, path: str) -> bool:
+        """Returns: True once ``path`` opens, False after node_wait_ms."""
+        deadline_ms = aio.ticks_ms() + self.node_wait_ms
+        while not node_opens(path):
+            if aio.ticks_ms() >= deadline_ms:
+                return False
+            await aio.sleep_ms(NODE_RETRY_MS)
+        return True
+
+    def _switch(self, target: str, why: str, avoid: Optional[str] = None) -> Optional[str]:
+        """Ask the agent to run ``target`` (with "auto": not ``avoid``).
+        Returns: "switched to X" if the agent now runs another source X,
+        else None (logged if it could not)."""
+        agent = self.agent
+        was = self._running()
+        if agent is None or not agent.switch_source(target, avoid=avoid):
+            log.warning("could not switch the source to %s (%s)", target, why)
+            return None
+        now = self._running()
+        if now == was:  # the agent ran it already: a no-op
+            return None
+        self.switches.append({"to": now, "asked": target, "was": was, "why": why,
+                              "t_ms": aio.ticks_ms()})
+        del self.switches[:-8]
+        return "switched to %s" % now
+
+    async def _rescan(self) -> Optional[str]:
+        agent = self.agent
+        plugins = getattr(getattr(agent, "dispatcher", None), "plugins", [])
+        for plugin in plugins:
+            if getattr(plugin, "name", None) == "user_activity" and \
+                    callable(getattr(plugin, "rescan", None)):
+                result = plugin.rescan()
+                if inspect.isawaitable(result):
+                    result = await result
+                self.rescans += 1
+                log.info("input devices changed; user_activity rescan: %s", result)
+                return "rescan"
+        return None
+
+    async def _reconcile(self) -> Optional[str]:
+        """Events were lost: act on what exists now."""
+        log.warning("device events were lost (socket overflow); checking the devices now")
+        path = self._config_str("sources", "device_path", "/dev/mem_notify")
+        action = "add" if node_opens(path) else "remove"
+        done = await self._mem_notify(MEM_NOTIFY_ADD if action == "add" else MEM_NOTIFY_REMOVE,
+                                      path, 0)
+        await self._rescan()
+        return done
+
+    # -- view ---------------------------------------------------------------------
+
+    def status(self) -> Dict[str, Any]:
+        """Return: the monitor's source, the events seen (by kind), the last
+        event, the source switches made, rescans and overflows."""
+        return {"monitor": self.source, "events": self.events, "by_kind": dict(self.by_kind),
+                "last_event": self.last_event, "switches": list(self.switches),
+                "rescans": self.rescans, "overflows": self.overflows}
