@@ -210,8 +210,9 @@ def test_without_evdev_the_agent_runs_and_says_why(tmp_path: Any) -> None:
     sock = os.path.join(tmp, "ctl.sock")
     conf = os.path.join(tmp, "memagent.conf")
     with open(conf, "w") as f:
-        f.write("[agent]\nsocket = %s\noom_score_adj = 0\n[user_activity]\n"
-                "backlight = %s/none/*/bl_power\n" % (sock, tmp))
+        # Only this plugin: the others would reach for the system bus and /proc.
+        f.write("[agent]\nsocket = %s\noom_score_adj = 0\n[plugins]\nenable = user_activity\n"
+                "[user_activity]\nbacklight = %s/none/*/bl_power\n" % (sock, tmp))
     code = ("import sys; sys.modules['evdev'] = None; from memagent.cli import main; "
             "sys.exit(main())")
     agent = subprocess.Popen([sys.executable, "-c", code, "run", "-c", conf, "--source", "poll"],
@@ -229,6 +230,7 @@ def test_without_evdev_the_agent_runs_and_says_why(tmp_path: Any) -> None:
         err = agent.communicate(timeout=15)[1]
     assert agent.returncode == 0, err
     plugins = {p["name"]: p for p in status["plugins"]}
+    assert list(plugins) == ["user_activity"]  # loaded from BUILTIN by the real loader
     assert plugins["user_activity"]["unavailable"] == MISSING
     assert plugins["user_activity"]["state"]["devices"] == []
     assert status["activity"]["state"] == UNKNOWN and status["activity"]["feeder"] is None
