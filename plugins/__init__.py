@@ -8,4 +8,5 @@ BUILTIN = [
     ("release_caches", "memagent.plugins.release_caches:ReleaseCaches"),
     ("user_activity", "memagent.plugins.user_activity:UserActivity"),
     ("device_watch", "memagent.plugins.device_watch:DeviceWatch"),
+    ("notify_ui", "memagent.plugins.notify_ui:NotifyUi"),
 ]
