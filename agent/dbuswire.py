@@ -35,7 +35,6 @@ from jeepney import (  # type: ignore[import-untyped, import-not-found, unused-i
     MessageType,
     Parser,
     new_error,
-    new_method_call,
     new_method_return,
     new_signal,
 )
@@ -405,9 +404,3 @@ class Connection:
         except (OSError, aio.TimeoutError):
             pass
 
-
-def method_call(path: str, interface: str, member: str, destination: str,
-                signature: "Optional[str]" = None, body: "Tuple[Any, ...]" = ()) -> "Any":
-    """Return: a method call message (for tests and tools)."""
-    return new_method_call(DBusAddress(path, bus_name=destination, interface=interface),
-                           member, signature, body)
