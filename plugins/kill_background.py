@@ -1,0 +1,284 @@
+"""The built-in plugin ``kill_background``: when trimming is not enough, kill
+the least valuable background process, one at a time, safely.
+
+Policy (operator's view: docs/kill.md): each level may reach down to a class
+(``[kill_background] low_class``, ``critical_class``); LOW kills only while
+the user is away unless ``kill_at_low`` says otherwise; candidates and their
+order come from :mod:`memagent.victims` (registered apps by class, others by
+oom_score_adj, lowest standing, then least recently used, then largest),
+within the watched domain only (the ``[agent] memcg``'s processes when one
+is set).  The kill itself is :mod:`memagent.pidkill` (pidfd, SIGTERM, grace,
+SIGKILL, process_mrelease), so a recycled pid is never hit.
+
+Pacing: on_pressure only starts one background task (the sequence) and
+returns; while it runs, later notifications are only counted.  The sequence
+kills one victim, waits for it to die, re-measures the domain
+(``agent.read_now``), and stops once the level is back below the one that
+started it, the deficit is covered, or ``max_kills`` were made; it waits
+``cooldown_ms`` between kills and after the sequence.  ``dry_run`` (the
+default) records the victim it would pick and signals nothing.
+
+CPython only (pidkill uses os.pidfd_open and ctypes).
+"""
+
+import logging
+import os
+from typing import Any, Dict, List, Optional
+
+from memagent import aio, pidkill, victims
+from memagent.config import Config, ConfigError
+from memagent.levels import CRITICAL, LOW, Notification, deficit_kib, level_name
+from memagent.protocol import CLASSES
+
+log = logging.getLogger("memagent.plugin.kill_background")
+
+SECTION = "kill_background"
+KILL_AT_LOW = ("never", "idle", "always")
+
+
+class Settings:
+    """``[kill_background]``, checked.  Raises (from the constructor):
+    ConfigError naming the key for a bad value."""
+
+    def __init__(self, config: Config) -> None:
+        get = config.get
+        self.dry_run = bool(get(SECTION, "dry_run"))
+        self.low_class = self._cls(config, "low_class")
+        self.critical_class = self._cls(config, "critical_class")
+        if victims.rank(self.critical_class) > victims.rank(self.low_class):
+            raise ConfigError("[%s] critical_class: %r must reach at least as far as "
+                              "low_class %r" % (SECTION, self.critical_class, self.low_class))
+        self.kill_at_low = config.get_str(SECTION, "kill_at_low").strip()
+        if self.kill_at_low not in KILL_AT_LOW:
+            raise ConfigError("[%s] kill_at_low: one of %s, got %r"
+                              % (SECTION, ", ".join(KILL_AT_LOW), self.kill_at_low))
+        self.grace_ms = self._ms(config, "grace_ms", 0)
+        self.wait_ms = self._ms(config, "wait_ms", 1)
+        self.cooldown_ms = self._ms(config, "cooldown_ms", 0)
+        self.max_kills = self._ms(config, "max_kills", 1)
+        self.protect = [w.strip() for w in config.get_str(SECTION, "protect").split(",")
+                        if w.strip()]
+        self.mrelease = bool(get(SECTION, "mrelease"))
+
+    @staticmethod
+    def _cls(config: Config, key: str) -> str:
+        value = config.get_str(SECTION, key).strip()
+        if value not in CLASSES or value == "foreground":
+            raise ConfigError("[%s] %s: one of %s, got %r"
+                              % (SECTION, key, ", ".join(CLASSES[1:]), value))
+        return value
+
+    @staticmethod
+    def _ms(config: Config, key: str, least: int) -> int:
+        value = config.get_int(SECTION, key)
+        if value < least:
+            raise ConfigError("[%s] %s: must be >= %d, got %d" % (SECTION, key, least, value))
+        return value
+
+    def reach_rank(self, level: int) -> int:
+        """Return: the rank of the lowest-standing class ``level`` may reach."""
+        return victims.rank(self.critical_class if level >= CRITICAL else self.low_class)
+
+
+class KillBackground:
+    """Kills background processes on pressure (see the module docstring)."""
+
+    name = "kill_background"
+
+    def __init__(self) -> None:
+        self.agent: Optional[Any] = None
+        self.settings: Optional[Settings] = None
+        self.unavailable: Optional[str] = None
+        self._task: Optional[Any] = None
+        self._quiet_until_ms: Optional[int] = None
+        self.kills = self.dry_runs = self.skipped = self.sequences = 0
+        self.busy = self.cooling = self.deferred = self.no_victim = 0
+        self.last_victim: Optional[Dict[str, Any]] = None
+
+    async def on_start(self, agent: Optional[Any] = None, **kwargs: Any) -> None:
+        """Read and check ``[kill_background]``.  A bad value is logged and
+        leaves the plugin unavailable (it then does nothing)."""
+        self.agent = agent
+        if agent is None:
+            self.unavailable = "no agent"
+            return
+        try:
+            self.settings = Settings(agent.config)
+        except ConfigError as e:
+            self.unavailable = "bad config: %s" % e
+            log.error("plugin %s: %s; it will kill nothing", self.name, e)
+            return
+        why = pidkill.supported()
+        if why is not None and not self.settings.dry_run:
+            self.unavailable = why
+            log.error("plugin %s: cannot kill safely here: %s", self.name, why)
+            return
+        log.info("plugin %s: %s; LOW reaches %s (%s), CRITICAL reaches %s", self.name,
+                 "dry run" if self.settings.dry_run else "armed", self.settings.low_class,
+                 self.settings.kill_at_low, self.settings.critical_class)
+
+    async def on_stop(self, **kwargs: Any) -> None:
+        """Cancel a running sequence and wait for it to end."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except aio.CancelledError:
+                pass
+
+    @property
+    def running(self) -> bool:
+        """True while a kill sequence runs."""
+        return self._task is not None and not self._task.done()
+
+    async def on_pressure(self, level: int, notification: Notification,
+                          deficit_kib: int = 0, **kwargs: Any) -> None:
+        """Start a kill sequence for ``notification`` unless one runs, the
+        cooldown holds, or the policy defers it (LOW while the user is there)."""
+        s, agent = self.settings, self.agent
+        if s is None or agent is None or self.unavailable or level < LOW:
+            return
+        now_ms = aio.ticks_ms()
+        if self.running:
+            self.busy += 1  # a victim is still dying: never a second kill meanwhile
+            return
+        if self._quiet_until_ms is not None and now_ms < self._quiet_until_ms:
+            self.cooling += 1
+            return
+        if level < CRITICAL and not self._low_allowed(now_ms):
+            self.deferred += 1
+            return
+        reason = "%s %s" % (level_name(level), notification.reason)
+        deficit = deficit_kib or notification.deficit_kib
+        self._task = aio.create_task(self._sequence(level, reason, deficit))
+
+    def _low_allowed(self, now_ms: int) -> bool:
+        s = self.settings
+        assert s is not None and self.agent is not None
+        if s.kill_at_low == "always":
+            return True
+        return s.kill_at_low == "idle" and bool(self.agent.activity.user_away(now_ms))
+
+    # -- the sequence --------------------------------------------------------------
+
+    async def _sequence(self, level: int, reason: str, deficit: int) -> None:
+        """Kill one victim at a time until the pressure is gone (see the
+        module docstring).  Errors are logged, never raised."""
+        s, agent = self.settings, self.agent
+        assert s is not None and agent is not None
+        self.sequences += 1
+        freed_total = 0
+        tried: Dict[int, str] = {}  # never twice in one sequence (EPERM, stuck, reused)
+        try:
+            for attempt in range(s.max_kills):
+                if attempt:
+                    await aio.sleep_ms(s.cooldown_ms)
+                    if self._relieved(level) or (level < CRITICAL and not self._low_allowed(
+                            aio.ticks_ms())):
+                        break
+                reach = max(level, agent.monitor.level if agent.monitor else level)
+                victim = self.pick(reach, tried)
+                if victim is None:
+                    self.no_victim += 1
+                    log.info("no eligible victim at %s", level_name(reach))
+                    break
+                if s.dry_run:
+                    self._record(victim, reach, reason, None, None, dry_run=True)
+                    break
+                entry = await self.execute(victim, reach, reason)
+                tried[victim.pid] = "tried in this sequence"
+                freed_total += max(entry.get("freed_kib") or 0, 0)
+                if freed_total >= deficit or self._relieved(level):
+                    break
+        except aio.CancelledError:
+            raise
+        except Exception as e:  # the agent must outlive a bug here
+            log.error("plugin %s: kill sequence failed: %s: %s", self.name,
+                      type(e).__name__, e)
+        finally:
+            self._quiet_until_ms = aio.ticks_ms() + s.cooldown_ms
+
+    def _relieved(self, level: int) -> bool:
+        """Return: True once the monitor is below ``level``, or the last
+        reading is above LOW with the deficit's margin."""
+        monitor = self.agent.monitor if self.agent is not None else None
+        if monitor is None or monitor.last is None:
+            return False
+        low_kib = monitor.thresholds.low_kib
+        covered = deficit_kib(monitor.last.avail_kib, low_kib) <= max(low_kib // 8, 1)
+        return bool(monitor.level < level or covered)
+
+    def scope_pids(self) -> Optional[List[int]]:
+        """Return: the pids of the watched memcg (and its children), or None
+        for the whole system.  Raises: OSError if the memcg is gone."""
+        assert self.agent is not None
+        memcg = self.agent.config.get("agent", "memcg")
+        return victims.memcg_pids(str(memcg).rstrip("/")) if memcg else None
+
+    def pick(self, level: int,
+             exclude: Optional[Dict[int, str]] = None) -> Optional[victims.Candidate]:
+        """Return: the victim for ``level`` in the watched domain now (never
+        a pid of ``exclude``), or None (nothing eligible, or the scope cannot
+        be read: logged)."""
+        s, agent = self.settings, self.agent
+        assert s is not None and agent is not None
+        proc_root = agent.config.get_str("agent", "proc_root")
+        try:
+            pids = self.scope_pids()
+        except OSError as e:
+            log.warning("plugin %s: cannot list the memcg's processes: %s", self.name, e)
+            return None
+        registry = agent.apps
+        apps = victims.merge_apps((a.pid, a.cls, a.last_active_ms, a.started)
+                                  for a in registry.apps())
+        never = victims.never_map(victims.ancestors(os.getpid(), proc_root),
+                                  registry.foreground_pid)
+        never.update(exclude or {})
+        found = victims.scan(proc_root, pids, apps)
+        return victims.choose(found, s.reach_rank(level), s.protect, never)
+
+    async def execute(self, victim: victims.Candidate, level: int,
+                      reason: str) -> Dict[str, Any]:
+        """Kill ``victim`` (pidkill), measuring the domain before and after.
+        Returns: the event-log entry (see :meth:`_record`)."""
+        s, agent = self.settings, self.agent
+        assert s is not None and agent is not None
+        before = agent.read_now("kill")
+        result = await pidkill.kill(victim.pid, victim.started, s.grace_ms, s.wait_ms,
+                                    s.mrelease, agent.config.get_str("agent", "proc_root"))
+        freed = None
+        if result.signalled:
+            after = agent.read_now("killed")
+            if before is not None and after is not None:
+                freed = after.avail_kib - before.avail_kib
+        return self._record(victim, level, reason, result, freed, dry_run=False)
+
+    def _record(self, victim: victims.Candidate, level: int, reason: str,
+                result: Optional[pidkill.KillResult], freed_kib: Optional[int],
+                dry_run: bool) -> Dict[str, Any]:
+        """Count and log one choice in the event log.  Returns: the entry."""
+        assert self.agent is not None
+        if dry_run:
+            self.dry_runs += 1
+        elif result is not None and result.signalled:
+            self.kills += 1
+        else:
+            self.skipped += 1
+        entry: Dict[str, Any] = self.agent.record_action(
+            "kill", pid=victim.pid, name=victim.comm, cls=victim.cls, reason=reason,
+            level=level_name(level), rss_kib=victim.rss_kib, freed_kib=freed_kib,
+            ms=result.ms if result else 0, sigkill=bool(result and result.sigkill),
+            dry_run=dry_run, outcome=result.outcome if result else "dry-run",
+            mrelease=result.mrelease if result else None, registered=victim.registered,
+            adj=victim.adj)
+        self.last_victim = entry
+        return entry
+
+    def status(self) -> Dict[str, Any]:
+        """Return: the counters, the last victim and whether a sequence runs."""
+        return {"dry_run": self.settings.dry_run if self.settings else None,
+                "running": self.running, "sequences": self.sequences, "kills": self.kills,
+                "dry_run_choices": self.dry_runs, "skipped": self.skipped,
+                "busy": self.busy, "cooling": self.cooling, "deferred": self.deferred,
+                "no_victim": self.no_victim, "last_victim": self.last_victim}

@@ -1,0 +1,440 @@
+"""kill_background and its mechanics (memagent.pidkill), on real processes.
+
+pidkill is tested directly on children of this test (fast, deterministic),
+the pid-reuse race with a real reused pid (forced through ns_last_pid), and
+the plugin end to end: a real ``memagent run`` on a 128 MiB memcg of the
+test's own, victims and survivors started inside it (registered apps and
+plain processes with an oom_score_adj), and real anonymous pressure.  Every
+process signalled here was started here; the agent's scope is that memcg.
+"""
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Dict, Iterator, List, Optional
+
+import pytest
+
+from memagent import aio, loadgen, pidkill, readers, smaps, victims
+from memagent import memcg as memcg_mod
+from memagent.agent import Agent
+from memagent.config import parse_config
+from memagent.control import query
+from memagent.levels import CRITICAL
+from memagent.plugins.kill_background import KillBackground
+from memagent.protocol import PROTOCOL_VERSION
+from support import exchange, need
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Victims run on Debian's python3 without site (3.4 MiB charged each, against
+# 9 MiB for the dev python); memagent comes from a symlink to the tree.
+SMALL_PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+NS_LAST_PID = "/proc/sys/kernel/ns_last_pid"
+
+VICTIM = r"""
+import os, signal, sys, time
+name, adj, mode, log, extra_mib, cls, sock = sys.argv[1:8]
+with open("/proc/self/comm", "w") as f:
+    f.write(name)
+with open("/proc/self/oom_score_adj", "w") as f:
+    f.write(adj)
+hold = bytearray(int(extra_mib) << 20)
+for i in range(0, len(hold), 4096):
+    hold[i] = 1
+def note(what):
+    with open(log, "a") as f:  # one short O_APPEND write: atomic
+        f.write("%s %s %d\n" % (what, name, time.monotonic_ns() // 1000000))
+def on_term(signum, frame):
+    note("TERM")
+    if mode == "slow":
+        time.sleep(1.0)
+    note("EXIT")
+    os._exit(0)
+signal.signal(signal.SIGTERM, signal.SIG_IGN if mode == "ignore" else on_term)
+client = None
+if cls != "-":
+    from memagent.client import Client
+    client = Client(name, cls, socket_path=sock)
+    client.connect()
+print("ready", flush=True)
+while True:
+    if client is not None:
+        client.poll(1000)
+    else:
+        time.sleep(1)
+"""
+
+
+@pytest.fixture(scope="module")
+def victim_dir() -> Iterator[str]:
+    """A directory with the victim program and ``memagent`` (a symlink)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        os.symlink(os.path.join(ROOT, "agent"), os.path.join(tmp, "memagent"))
+        with open(os.path.join(tmp, "victim.py"), "w") as f:
+            f.write(VICTIM)
+        yield tmp
+
+
+class Procs:
+    """The processes a test started, killed at the end whatever happens."""
+
+    def __init__(self, vdir: str, log: str) -> None:
+        self.vdir, self.log = vdir, log
+        self.all: List["subprocess.Popen[str]"] = []
+        self.by_name: Dict[str, "subprocess.Popen[str]"] = {}
+
+    def victim(self, spawn: Any, name: str, adj: int, mode: str = "obey", extra_mib: int = 0,
+               cls: str = "-", sock: str = "-") -> "subprocess.Popen[str]":
+        """Start the victim program (through ``spawn``: Popen or Memcg.spawn)
+        and wait for its "ready".  Returns: the Popen."""
+        argv = [SMALL_PY, "-S", os.path.join(self.vdir, "victim.py"), name, str(adj), mode,
+                self.log, str(extra_mib), cls, sock]
+        child = spawn(argv, stdout=subprocess.PIPE, text=True,
+                      env=dict(os.environ, PYTHONPATH=self.vdir))
+        self.all.append(child)
+        self.by_name[name] = child
+        assert child.stdout.readline() == "ready\n", name
+        return child
+
+    def lines(self) -> List[List[str]]:
+        """Return: the victims' log as [what, name, mono_ms] lists."""
+        if not os.path.exists(self.log):
+            return []
+        with open(self.log) as f:
+            return [line.split() for line in f]
+
+    def close(self) -> None:
+        for child in self.all:
+            if child.poll() is None:
+                child.kill()
+            child.wait()
+
+
+@pytest.fixture
+def procs(victim_dir: str, tmp_path: Any) -> Iterator[Procs]:
+    p = Procs(victim_dir, os.path.join(str(tmp_path), "victims.log"))
+    yield p
+    p.close()
+
+
+def kill(pid: int, started: Optional[int], grace_ms: int, wait_ms: int = 3000) -> Any:
+    return aio.run(pidkill.kill(pid, started, grace_ms, wait_ms))
+
+
+# -- pidkill on our own children ------------------------------------------------------
+
+def test_sigterm_obeyed_within_the_grace(procs: Procs) -> None:
+    child = procs.victim(subprocess.Popen, "obeys", 0)
+    result = kill(child.pid, smaps.start_time(child.pid), grace_ms=3000)
+    assert (result.outcome, result.sigkill, result.mrelease) == ("exited", False, None)
+    assert result.ms < 2000 and child.wait(5) == 0
+    assert [line[0] for line in procs.lines()] == ["TERM", "EXIT"]
+
+
+def test_slow_exit_is_waited_for_not_killed(procs: Procs) -> None:
+    child = procs.victim(subprocess.Popen, "slow", 0, mode="slow")
+    result = kill(child.pid, smaps.start_time(child.pid), grace_ms=3000)
+    assert (result.outcome, result.sigkill) == ("exited", False)
+    assert 900 <= result.ms < 3000 and child.wait(5) == 0
+
+
+def test_sigterm_ignored_gets_sigkill_after_the_grace(procs: Procs) -> None:
+    child = procs.victim(subprocess.Popen, "ignores", 0, mode="ignore", extra_mib=64)
+    t0 = time.monotonic()
+    result = kill(child.pid, smaps.start_time(child.pid), grace_ms=500)
+    took_ms = (time.monotonic() - t0) * 1000
+    assert (result.outcome, result.sigkill) == ("killed", True)
+    assert 500 <= result.ms <= took_ms < 3000, (result.ms, took_ms)
+    assert child.wait(5) == -signal.SIGKILL
+    assert result.mrelease is not None  # "ok", or why not (ESRCH: it was already gone)
+    assert result.mrelease == "ok" or result.mrelease.split(":")[0] in (
+        "ESRCH", "ENOSYS", "EINVAL", "unsupported"), result.mrelease
+
+
+def test_an_exited_pid_is_never_signalled(procs: Procs) -> None:
+    child = procs.victim(subprocess.Popen, "gone", 0)
+    started = smaps.start_time(child.pid)
+    child.kill()
+    child.wait()
+    # Either the pid is free (gone) or something else took it (reused): no signal.
+    result = kill(child.pid, started, grace_ms=100)
+    assert result.outcome in ("gone", "reused") and not result.signalled
+
+
+def fork_onto(pid: int, argv: List[str]) -> "Optional[subprocess.Popen[str]]":
+    """Start ``argv`` as pid ``pid`` (ns_last_pid = pid - 1, then fork; other
+    forks on the machine may take it first: retried).  Returns: the Popen,
+    or None if the pid could not be had."""
+    for _ in range(50):
+        with open(NS_LAST_PID, "w") as f:
+            f.write(str(pid - 1))
+        child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        if child.pid == pid:
+            return child
+        child.kill()
+        child.wait()
+    return None
+
+
+def test_pid_reuse_race_signals_nothing(procs: Procs, tmp_path: Any) -> None:
+    if not os.access(NS_LAST_PID, os.W_OK):
+        need("%s is not writable (needs root in the initial pid namespace)" % NS_LAST_PID)
+    conf = parse_config("[kill_background]\ndry_run = no\n[agent]\nsocket =\n")
+    agent = Agent(conf, plugins=[], control=False)
+    plugin = KillBackground()
+    aio.run(plugin.on_start(agent=agent))
+    assert plugin.unavailable is None
+    # The victim is scanned (pid and start time recorded), then exits and is reaped.
+    first = procs.victim(subprocess.Popen, "victim", 950)
+    scanned = victims.read_candidate(first.pid)
+    assert scanned is not None and scanned.cls == "cached"
+    time.sleep(0.05)  # the fresh process must start in a later clock tick
+    first.kill()
+    first.wait()
+    # A fresh process of ours takes the pid, and would die of a SIGTERM.
+    fresh = fork_onto(scanned.pid, [sys.executable, "-c",
+                                    "import time; print('ready', flush=True); time.sleep(60)"])
+    if fresh is None:
+        pytest.skip("could not get pid %d back in 50 tries (a busy machine)" % scanned.pid)
+    procs.all.append(fresh)
+    assert fresh.stdout is not None and fresh.stdout.readline() == "ready\n"
+    entry = aio.run(plugin.execute(scanned, CRITICAL, "CRITICAL test"))
+    time.sleep(0.2)
+    assert fresh.poll() is None, "the process that reused the pid was signalled"
+    assert (entry["action"], entry["outcome"], entry["pid"], entry["sigkill"]) == (
+        "kill", "reused", scanned.pid, False)
+    assert (plugin.kills, plugin.skipped) == (0, 1) and agent.last_action is entry
+
+
+@pytest.mark.parametrize("text, key", [
+    ("low_class = bogus", "low_class"),
+    ("low_class = foreground", "low_class"),
+    ("critical_class = cached\nlow_class = service", "critical_class"),
+    ("kill_at_low = sometimes", "kill_at_low"),
+    ("grace_ms = -1", "grace_ms"),
+    ("max_kills = 0", "max_kills"),
+])
+def test_a_bad_setting_leaves_the_plugin_idle(text: str, key: str, caplog: Any) -> None:
+    agent = Agent(parse_config("[kill_background]\ndry_run = no\n%s\n" % text),
+                  plugins=[], control=False)
+    plugin = KillBackground()
+    with caplog.at_level(logging.ERROR):
+        aio.run(plugin.on_start(agent=agent))
+    assert plugin.unavailable and key in plugin.unavailable
+    assert any("kill_background" in r.getMessage() and key in r.getMessage()
+               for r in caplog.records), caplog.text
+    assert plugin.status()["running"] is False and plugin.settings is None
+
+
+# -- end to end: a real agent, a real memcg, real pressure ------------------------------
+
+AGENT_CONF = """
+[plugins]
+enable = kill_background
+[levels]
+renotify_ms = 500
+[kill_background]
+dry_run = %(dry_run)s
+kill_at_low = always
+low_class = cached
+critical_class = service
+grace_ms = 1200
+wait_ms = 3000
+cooldown_ms = 300
+max_kills = 8
+protect = keepme
+"""
+
+
+def start_agent(group: memcg_mod.Memcg, tmp: str, dry_run: str) -> "subprocess.Popen[str]":
+    conf = os.path.join(tmp, "m.conf")
+    with open(conf, "w") as f:
+        f.write(AGENT_CONF % {"dry_run": dry_run})
+    sock = os.path.join(tmp, "ctl.sock")
+    agent = subprocess.Popen([sys.executable, "-m", "memagent", "run", "--memcg", group.path,
+                              "--socket", sock, "--events-json", os.path.join(tmp, "ev.jsonl"),
+                              "-c", conf], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 15
+    while not os.path.exists(sock):
+        assert agent.poll() is None and time.monotonic() < deadline, "agent did not start"
+        time.sleep(0.05)
+    return agent
+
+
+def stop_agent(agent: "subprocess.Popen[str]") -> str:
+    agent.send_signal(signal.SIGTERM)
+    try:
+        err = agent.communicate(timeout=15)[1]
+    except subprocess.TimeoutExpired:
+        agent.kill()
+        pytest.fail("the agent did not stop:\n" + agent.communicate()[1][-4000:])
+    assert agent.returncode == 0, err[-4000:]
+    return err
+
+
+def actions(tmp: str) -> List[Dict[str, Any]]:
+    path = os.path.join(tmp, "ev.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [e for e in (json.loads(line) for line in f) if e.get("action") == "kill"]
+
+
+def plugin_state(tmp: str) -> Dict[str, Any]:
+    st = aio.run(query(os.path.join(tmp, "ctl.sock")))["status"]
+    (entry,) = [p for p in st["plugins"] if p["name"] == "kill_background"]
+    assert entry["unavailable"] is None
+    state: Dict[str, Any] = entry["state"]
+    return state
+
+
+def hog(group: memcg_mod.Memcg, mib: int, rate: int) -> "subprocess.Popen[str]":
+    """Start an allocator of ``mib`` MiB at ``rate`` MB/s that holds until
+    killed (adj 0: a foreground process, never a victim)."""
+    argv = [SMALL_PY, "-S", loadgen.__file__, "anon", "--rate", str(rate),
+            "--max-mb", str(max(mib, 1)), "--hold", "-1"]
+    return group.spawn(argv, stdout=subprocess.PIPE, text=True)
+
+
+def avail_mib(group: memcg_mod.Memcg) -> int:
+    return readers.MemcgDomain(group.path).read(0).avail_kib // 1024
+
+
+def rss_anon_mib(pid: int) -> float:
+    with open("/proc/%d/status" % pid) as f:
+        return sum(int(line.split()[1]) for line in f if line.startswith("RssAnon")) / 1024
+
+
+def wait_done(child: "subprocess.Popen[str]", timeout_s: float = 30) -> None:
+    """Wait for a loadgen's "done" line."""
+    deadline = time.monotonic() + timeout_s
+    assert child.stdout is not None
+    while time.monotonic() < deadline:
+        line = child.stdout.readline()
+        assert line, "the allocator died"
+        if line.startswith("done"):
+            return
+    pytest.fail("the allocator did not finish")
+
+
+@pytest.fixture
+def group128() -> Iterator[memcg_mod.Memcg]:
+    """A memcg of 128 MiB: room for ten small victims and the pressure."""
+    reason = memcg_mod.available()
+    if reason is not None:
+        need(reason)
+    with memcg_mod.Memcg(limit_kib=128 * 1024) as group:
+        yield group
+
+
+@pytest.mark.memcg
+@pytest.mark.slow
+def test_kills_in_order_under_real_pressure(group128: memcg_mod.Memcg, procs: Procs,
+                                            tmp_path: Any) -> None:
+    tmp = str(tmp_path)
+    sock = os.path.join(tmp, "ctl.sock")
+    agent = start_agent(group128, tmp, "no")
+    try:
+        v = procs.victim
+        spawn = group128.spawn
+        # Survivors: protected name, perceptible adj, the foreground pid, a
+        # registered foreground app (whose adj alone would say cached).
+        v(spawn, "keepme", 1000)
+        v(spawn, "u250", 250)
+        fgpid = v(spawn, "fgpid", 1000)
+        v(spawn, "reg_fg", 1000, cls="foreground", sock=sock)
+        # Victims, in the order expected.
+        order = ["slow", "u950", "reg_old", "reg_new", "u500", "reg_service"]
+        v(spawn, "slow", 1000, mode="slow", extra_mib=4)  # cached, unknown use, largest
+        v(spawn, "u950", 950)                               # cached, unknown use
+        v(spawn, "reg_old", 0, cls="cached", sock=sock)     # registered first: older
+        time.sleep(0.05)
+        v(spawn, "reg_new", 0, cls="cached", sock=sock)
+        v(spawn, "u500", 500, mode="ignore")                # service: CRITICAL only
+        v(spawn, "reg_service", 1000, cls="service", sock=sock)
+        reply = exchange(_connect(sock), (json.dumps(
+            {"cmd": "foreground", "v": PROTOCOL_VERSION, "id": 1, "pid": fgpid.pid}) +
+            "\n").encode())
+        assert reply and reply[0]["ok"], reply
+        victims_mib = sum(rss_anon_mib(procs.by_name[n].pid) for n in order)
+        # Pressure: fill to just above LOW, then a slow ramp that, once every
+        # victim is gone, leaves the group at CRITICAL (8 MiB available).
+        base = hog(group128, avail_mib(group128) - 36, 0)
+        wait_done(base)
+        ramp = hog(group128, int(avail_mib(group128) - 4 + victims_mib - 8), 3)
+        deadline = time.monotonic() + 60
+        while any(procs.by_name[n].poll() is None for n in order):
+            assert ramp.poll() is None, "the ramp was killed"
+            assert time.monotonic() < deadline, (actions(tmp), procs.lines())
+            time.sleep(0.2)
+        time.sleep(0.5)
+        state = plugin_state(tmp)
+        oom_kills = group128.oom_kill_count()
+        survivors = {n: procs.by_name[n].poll() for n in ("keepme", "u250", "fgpid", "reg_fg")}
+        hogs_alive = (base.poll(), ramp.poll())
+    finally:
+        err = stop_agent(agent)
+    kills = [e for e in actions(tmp) if e["outcome"] in ("exited", "killed")]
+    pids = {procs.by_name[n].pid: n for n in procs.by_name}
+    assert [pids.get(e["pid"]) for e in kills] == order, (kills, err[-3000:])
+    assert oom_kills == 0 and hogs_alive == (None, None)
+    assert survivors == dict.fromkeys(survivors), survivors
+    assert not [e for e in actions(tmp) if pids.get(e["pid"]) in survivors or e["dry_run"]]
+    by_name = {pids[e["pid"]]: e for e in kills}
+    assert [by_name[n]["cls"] for n in order] == ["cached"] * 4 + ["service"] * 2
+    assert by_name["reg_service"]["registered"] and not by_name["u500"]["registered"]
+    # The slow victim was waited for (no SIGKILL); nobody else was signalled
+    # while it was dying.
+    assert not by_name["slow"]["sigkill"] and by_name["slow"]["ms"] >= 900
+    log = procs.lines()
+    slow_term, slow_exit = [int(t) for what, name, t in log if name == "slow"]
+    others = [int(t) for what, name, t in log if what == "TERM" and name != "slow"]
+    assert len(others) == 4 and min(others) >= slow_exit > slow_term, log
+    # SIGTERM ignored: SIGKILL after the grace.
+    assert by_name["u500"]["sigkill"] and by_name["u500"]["ms"] >= 1200
+    assert procs.by_name["u500"].returncode == -signal.SIGKILL
+    assert all(procs.by_name[n].returncode == 0 for n in order if n != "u500")
+    assert all(e["rss_kib"] > 1000 and e["freed_kib"] is not None and
+               e["reason"].split()[0] in ("LOW", "CRITICAL") for e in kills), kills
+    assert [e["level"] for e in kills][-2:] == ["CRITICAL", "CRITICAL"]
+    assert state["kills"] == 6 and state["running"] is False, state
+    print("kill_background: %s; busy notes while dying %d" % (
+        [(pids[e["pid"]], e["level"], e["ms"], e["freed_kib"]) for e in kills], state["busy"]))
+
+
+def _connect(path: str) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    return s
+
+
+@pytest.mark.memcg
+def test_dry_run_records_the_choice_and_kills_nothing(memcg: memcg_mod.Memcg, procs: Procs,
+                                                      tmp_path: Any) -> None:
+    tmp = str(tmp_path)
+    agent = start_agent(memcg, tmp, "yes")
+    try:
+        victim = procs.victim(memcg.spawn, "cachedapp", 950)
+        procs.victim(memcg.spawn, "service", 500)
+        pressure = hog(memcg, avail_mib(memcg) - 8, 0)  # into CRITICAL (6.4 MiB)
+        deadline = time.monotonic() + 20
+        while not actions(tmp):
+            assert time.monotonic() < deadline, "no dry-run choice was recorded"
+            time.sleep(0.1)
+        time.sleep(1.0)  # more pressure notifications: still nothing signalled
+        state = plugin_state(tmp)
+        alive = (victim.poll(), pressure.poll())
+    finally:
+        err = stop_agent(agent)
+    chosen = actions(tmp)
+    assert alive == (None, None) and procs.lines() == []
+    assert {(e["pid"], e["dry_run"], e["outcome"], e["sigkill"]) for e in chosen} == {
+        (victim.pid, True, "dry-run", False)}, chosen
+    assert state["kills"] == 0 and state["dry_run_choices"] == len(chosen) >= 1
+    assert "dry run" in err
