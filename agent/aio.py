@@ -154,22 +154,26 @@ class FdWatch:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
 
-        def ready() -> None:
+        def settle(ready: bool) -> None:
             if not fut.done():
-                fut.set_result(True)
+                fut.set_result(ready)
 
-        loop.add_reader(self._poll_fd, ready)
+        # A timer, not asyncio.wait_for: on CPython 3.11, wait_for returns
+        # the result when a cancel() races with the fd becoming ready, and
+        # a sensing task cancelled by a source switch then read its closed
+        # source (seen in the ARM guest when /dev/mem_notify went away).
+        loop.add_reader(self._poll_fd, settle, True)
+        timer = None if timeout_ms is None else loop.call_later(timeout_ms / 1000.0,
+                                                                settle, False)
         try:
-            if timeout_ms is None:
-                await fut
-            else:
-                await asyncio.wait_for(fut, timeout_ms / 1000.0)
-        except asyncio.TimeoutError:
-            return False
+            ready = bool(await fut)
         finally:
             loop.remove_reader(self._poll_fd)
-        self._drain_epoll()
-        return True
+            if timer is not None:
+                timer.cancel()
+        if ready:
+            self._drain_epoll()
+        return ready
 
     async def _wait_micropython(self, timeout_ms: "Optional[int]") -> bool:  # pragma: no cover
         if timeout_ms is None:
