@@ -16,14 +16,16 @@ kills one victim, waits for it to die, re-measures the domain
 (``agent.read_now``), and stops once the level is back below the one that
 started it, the deficit is covered, or ``max_kills`` were made; it waits
 ``cooldown_ms`` between kills and after the sequence.  ``dry_run`` (the
-default) records the victim it would pick and signals nothing.
+default) records the victim it would pick and signals nothing; the same
+choice at the same level is recorded once per pressure episode (until the
+level is back to NORMAL), not at every reminder.
 
 CPython only (pidkill uses os.pidfd_open and ctypes).
 """
 
 import logging
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from memagent import aio, pidkill, victims
 from memagent.config import Config, ConfigError
@@ -92,8 +94,11 @@ class KillBackground:
         self._task: Optional[Any] = None
         self._quiet_until_ms: Optional[int] = None
         self.kills = self.dry_runs = self.skipped = self.sequences = 0
-        self.busy = self.cooling = self.deferred = self.no_victim = 0
+        self.busy = self.cooling = self.deferred = self.no_victim = self.dry_repeats = 0
         self.last_victim: Optional[Dict[str, Any]] = None
+        # The last dry-run choice (pid, level) of this pressure episode: the
+        # same choice is recorded once, not at every reminder.
+        self._last_dry: Optional[Tuple[int, int]] = None
 
     async def on_start(self, agent: Optional[Any] = None, **kwargs: Any) -> None:
         """Read and check ``[kill_background]``.  A bad value is logged and
@@ -126,6 +131,11 @@ class KillBackground:
                 await task
             except aio.CancelledError:
                 pass
+
+    async def on_level_change(self, level: int, **kwargs: Any) -> None:
+        """Back to NORMAL: the pressure episode is over."""
+        if level < LOW:
+            self._last_dry = None
 
     @property
     def running(self) -> bool:
@@ -184,7 +194,11 @@ class KillBackground:
                     log.info("no eligible victim at %s", level_name(reach))
                     break
                 if s.dry_run:
-                    self._record(victim, reach, reason, None, None, dry_run=True)
+                    if self._last_dry == (victim.pid, reach):
+                        self.dry_repeats += 1
+                    else:
+                        self._last_dry = (victim.pid, reach)
+                        self._record(victim, reach, reason, None, None, dry_run=True)
                     break
                 entry = await self.execute(victim, reach, reason)
                 tried[victim.pid] = "tried in this sequence"
@@ -279,6 +293,7 @@ class KillBackground:
         """Return: the counters, the last victim and whether a sequence runs."""
         return {"dry_run": self.settings.dry_run if self.settings else None,
                 "running": self.running, "sequences": self.sequences, "kills": self.kills,
-                "dry_run_choices": self.dry_runs, "skipped": self.skipped,
+                "dry_run_choices": self.dry_runs, "dry_run_repeats": self.dry_repeats,
+                "skipped": self.skipped,
                 "busy": self.busy, "cooling": self.cooling, "deferred": self.deferred,
                 "no_victim": self.no_victim, "last_victim": self.last_victim}

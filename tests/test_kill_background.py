@@ -437,4 +437,6 @@ def test_dry_run_records_the_choice_and_kills_nothing(memcg: memcg_mod.Memcg, pr
     assert {(e["pid"], e["dry_run"], e["outcome"], e["sigkill"]) for e in chosen} == {
         (victim.pid, True, "dry-run", False)}, chosen
     assert state["kills"] == 0 and state["dry_run_choices"] == len(chosen) >= 1
+    # Once per level and episode (at most LOW and CRITICAL), not at every reminder.
+    assert len(chosen) <= 2 and state["dry_run_repeats"] >= 1, state
     assert "dry run" in err
