@@ -184,10 +184,10 @@ class KillBackground:
             for attempt in range(s.max_kills):
                 if attempt:
                     await aio.sleep_ms(s.cooldown_ms)
-                    if self._relieved(level) or (level < CRITICAL and not self._low_allowed(
-                            aio.ticks_ms())):
-                        break
                 reach = max(level, agent.monitor.level if agent.monitor else level)
+                if attempt and (self._relieved(level) or (
+                        reach < CRITICAL and not self._low_allowed(aio.ticks_ms()))):
+                    break
                 victim = self.pick(reach, tried)
                 if victim is None:
                     self.no_victim += 1

@@ -26,7 +26,7 @@ from memagent import memcg as memcg_mod
 from memagent.agent import Agent
 from memagent.config import parse_config
 from memagent.control import query
-from memagent.levels import CRITICAL
+from memagent.levels import CRITICAL, Notification
 from memagent.plugins.kill_background import KillBackground
 from memagent.protocol import PROTOCOL_VERSION
 from support import exchange, need
@@ -54,6 +54,8 @@ def on_term(signum, frame):
     note("TERM")
     if mode == "slow":
         time.sleep(1.0)
+    elif mode == "linger":
+        time.sleep(30)
     note("EXIT")
     os._exit(0)
 signal.signal(signal.SIGTERM, signal.SIG_IGN if mode == "ignore" else on_term)
@@ -210,6 +212,39 @@ def test_pid_reuse_race_signals_nothing(procs: Procs, tmp_path: Any) -> None:
     assert (entry["action"], entry["outcome"], entry["pid"], entry["sigkill"]) == (
         "kill", "reused", scanned.pid, False)
     assert (plugin.kills, plugin.skipped) == (0, 1) and agent.last_action is entry
+
+
+@pytest.mark.memcg
+def test_one_victim_at_a_time_and_on_stop_cancels(memcg: memcg_mod.Memcg, procs: Procs) -> None:
+    # The plugin in a real (not running) Agent scoped to the test's memcg:
+    # a victim that lingers after SIGTERM is dying (in its 5 s grace) when
+    # more pressure comes; nothing else is signalled, and on_stop ends it all.
+    conf = parse_config("[agent]\nmemcg = %s\nsocket =\n[kill_background]\ndry_run = no\n"
+                        "grace_ms = 5000\n" % memcg.path)
+    agent = Agent(conf, plugins=[], control=False)
+    plugin = KillBackground()
+    first = procs.victim(memcg.spawn, "first", 1000, mode="linger", extra_mib=8)
+    second = procs.victim(memcg.spawn, "second", 1000)
+    note = Notification(0, CRITICAL, CRITICAL, "avail", 1000, 65536, None, 20000)
+    fds_before = len(os.listdir("/proc/self/fd"))
+
+    async def scenario() -> float:
+        await plugin.on_start(agent=agent)
+        await plugin.on_pressure(level=CRITICAL, notification=note, deficit_kib=20000)
+        assert plugin.running
+        for _ in range(5):
+            await aio.sleep_ms(100)
+            await plugin.on_pressure(level=CRITICAL, notification=note, deficit_kib=20000)
+        t0 = time.monotonic()
+        await plugin.on_stop()
+        return time.monotonic() - t0
+
+    stop_s = aio.run(scenario())
+    assert plugin.busy == 5 and plugin.sequences == 1 and not plugin.running
+    assert stop_s < 0.5 and plugin.kills == 0  # cancelled in the grace: no record
+    assert first.poll() is None and second.poll() is None
+    assert [line[:2] for line in procs.lines()] == [["TERM", "first"]]
+    assert len(os.listdir("/proc/self/fd")) == fds_before  # the pidfd was closed
 
 
 @pytest.mark.parametrize("text, key", [
