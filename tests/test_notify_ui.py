@@ -442,7 +442,7 @@ def test_a_lost_bus_is_logged_once_and_reconnected(tmp_path: Any, caplog: Any) -
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "lost the D-Bus connection" in warnings[0], warnings
     assert gone is not None and "no D-Bus" in gone and plugin.unavailable is None
-    assert gdbus_bytes(gmon) == [255]
+    assert gdbus_bytes(gmon) == [255], (gmon, mon)
     assert [s["args"][0] for s in parse_monitor(mon) if s["member"] == "Pressure"] == ["CRITICAL"]
 
 
