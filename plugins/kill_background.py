@@ -259,8 +259,11 @@ class KillBackground:
         s, agent = self.settings, self.agent
         assert s is not None and agent is not None
         before = agent.read_now("kill")
+        # The identity check reads the real /proc whatever [agent] proc_root
+        # says: pidfds name real processes, and a victim scanned from a test's
+        # /proc tree then never matches a real one (skipped as "reused").
         result = await pidkill.kill(victim.pid, victim.started, s.grace_ms, s.wait_ms,
-                                    s.mrelease, agent.config.get_str("agent", "proc_root"))
+                                    s.mrelease)
         freed = None
         if result.signalled:
             after = agent.read_now("killed")
