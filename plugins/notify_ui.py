@@ -291,8 +291,7 @@ class NotifyUi:
             self.address = wire.bus_address(self.bus)
             conn = await wire.connect(self.address, self.connect_timeout_ms, INTROSPECTION)
         except wire.DBusError as e:
-            self._failed("no D-Bus at %s: %s; start dbus-daemon or set [notify_ui] bus"
-                         % (self.address or self.bus, e), now_ms)
+            self._failed("no D-Bus: %s; start dbus-daemon or set [notify_ui] bus" % e, now_ms)
             return
         except aio.CancelledError:
             raise

@@ -408,7 +408,7 @@ def test_agent_without_a_bus_runs_and_reports(tmp_path: Any) -> None:
         _, err = agent.communicate(timeout=15)
     assert agent.returncode == 0, err
     plugins = {p["name"]: p for p in reply["status"]["plugins"]}
-    assert "no D-Bus at unix:path=/nonexistent/memagent-bus" in plugins["notify_ui"]["unavailable"]
+    assert "no D-Bus: unix:path=/nonexistent/memagent-bus" in plugins["notify_ui"]["unavailable"]
     assert plugins["notify_ui"]["state"]["sent"]["Pressure"] == 0
     assert err.count("plugin notify_ui: nothing will be sent") == 1, err
     assert err.count("level CRITICAL") >= 2, err
