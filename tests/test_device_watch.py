@@ -137,7 +137,8 @@ def plugin_view(agent: Agent) -> "Dict[str, Any]":
 
 
 @pytest.mark.memcg
-def test_without_pyudev_the_agent_runs_on(memcg: Memcg, monkeypatch: Any) -> None:
+def test_without_pyudev_the_agent_runs_on(memcg: Memcg, monkeypatch: Any,
+                                          caplog: Any) -> None:
     monkeypatch.setitem(sys.modules, "pyudev", None)  # import pyudev raises ImportError
     plugin = DeviceWatch()
     agent = make_agent(memcg, "", plugin)
@@ -154,6 +155,8 @@ def test_without_pyudev_the_agent_runs_on(memcg: Memcg, monkeypatch: Any) -> Non
     assert view["unavailable"] == MISSING
     assert view["state"]["monitor"] is None and view["state"]["events"] == 0
     assert plugin._task is None
+    assert [r.getMessage() for r in caplog.records if MISSING in r.getMessage()] == [
+        "plugin device_watch unavailable: " + MISSING]  # logged once
 
 
 @pytest.mark.memcg
