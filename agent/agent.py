@@ -147,8 +147,9 @@ class Agent:
                 self.stop()
                 return
             except OSError as e:  # a device that went away (mem_notify)
-                log.error("source %s failed: %s; falling back", source.name, e)
-                if source is self.source and self._fall_back(source.name):
+                failed: str = source.name
+                log.error("source %s failed: %s; falling back", failed, e)
+                if source is self.source and self._fall_back(failed):
                     return  # a new sensing task runs the new source
                 await aio.sleep_ms(READ_ERROR_BACKOFF_MS)
                 continue
@@ -249,7 +250,7 @@ class Agent:
         if self.source is None or self.monitor is None:
             return None
         try:
-            reading = self.source.read(aio.ticks_ms(), why)
+            reading: Reading = self.source.read(aio.ticks_ms(), why)
         except (OSError, ValueError) as e:
             log.warning("re-measure failed: %s", e)
             return None

@@ -230,12 +230,13 @@ def discover_entry_points(group: str = GROUP) -> "List[importlib.metadata.EntryP
 
 
 def _entry_point_candidates(entry_points: "Iterable[importlib.metadata.EntryPoint]",
-                            kind: str) -> "List[_Candidate]":
-    """Return: one candidate per distinct entry point, sorted by name
-    (a dist-info seen twice on sys.path gives the same entry point twice)."""
+                            kind: str, by_name: bool = True) -> "List[_Candidate]":
+    """Return: one candidate per distinct entry point, sorted by name unless
+    ``by_name`` is False (BUILTIN's own order is the call order); a
+    dist-info seen twice on sys.path gives the same entry point twice."""
     seen = set()
     out = []
-    for ep in sorted(entry_points, key=lambda e: e.name):
+    for ep in sorted(entry_points, key=lambda e: e.name) if by_name else entry_points:
         if (ep.name, ep.value) in seen:
             continue
         seen.add((ep.name, ep.value))
@@ -253,7 +254,7 @@ def _builtin_candidates(errors: "List[str]") -> "List[_Candidate]":
     except Exception as e:
         errors.append("built-in plugins (%s): %s: %s" % (BUILTIN_PACKAGE, type(e).__name__, e))
         return []
-    return _entry_point_candidates(pairs, "built-in")
+    return _entry_point_candidates(pairs, "built-in", by_name=False)
 
 
 def _installed_candidates(entry_points: "Optional[Iterable[importlib.metadata.EntryPoint]]",

@@ -4,10 +4,14 @@
 (:mod:`memagent.pluginload`) imports each only if the config enables it.
 """
 
+# Call order.  user_activity comes before kill_background so that its
+# on_pressure rescan of input devices is done when kills are decided;
+# kill_background's hook only starts its kill task, so notify_ui, after it,
+# is not delayed by a dying victim.
 BUILTIN = [
     ("release_caches", "memagent.plugins.release_caches:ReleaseCaches"),
-    ("kill_background", "memagent.plugins.kill_background:KillBackground"),
     ("user_activity", "memagent.plugins.user_activity:UserActivity"),
-    ("device_watch", "memagent.plugins.device_watch:DeviceWatch"),
+    ("kill_background", "memagent.plugins.kill_background:KillBackground"),
     ("notify_ui", "memagent.plugins.notify_ui:NotifyUi"),
+    ("device_watch", "memagent.plugins.device_watch:DeviceWatch"),
 ]

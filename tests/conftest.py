@@ -18,6 +18,12 @@ ALLOC = LOADGEN + ["anon"]  # + --rate MB/s, --chunk MB, --max-mb MB, --hold S
 CACHE_FILL = LOADGEN + ["cache"]  # + FILE and the same options
 MEMCG_LIMIT_KIB = 64 * 1024
 
+# Agents started by the tests must never reach the machine's own D-Bus: a
+# test memcg under pressure would warn the desktop's real GTK apps through
+# notify_ui.  Tests that want a bus start their own dbus-daemon.
+os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = "unix:path=/nonexistent/memagent-tests"
+os.environ["DBUS_SESSION_BUS_ADDRESS"] = "unix:path=/nonexistent/memagent-tests"
+
 
 @pytest.fixture
 def memcg() -> Iterator[memcg_mod.Memcg]:

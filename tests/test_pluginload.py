@@ -345,9 +345,15 @@ def test_the_example_plugin_works_as_a_drop_in(tmp_path: Path,
     assert not os.path.exists(str(level_file) + ".tmp")
 
 
-def test_the_builtin_release_caches_loads_by_default(tmp_path: Path) -> None:
+BUILTIN_ORDER = ["release_caches", "user_activity", "kill_background", "notify_ui",
+                 "device_watch"]
+
+
+def test_the_builtin_plugins_load_by_default(tmp_path: Path) -> None:
+    # They load even where their optional libraries (evdev, pyudev, jeepney)
+    # are missing: each then says why in its `unavailable`, at run time.
     result = load_plugins(Config({}), dropin_dir=str(tmp_path / "none"), entry_points=[])
-    assert result.names == ["release_caches"] and result.errors == []
-    result = load_plugins(parse_config("[plugins]\ndisable = release_caches\n"),
+    assert result.names == BUILTIN_ORDER and result.errors == []
+    result = load_plugins(parse_config("[plugins]\ndisable = release_caches, notify_ui\n"),
                           dropin_dir=str(tmp_path / "none"), entry_points=[])
-    assert result.names == []
+    assert result.names == ["user_activity", "kill_background", "device_watch"]
