@@ -247,6 +247,28 @@ def test_one_victim_at_a_time_and_on_stop_cancels(memcg: memcg_mod.Memcg, procs:
     assert len(os.listdir("/proc/self/fd")) == fds_before  # the pidfd was closed
 
 
+def test_a_fake_proc_tree_never_leads_to_a_real_signal(procs: Procs, tmp_path: Any) -> None:
+    # [agent] proc_root points at a test's tree that names a real child of
+    # ours with a made-up start time: the kill checks the real /proc, skips.
+    child = procs.victim(subprocess.Popen, "real", 0)
+    root = os.path.join(str(tmp_path), "proc")
+    os.makedirs(os.path.join(root, str(child.pid)))
+    real_start = smaps.start_time(child.pid)
+    assert real_start is not None
+    with open(os.path.join(root, str(child.pid), "stat"), "w") as f:
+        f.write("%d (fake) S 1 %s%d 0 0\n" % (child.pid, "0 " * 17, real_start + 1))
+    with open(os.path.join(root, str(child.pid), "oom_score_adj"), "w") as f:
+        f.write("1000\n")
+    conf = parse_config("[agent]\nproc_root = %s\nsocket =\n[kill_background]\n"
+                        "dry_run = no\n" % root)
+    plugin = KillBackground()
+    aio.run(plugin.on_start(agent=Agent(conf, plugins=[], control=False)))
+    chosen = plugin.pick(CRITICAL)
+    assert chosen is not None and (chosen.pid, chosen.comm) == (child.pid, "fake")
+    entry = aio.run(plugin.execute(chosen, CRITICAL, "CRITICAL test"))
+    assert entry["outcome"] == "reused" and child.poll() is None and procs.lines() == []
+
+
 @pytest.mark.parametrize("text, key", [
     ("low_class = bogus", "low_class"),
     ("low_class = foreground", "low_class"),
