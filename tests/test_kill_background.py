@@ -480,11 +480,12 @@ def test_dry_run_records_the_choice_and_kills_nothing(memcg: memcg_mod.Memcg, pr
         victim = procs.victim(memcg.spawn, "cachedapp", 950)
         procs.victim(memcg.spawn, "service", 500)
         pressure = hog(memcg, avail_mib(memcg) - 8, 0)  # into CRITICAL (6.4 MiB)
+        # Wait until the same choice came again (a reminder): still nothing signalled.
         deadline = time.monotonic() + 20
-        while not actions(tmp):
-            assert time.monotonic() < deadline, "no dry-run choice was recorded"
+        while plugin_state(tmp)["dry_run_repeats"] < 1:
+            assert time.monotonic() < deadline, ("no repeated dry-run choice", actions(tmp))
             time.sleep(0.1)
-        time.sleep(1.0)  # more pressure notifications: still nothing signalled
+        time.sleep(0.3)
         state = plugin_state(tmp)
         alive = (victim.poll(), pressure.poll())
     finally:
@@ -493,7 +494,6 @@ def test_dry_run_records_the_choice_and_kills_nothing(memcg: memcg_mod.Memcg, pr
     assert alive == (None, None) and procs.lines() == []
     assert {(e["pid"], e["dry_run"], e["outcome"], e["sigkill"]) for e in chosen} == {
         (victim.pid, True, "dry-run", False)}, chosen
-    assert state["kills"] == 0 and state["dry_run_choices"] == len(chosen) >= 1
     # Once per level and episode (at most LOW and CRITICAL), not at every reminder.
-    assert len(chosen) <= 2 and state["dry_run_repeats"] >= 1, state
+    assert state["kills"] == 0 and state["dry_run_choices"] == len(chosen) in (1, 2), state
     assert "dry run" in err
