@@ -221,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-socket", action="store_true", help="serve no control socket")
     p.add_argument("--log", choices=("stderr", "syslog"))
     p.add_argument("--mlockall", action="store_true", help="lock the agent's memory")
-    p.add_argument("--events-json", help="append notifications as JSON lines here (- stdout)")
+    p.add_argument("--events-json", help="append notifications and plugins' actions (kills, "
+                   "source switches: they have an \"action\" key) as JSON lines here (- stdout)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("status", help="print the current readings and level")
     _add_common(p)

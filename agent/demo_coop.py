@@ -122,6 +122,8 @@ class Coop:
                 self._events.seek(pos)  # a partial line: read it whole next time
                 return notes
             obj = json.loads(line)
+            if "action" in obj:  # a plugin's action (kill, source switch), not a level
+                continue
             notes.append(Notification(int(obj["t_ms"]), LEVEL_NAMES.index(obj["level"]),
                                       LEVEL_NAMES.index(obj["prev_level"]), str(obj["reason"]),
                                       int(obj["avail_kib"]), int(obj["total_kib"]),

@@ -169,7 +169,17 @@ class AgentProcess:
         """Return: the notifications the agent wrote (JSON objects)."""
         try:
             with open(self.events_path) as f:
-                return [json.loads(line) for line in f if line.strip()]
+                objs = [json.loads(line) for line in f if line.strip()]
+        except OSError:
+            return []
+        return [o for o in objs if "action" not in o]  # plugins' actions are not notes
+
+    def actions(self) -> List[Dict[str, Any]]:
+        """Return: the plugins' actions the agent wrote (kills, switches)."""
+        try:
+            with open(self.events_path) as f:
+                return [o for o in (json.loads(line) for line in f if line.strip())
+                        if "action" in o]
         except OSError:
             return []
 

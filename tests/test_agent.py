@@ -44,7 +44,7 @@ def events(tmp: str) -> "List[Dict[str, Any]]":
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        return [json.loads(line) for line in f]
+        return [obj for obj in map(json.loads, f) if "action" not in obj]
 
 
 def status(tmp: str) -> "Dict[str, Any]":

@@ -67,7 +67,7 @@ def test_core_is_identical_under_micropython(micropython: str) -> None:
 def test_core_modules_avoid_cpython_only_imports() -> None:
     # Importing them under MicroPython is the real check; this names the culprit.
     for mod in ("procfs", "memstate", "reading", "levels", "trace", "config", "protocol",
-                "fairness", "activity"):
+                "fairness", "activity", "victims"):
         with open(os.path.join(ROOT, "agent", mod + ".py")) as f:
             text = f.read()
         for banned in ("import re\n", "import dataclasses", "from dataclasses", "import asyncio",
