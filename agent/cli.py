@@ -129,6 +129,13 @@ def _print_status(st: "Dict[str, Any]") -> None:
     for note in st.get("recent") or []:
         print("  event: %s <- %s %s avail %s KiB" % (note["level"], note["prev_level"],
                                                      note["reason"], note["avail_kib"]))
+    for plugin in st.get("plugins") or []:
+        why = plugin.get("unavailable")
+        print("  plugin %s: %s" % (plugin.get("name"), "unavailable: %s" % why if why else "ok"))
+    for act in st.get("actions") or []:
+        fields = ", ".join("%s=%s" % (k, act[k]) for k in sorted(act)
+                           if k not in ("action", "t_ms", "wall"))
+        print("  action: %s %s" % (act.get("action"), fields))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
