@@ -4,7 +4,6 @@ test fixture (board/qemu-arm/scenarios/cuse_mem_notify.py) that appears and
 goes away, and a real uinput device.  See scenarios/devices.py for the steps.
 """
 
-import base64
 import os
 from typing import Any
 
@@ -17,11 +16,8 @@ pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
 
 def test_mem_notify_device_comes_and_goes(tmp_path: Any) -> None:
-    # The rig ships only the scenario file: the fixture goes as its argument.
-    with open(os.path.join(SCENARIOS, "cuse_mem_notify.py"), "rb") as f:
-        fixture_b64 = base64.b64encode(f.read()).decode()
-    _, facts = boot_script(os.path.join(SCENARIOS, "devices.py"), str(tmp_path),
-                           (fixture_b64,))
+    # The rig ships the fixture beside the scenario.
+    _, facts = boot_script(os.path.join(SCENARIOS, "devices.py"), str(tmp_path))
     assert facts["source"] == "psi" and facts["monitor"] == "kernel"
     assert facts["fixture"].startswith("READY ")
     assert int(facts["input_events"]) >= 2  # a uinput device: add, remove

@@ -24,6 +24,29 @@ def handback(name, data=None, path=None):
     sys.stdout.flush()
 
 
+def fact(key, value):
+    """Print a ``FACT key=value`` line (the host's tests read them)."""
+    print("FACT %s=%s" % (key, value), flush=True)
+
+
+class Checks:
+    """Collects failed checks; ``finish()`` prints the RESULT line."""
+
+    def __init__(self):
+        self.failures = []
+
+    def __call__(self, ok, what):
+        """Record ``what`` as failed unless ``ok``.  Returns: ``ok``."""
+        if not ok:
+            self.failures.append(what)
+            print("CHECK FAILED: %s" % what, flush=True)
+        return ok
+
+    def finish(self, ok_msg):
+        """Print RESULT ok ``ok_msg``, or fail with the failed checks."""
+        result(not self.failures, "; ".join(self.failures) or ok_msg)
+
+
 def result(ok, msg=""):
     """Print the RESULT line the host judges the run by."""
     line = "RESULT %s" % ("ok" if ok else "fail")

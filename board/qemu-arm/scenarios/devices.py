@@ -3,9 +3,7 @@ comes and goes, and an input device.
 
 No udev daemon runs here (devtmpfs only), so the plugin listens to the
 kernel's own uevents.  The device is the CUSE test fixture
-cuse_mem_notify.py: beside this scenario if the rig ships it, else given
-base64 as the first argument (the rig copies only the scenario itself;
-tests/test_guest_devices.py passes it).  Steps:
+cuse_mem_notify.py, which the rig ships beside this scenario.  Steps:
 
 1. ``memagent run`` (source auto: psi; the built-in plugins).
 2. A uinput device appears and goes: the plugin counts two input events.
@@ -22,7 +20,6 @@ Prints "FACT key=value" lines and one RESULT.  Everything it starts is its
 own, inside this throw-away guest.
 """
 
-import base64
 import json
 import os
 import signal
@@ -36,18 +33,8 @@ import rigguest
 SOCK = "/run/memagent.sock"
 HERE = os.path.dirname(os.path.abspath(__file__))
 LOADGEN = [sys.executable, "-m", "memagent.loadgen"]
-failures = []
-
-
-def fact(key, value):
-    print("FACT %s=%s" % (key, value), flush=True)
-
-
-def check(ok, what):
-    if not ok:
-        failures.append(what)
-        print("CHECK FAILED: %s" % what, flush=True)
-    return ok
+fact = rigguest.fact
+check = rigguest.Checks()
 
 
 def status():
@@ -89,12 +76,7 @@ def wait_for(pred, timeout_s, step_s=0.1):
 
 
 def fixture_path():
-    path = os.path.join(HERE, "cuse_mem_notify.py")
-    if not os.path.exists(path) and len(sys.argv) > 1:
-        path = "/tmp/cuse_mem_notify.py"
-        with open(path, "wb") as f:
-            f.write(base64.b64decode(sys.argv[1]))
-    return path
+    return os.path.join(HERE, "cuse_mem_notify.py")
 
 
 def stats_of(text):
@@ -232,11 +214,10 @@ def main():
         step_ramp(step_mem_notify())
     stop_agent(agent)
     rigguest.handback("agent.log", path="/tmp/agent.log")
-    if not failures:
+    if not check.failures:
         step_own_fallback()
-    rigguest.result(not failures, "; ".join(failures) or
-                    "device_watch: mem_notify came and went, switched each way; the "
-                    "agent's own fallback too; input events seen")
+    check.finish("device_watch: mem_notify came and went, switched each way; the "
+                 "agent's own fallback too; input events seen")
 
 
 if __name__ == "__main__":

@@ -50,17 +50,8 @@ backlight = /tmp/backlight/*/bl_power
 FLOOD_S = 4
 FLOOD_HZ = 200
 
-failures = []
-
-
-def fact(key, value):
-    print("FACT %s=%s" % (key, value), flush=True)
-
-
-def check(ok, what):
-    if not ok:
-        failures.append(what)
-        print("CHECK FAILED: %s" % what, flush=True)
+fact = rigguest.fact
+check = rigguest.Checks()
 
 
 def write_conf(path, sock, idle_ms):
@@ -256,9 +247,8 @@ def main():
     check(calm is not None and calm < 0.5, "no wakeups while calm")
     check(quiet < 10, "quiet period: few wakeups under the flood")
     check(eager > 3 * quiet, "the quiet period matters (eager %.1f/s)" % eager)
-    rigguest.result(not failures, "; ".join(failures) or
-                    "user_activity on uinput: states, unplug, rescan; %.1f vs %.1f wakeups/s"
-                    % (quiet, eager))
+    check.finish("user_activity on uinput: states, unplug, rescan; %.1f vs %.1f wakeups/s"
+                 % (quiet, eager))
 
 
 if __name__ == "__main__":
