@@ -14,9 +14,11 @@ foreground app (oom_score_adj 0) ramps at 10 MiB/s to a size that would OOM.
   ``dry_run = no``, outside the memcg).  earlyoom reads the system's
   /proc/meminfo and cannot see a memcg limit: listed as n/a.
 - Guest (``--guest``): the qemu rig boots a fresh 32-bit ARM guest per
-  contestant and memory size; system-wide memory; "none", "memagent",
-  "earlyoom" (its defaults, which on this scenario equal memagent's CRITICAL:
-  10% of MemTotal).
+  contestant and memory size (default 128 MB); system-wide memory; "none",
+  "memagent", "earlyoom" (its defaults, which on this scenario equal
+  memagent's CRITICAL: 10% of MemTotal).  ``--contestant`` (repeatable)
+  picks others: ``"memagent:mlock"`` (``mlockall = yes``),
+  ``"memagent:SECTION.KEY=VALUE ..."``, ``"earlyoom:ARG ARG"``.
 
 Per contestant: the tool's kills and the kernel's OOM kills per run, whether
 the foreground survived, the victims in order, the median time from pressure
@@ -180,6 +182,8 @@ def analyse(run: Result) -> Result:
                         for e in eps],
             "episodes": eps, "max_stall_ms": max(gaps) if gaps else None,
             "below_ms": below_ms(run),
+            "min_avail_kib": min((a for t, a in run["samples"]
+                                  if run["t0_ms"] <= t <= run["end_ms"]), default=None),
             "fg_mib": points[-1][1] if points else 0,
             "wall_ms": run["end_ms"] - run["t0_ms"], "timed_out": run["timed_out"]}
 
@@ -203,12 +207,16 @@ def summarise(label: str, runs: List[Result]) -> Result:
             "oom_kills": [f["oom_kills"] for f in figs],
             "stray_kills": [p for f in figs for p in f["stray_kills"]],
             "fg_survived": sum(1 for f in figs if f["fg_survived"]),
+            "fg_timed_out": sum(1 for f in figs if f["timed_out"]),
             "orders": orders, "episodes": len(eps),
             "crit_to_back_ms": _median([e["crit_to_back_ms"] for e in eps]),
             "decision_to_back_ms": _median([e["decision_to_back_ms"] for e in eps]),
-            "not_back": sum(1 for e in eps if e["back_ms"] is None),
+            "not_back": sum(1 for e in eps if e["pressure_ms"] is not None
+                            and e["back_ms"] is None),
+            "no_pressure": sum(1 for e in eps if e["pressure_ms"] is None),
             "max_stall_ms": _median([f["max_stall_ms"] for f in figs]),
             "below_ms": _median([f["below_ms"] for f in figs]),
+            "min_avail_kib": _median([f["min_avail_kib"] for f in figs]),
             "wall_s": _median([f["wall_ms"] / 1000 for f in figs]),
             "tool_rss_kib": tool.get("rss_kib"),
             "avail_cost_kib": _median([r["a0_kib"] - r["avail_with_tool_kib"] for r in runs])}
@@ -228,10 +236,12 @@ def table(title: str, rows: List[Result], runs: List[Result], note: str = "") ->
         r = runs[0]
         apps = ", ".join("%s %d MiB (adj %d)" % (n, mib, adj)
                          for n, _cls, adj, mib in r["sizes"]["apps"])
-        out += ["Domain %d KiB, %d KiB available at the start; CRITICAL <= %d KiB.  Apps: "
-                "%s; foreground ramp %g MiB/s to %d MiB, then held %g s." % (
+        out += ["Domain %d KiB, %d KiB available at the start; CRITICAL <= %d KiB.  Loads: "
+                "%s; foreground ramp %g MiB/s to %d MiB, then held %g s; each a Python "
+                "process of %s KiB private memory besides." % (
                     r["total_kib"], r["a0_kib"], r["crit_kib"], apps, r["rate_mib_s"],
-                    r["sizes"]["ramp_mib"], kill_bench.RAMP_HOLD_S), ""]
+                    r["sizes"]["ramp_mib"], kill_bench.RAMP_HOLD_S,
+                    r["sizes"].get("overhead_kib", "?")), ""]
     out += ["| contestant | kills by the tool (per run) | kernel OOM kills (per run) "
             "| foreground survived | victims, in order (runs) | pressure -> memory back, "
             "median (episodes) | tool's decision -> back, median | time at or below CRITICAL, "
@@ -243,11 +253,17 @@ def table(title: str, rows: List[Result], runs: List[Result], note: str = "") ->
             continue
         orders = "; ".join("%s (%d)" % kv for kv in sorted(row["orders"].items(),
                                                            key=lambda kv: -kv[1]))
-        out.append("| %s | %s | %s | %d/%d | %s | %s (%d%s) | %s | %s | %s | %.1f s |" % (
+        survived = "%d/%d" % (row["fg_survived"], row["runs"])
+        if row["fg_timed_out"]:
+            survived += " (%d still stalled after %.0f s)" % (row["fg_timed_out"],
+                                                           kill_bench.RAMP_TIMEOUT_S)
+        out.append("| %s | %s | %s | %s | %s | %s (%d%s) | %s | %s | %s | %.1f s |" % (
             row["contestant"], ", ".join(map(str, row["tool_kills"])),
-            ", ".join(map(str, row["oom_kills"])), row["fg_survived"], row["runs"], orders,
+            ", ".join(map(str, row["oom_kills"])), survived, orders,
             _ms(row["crit_to_back_ms"]), row["episodes"],
-            ", %d never back" % row["not_back"] if row["not_back"] else "",
+            "".join(", %d %s" % (row[k], text) for k, text in (
+                ("not_back", "never back"), ("no_pressure", "without CRITICAL first"))
+                if row.get(k)),
             _ms(row["decision_to_back_ms"]), _ms(row["below_ms"]), _ms(row["max_stall_ms"]),
             row["wall_s"] or 0))
     costs = ["%s %s KiB RSS, %s KiB of the available memory" % (
@@ -256,6 +272,11 @@ def table(title: str, rows: List[Result], runs: List[Result], note: str = "") ->
         for row in rows if row.get("tool_rss_kib")]
     if costs:
         out += ["", "The tools' own cost at the start: " + "; ".join(costs) + "."]
+    lows = ["%s %.0f KiB" % (row["contestant"], row["min_avail_kib"])
+            for row in rows if row.get("min_avail_kib") is not None]
+    if lows:
+        out += ["", "Lowest available memory sampled during the ramp (median of runs): "
+                + "; ".join(lows) + "."]
     strays = [p for row in rows for p in row.get("stray_kills", [])]
     out += ["", "Kills of processes outside the scenario: %s." % (strays or "none")]
     if note:
@@ -274,18 +295,19 @@ def run_host(opts: argparse.Namespace) -> Result:
     sizes: Optional[Result] = None
     with tempfile.TemporaryDirectory(prefix="memagent-killbench-") as tmp:
         for _ in range(opts.runs):  # interleaved: a drift in the machine hits all alike
-            for spec in opts.contestants.split(","):
+            for spec in opts.contestants:
                 place = MemcgPlace(opts.memcg_mib)
                 try:
                     if sizes is None:
-                        sizes = kill_bench.sizes_mib(place.avail_kib()[0])
+                        sizes = kill_bench.sizes_mib(place.avail_kib()[0],
+                                                     kill_bench.interpreter_kib(place))
                     run = kill_bench.run_once(place, kill_bench.contestant(spec), sizes,
                                               opts.rate_mib_s, tmp)
                 finally:
                     place.group.destroy()
                 raw.setdefault(run["contestant"], []).append(run)
     rows = [summarise(label, runs) for label, runs in raw.items()]
-    if "earlyoom" in opts.contestants:
+    if any(spec.startswith("earlyoom") for spec in opts.contestants):
         raise RuntimeError("earlyoom on the host: " + EARLYOOM_NA)
     rows.append({"contestant": "earlyoom", "na": EARLYOOM_NA})
     return {"runs": raw, "rows": rows, "memcg_mib": opts.memcg_mib}
@@ -305,8 +327,8 @@ def run_guest(opts: argparse.Namespace) -> Result:
         for mem in opts.mem:
             raw: Dict[str, List[Result]] = {}
             boots = {}
-            for spec in opts.contestants.split(","):
-                out_dir = os.path.join(tmp, "%d-%s" % (mem, spec.replace(":", "_")))
+            for spec in opts.contestants:
+                out_dir = os.path.join(tmp, "%d-%d" % (mem, len(boots)))
                 try:
                     res = rig.run(SCENARIO, args=(spec, "runs=%d" % opts.guest_runs,
                                                   "rate=%g" % opts.rate_mib_s),
@@ -337,17 +359,21 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=5, help="host runs per contestant")
     p.add_argument("--memcg-mib", type=int, default=128)
     p.add_argument("--rate-mib-s", type=float, default=10.0)
-    p.add_argument("--mem", default="128,64", help="guest RAM sizes in MB")
+    p.add_argument("--mem", default="128",
+                   help="guest RAM sizes in MB, e.g. 128,64 (at 64 MB a CPython agent can "
+                   "thrash for the whole ramp timeout: use --guest-runs 1)")
     p.add_argument("--guest-runs", type=int, default=3, help="runs per guest boot")
-    p.add_argument("--contestants", help="none, memagent, earlyoom[:ARG,ARG] (guest only); "
+    p.add_argument("--contestant", action="append", dest="contestants", metavar="SPEC",
+                   help="repeatable: none, memagent, 'memagent:OPT OPT' (mlock, "
+                   "SECTION.KEY=VALUE), earlyoom (guest only), 'earlyoom:ARG ARG'; "
                    "default: %s on the host, %s in the guest" % (
-                       ",".join(HOST_CONTESTANTS), ",".join(GUEST_CONTESTANTS)))
+                       ", ".join(HOST_CONTESTANTS), ", ".join(GUEST_CONTESTANTS)))
     p.add_argument("--guest-timeout-s", type=float, default=240.0)
     p.add_argument("--json", help="also write the raw runs and the rows here")
     opts = p.parse_args(argv)
     opts.mem = [int(m) for m in opts.mem.split(",") if m.strip()]
-    if opts.contestants is None:
-        opts.contestants = ",".join(GUEST_CONTESTANTS if opts.guest else HOST_CONTESTANTS)
+    if not opts.contestants:
+        opts.contestants = list(GUEST_CONTESTANTS if opts.guest else HOST_CONTESTANTS)
     if opts.quick:
         opts.runs, opts.guest_runs, opts.memcg_mib, opts.mem = 1, 1, 64, opts.mem[:1]
     return opts
