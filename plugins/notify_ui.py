@@ -59,8 +59,8 @@ EMIT_TIMEOUT_MS = 250  # one signal: one write of < 300 bytes
 SETTLE_MS = 200
 RETRY_FIRST_MS = 10000
 RETRY_MAX_MS = 300000
-POLICY_HINT = ("install board/common/dbus-1/system.d/memagent.conf as "
-               "/etc/dbus-1/system.d/memagent.conf and reload dbus")
+POLICY_HINT = ("install board/common/rootfs-overlay/etc/dbus-1/system.d/memagent.conf "
+               "as /etc/dbus-1/system.d/memagent.conf and reload dbus")
 INTROSPECTION = {
     LMM_PATH: ('  <interface name="org.freedesktop.LowMemoryMonitor">\n'
                '    <signal name="LowMemoryWarning"><arg name="level" type="y"/></signal>\n'

@@ -38,7 +38,8 @@ from memagent.plugins.notify_ui import (
 from support import need
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-POLICY = os.path.join(ROOT, "board", "common", "dbus-1", "system.d", "memagent.conf")
+POLICY = os.path.join(ROOT, "board", "common", "rootfs-overlay", "etc", "dbus-1", "system.d",
+                      "memagent.conf")
 OPEN_POLICY = ('<policy context="default"><allow send_destination="*" eavesdrop="true"/>'
                '<allow eavesdrop="true"/><allow own="*"/></policy>')
 # Debian's /usr/share/dbus-1/system.conf default policy, without its daemon settings
