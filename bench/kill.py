@@ -326,7 +326,7 @@ def run_guest(opts: argparse.Namespace) -> Result:
     with tempfile.TemporaryDirectory(prefix="memagent-killbench-guest-") as tmp:
         for mem in opts.mem:
             raw: Dict[str, List[Result]] = {}
-            boots = {}
+            boots: Dict[str, float] = {}
             for spec in opts.contestants:
                 out_dir = os.path.join(tmp, "%d-%d" % (mem, len(boots)))
                 try:

@@ -37,9 +37,9 @@ def test_episodes_time_from_critical_to_memory_back() -> None:
     procs = [{"name": "cached-big", "pid": 5, "rc": -15, "died_ms": 340, "anon_kib": 20000},
              {"name": "cached-old", "pid": 4, "rc": -9, "died_ms": 720, "anon_kib": 12000},
              {"name": "service", "pid": 6, "rc": None, "died_ms": None, "anon_kib": 8000}]
-    kills = [{"pid": 5, "t_ms": 345, "decision_ms": 330, "dry_run": False,
-              "outcome": "exited"},
-             {"pid": 77, "t_ms": 800, "decision_ms": 800, "dry_run": True}]
+    kills: List[Dict[str, Any]] = [
+        {"pid": 5, "t_ms": 345, "decision_ms": 330, "dry_run": False, "outcome": "exited"},
+        {"pid": 77, "t_ms": 800, "decision_ms": 800, "dry_run": True}]
     eps = episodes(_run(samples, procs, kills))
     assert [(e["name"], e["by"]) for e in eps] == [("cached-big", "tool"),
                                                    ("cached-old", "kernel")]
@@ -60,8 +60,9 @@ def test_episodes_time_from_critical_to_memory_back() -> None:
 def test_a_kill_outside_the_scenario_is_reported() -> None:
     from bench.kill import analyse
 
-    kills = [{"pid": 4242, "t_ms": 100, "decision_ms": 100, "outcome": "killed"},
-             {"pid": 4243, "t_ms": 100, "decision_ms": 100, "outcome": "reused"}]
+    kills: List[Dict[str, Any]] = [
+        {"pid": 4242, "t_ms": 100, "decision_ms": 100, "outcome": "killed"},
+        {"pid": 4243, "t_ms": 100, "decision_ms": 100, "outcome": "reused"}]
     figs = analyse(_run([[0, 5000]], [], kills))
     assert figs["stray_kills"] == [4242] and figs["tool_kills"] == 1
 
