@@ -43,6 +43,22 @@ HERE = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("MEMAGENT_QEMU_CACHE", HERE / "cache"))
 GUEST = HERE / "guest"
 DEFAULT_REPO = HERE.parent.parent
+BOARDS = HERE.parent            # board/<name>/memagent.conf: the profiles
+OVERLAY = BOARDS / "common" / "rootfs-overlay"
+DEFAULT_BOARD = "qemu-arm"
+
+# /usr/bin/memagent in a guest booted through init: the setuptools console
+# script the package installs, except that memagent lives in /opt/memagent.
+# A Python script, as on a device: its comm is "memagent", which the init
+# script's start-stop-daemon -n matches.
+ENTRY_POINT = b"""#!/usr/bin/python3
+import sys
+
+sys.path.insert(0, "/opt/memagent")
+from memagent.cli import main
+
+sys.exit(main())
+"""
 
 # Debian armhf packages that make up the guest (the kernel is added from
 # the dependency of the linux-image-armmp meta package).
@@ -465,8 +481,34 @@ def _copy_memagent(repo, dest):
     return copied
 
 
-def build_payload(script, args, repo, mem_mb, env=None):
-    """Per-run initramfs part: scenario, generated runner, memagent tree."""
+def profile_path(board):
+    """Return the board profile board/<board>/memagent.conf (RigError if absent)."""
+    path = BOARDS / board / "memagent.conf"
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", board) or not path.is_file():
+        raise RigError("no board profile %s (board/<name>/memagent.conf)" % path)
+    return path
+
+
+def _add_init_files(root, board):
+    """Put under ``root`` what a device image has for booting through init:
+    the rootfs overlay (/etc/init.d/S60memagent, /etc/default/memagent, the
+    D-Bus policy), the board's profile as /etc/memagent/memagent.conf,
+    /usr/bin/memagent, and the marker that makes rig-init run the init
+    scripts."""
+    profile = profile_path(board)
+    shutil.copytree(OVERLAY, root, dirs_exist_ok=True)
+    shutil.copyfile(profile, root / "etc/memagent/memagent.conf")
+    entry = root / "usr/bin/memagent"
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    entry.write_bytes(ENTRY_POINT)
+    entry.chmod(0o755)
+    (root / "rig").mkdir(exist_ok=True)
+    (root / "rig/boot-init").write_text(board + "\n")
+
+
+def build_payload(script, args, repo, mem_mb, env=None, board=None):
+    """Per-run initramfs part: scenario, generated runner, memagent tree; with
+    ``board`` (a profile name) also the init scripts and that board's config."""
     script = Path(script).resolve()
     if not script.is_file():
         raise RigError("no such scenario: %s" % script)
@@ -474,6 +516,8 @@ def build_payload(script, args, repo, mem_mb, env=None):
         root = Path(tmp)
         copied = _copy_memagent(Path(repo), root) if repo else []
         _compileall(root, "opt/memagent")
+        if board:
+            _add_init_files(root, board)
         c = Cpio()
         c.tree(root, "payload")
     suffix = script.suffix
@@ -570,12 +614,16 @@ def qemu_command(base, initrd, mem_mb, extra_args=""):
 
 
 def run(script, args=(), mem_mb=128, timeout_s=120, out_dir=None, repo=DEFAULT_REPO,
-        echo=False, env=None, kernel_args="", modules=MODULES):
+        echo=False, env=None, kernel_args="", modules=MODULES, boot_init=False,
+        board=DEFAULT_BOARD):
     """Boot the guest, run ``script`` in it and return a RunResult.
 
     Files the guest hands back are written to out_dir (a new temporary
     directory when None) and returned as {name: bytes}; the console goes to
-    out_dir/console.log as it arrives.
+    out_dir/console.log as it arrives.  With ``boot_init`` the guest boots as
+    a device would: busybox syslogd, then /etc/init.d/S??* start (the agent
+    from S60memagent, with board/<board>/memagent.conf), the scenario, and
+    the scripts' stop in reverse order before the power-off.
     """
     if shutil.which("qemu-system-arm") is None:
         raise RigError("qemu-system-arm not found (apt-get install -y qemu-system-arm)")
@@ -583,7 +631,8 @@ def run(script, args=(), mem_mb=128, timeout_s=120, out_dir=None, repo=DEFAULT_R
     out.mkdir(parents=True, exist_ok=True)
     t_build = time.monotonic()
     base = build_base(modules)
-    payload, copied = build_payload(script, args, repo, mem_mb, env)
+    payload, copied = build_payload(script, args, repo, mem_mb, env,
+                                    board=board if boot_init else None)
     initrd = out / ".initrd.gz"
     initrd.write_bytes(base.initrd.read_bytes() + payload)
     if repo and not copied:
@@ -684,6 +733,12 @@ def main(argv=None):
     ap.add_argument("--append", default="", help="extra kernel command line arguments")
     ap.add_argument("--modules", default="",
                     help="extra kernel modules for the initramfs, comma separated (e.g. zram)")
+    ap.add_argument("--init", action="store_true",
+                    help="boot through the init scripts, as a device: S60memagent starts "
+                         "the agent with the board's profile before the scenario")
+    ap.add_argument("--board", default=None,
+                    help="board profile for --init: board/BOARD/memagent.conf (default "
+                         "%s; implies --init)" % DEFAULT_BOARD)
     ap.add_argument("-q", "--quiet", action="store_true", help="do not echo the console")
     ap.add_argument("--build-only", action="store_true", help="only fetch and build the image")
     ap.add_argument("scenario", nargs="?")
@@ -706,7 +761,8 @@ def main(argv=None):
         out = a.out or str(HERE / "out" / Path(a.scenario).stem)
         res = run(a.scenario, a.args, mem_mb=a.mem, timeout_s=a.timeout, out_dir=out,
                   repo=None if a.no_repo else a.repo, echo=not a.quiet, env=env,
-                  kernel_args=a.append, modules=modules)
+                  kernel_args=a.append, modules=modules,
+                  boot_init=a.init or a.board is not None, board=a.board or DEFAULT_BOARD)
     except RigError as e:
         log("error: %s" % e)
         return EXIT_HOST

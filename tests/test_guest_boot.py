@@ -1,0 +1,79 @@
+"""Boot, in the ARM guest: it comes up through its init scripts as a device
+does (`board/qemu-arm/run --init --board NAME`), /etc/init.d/S60memagent
+starts the agent with the board's profile, and the agent picks PSI and
+answers `memagent status`; reload, restart and stop work; the shutdown stops
+it.  Judged by the guest's RESULT and FACT lines (scenarios/boot.py).
+"""
+
+import os
+import shutil
+import sys
+from typing import Any, Dict
+
+import pytest
+
+from support import need
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RIG_DIR = os.path.join(ROOT, "board", "qemu-arm")
+SCENARIO = os.path.join(RIG_DIR, "scenarios", "boot.py")
+
+pytestmark = pytest.mark.qemu
+
+
+def boot(board: str, mem_mb: int, tmp: str) -> "Any":
+    """Boot the guest through init with ``board``'s profile and run boot.py.
+    Returns: the rig's RunResult (its ``ok`` already asserted)."""
+    if shutil.which("qemu-system-arm") is None:
+        need("qemu-system-arm is not installed (apt-get install qemu-system-arm)")
+    sys.path.insert(0, RIG_DIR)
+    try:
+        import rig
+    finally:
+        sys.path.pop(0)
+    try:
+        res = rig.run(SCENARIO, mem_mb=mem_mb, timeout_s=300, out_dir=tmp,
+                      boot_init=True, board=board)
+    except rig.RigError as e:
+        need("the qemu rig cannot build its image here: %s" % e)
+    assert res.ok, res.console[-4000:]
+    return res
+
+
+def facts_of(console: str) -> "Dict[str, str]":
+    out = {}
+    for line in console.splitlines():
+        if line.startswith("FACT "):
+            key, _, value = line[5:].partition("=")
+            out[key] = value.strip()
+    return out
+
+
+@pytest.mark.parametrize("board,mem_mb", [("qemu-arm", 128), ("openmoko-gta02", 128),
+                                          ("zaurus-c3000", 64)])
+def test_agent_starts_from_init_with_the_board_profile(board: str, mem_mb: int,
+                                                       tmp_path: Any) -> None:
+    res = boot(board, mem_mb, str(tmp_path))
+    console = res.console
+    facts = facts_of(console)
+    assert facts["board"] == board
+    assert facts["source"] == "psi"
+    assert facts["oom_score_adj"] == "-1000"
+    assert facts["kill_background_dry_run"] == "False"
+    # the profile's thresholds, as a share of the guest's RAM
+    low_pct = 100 * int(facts["low_kib"]) / int(facts["memtotal_kib"])
+    assert round(low_pct) == (25 if board == "zaurus-c3000" else 20)
+    plugins = set(facts["plugins"].split(","))
+    assert {"release_caches", "user_activity", "kill_background"} <= plugins
+    assert ("notify_ui" in plugins) == (board == "openmoko-gta02")
+    # the init scripts' own words on the console, in order: start at boot,
+    # the scenario's RESULT, then the shutdown's stop of a running agent
+    start = console.index("RIG-INIT start")
+    assert console.index("Starting memagent: OK", start) < console.index("RESULT ok")
+    stop = console.index("RIG-INIT stop")
+    assert console.index("Stopping memagent: OK", stop) < console.index("RIG-EXIT 0")
+    assert "Out of memory" not in console
+    # loose sanity bounds: the numbers themselves are FACTs for the docs
+    assert 0 < float(facts["boot_to_status_s"]) < 60
+    assert 0 < int(facts["agent_vmrss_kib"]) < 48 * 1024
+    assert "messages" in res.files and b"config reloaded" in res.files["messages"]
