@@ -26,7 +26,7 @@ from memagent import memcg as memcg_mod
 from memagent.agent import Agent
 from memagent.config import parse_config
 from memagent.control import query
-from memagent.levels import CRITICAL, Notification
+from memagent.levels import CRITICAL, LOW, Notification
 from memagent.plugins.kill_background import KillBackground
 from memagent.protocol import PROTOCOL_VERSION
 from support import exchange, need
@@ -245,6 +245,38 @@ def test_one_victim_at_a_time_and_on_stop_cancels(memcg: memcg_mod.Memcg, procs:
     assert first.poll() is None and second.poll() is None
     assert [line[:2] for line in procs.lines()] == [["TERM", "first"]]
     assert len(os.listdir("/proc/self/fd")) == fds_before  # the pidfd was closed
+
+
+@pytest.mark.memcg
+def test_the_cooldown_holds_at_low_but_not_at_critical(memcg: memcg_mod.Memcg,
+                                                      procs: Procs) -> None:
+    # After a sequence, LOW waits out cooldown_ms; CRITICAL does not (the
+    # bench saw a 2 s cooldown hand a 10 MiB/s ramp to the kernel OOM killer).
+    conf = parse_config("[agent]\nmemcg = %s\nsocket =\n[kill_background]\ndry_run = no\n"
+                        "kill_at_low = always\ncooldown_ms = 60000\nmax_kills = 1\n" % memcg.path)
+    agent = Agent(conf, plugins=[], control=False)
+    plugin = KillBackground()
+    procs.victim(memcg.spawn, "first", 1000)
+    procs.victim(memcg.spawn, "second", 1000)
+    procs.victim(memcg.spawn, "third", 1000)
+
+    async def one(level: int) -> None:
+        note = Notification(0, level, level, "avail", 1000, 65536, None, 20000)
+        await plugin.on_pressure(level=level, notification=note, deficit_kib=1)
+        while plugin.running:
+            await aio.sleep_ms(20)
+
+    async def scenario() -> "List[int]":
+        await plugin.on_start(agent=agent)
+        seen = []
+        for level in (CRITICAL, LOW, CRITICAL):
+            await one(level)
+            seen.append(plugin.kills)
+        return seen
+
+    assert aio.run(scenario()) == [1, 1, 2]
+    assert plugin.cooling == 1 and plugin.sequences == 2
+    assert len([line for line in procs.lines() if line[0] == "TERM"]) == 2
 
 
 def test_a_fake_proc_tree_never_leads_to_a_real_signal(procs: Procs, tmp_path: Any) -> None:
