@@ -1,0 +1,455 @@
+"""The Buildroot external tree (buildroot/), checked offline.
+
+Always: every file the package installs or a defconfig names exists, every
+memagent option a defconfig sets is defined, and memagent imports nothing that
+Buildroot's python3 leaves out unless the package selects it.
+
+With ``BUILDROOT_DIR`` (a Buildroot checkout): ``make <defconfig>`` and
+check-dotconfig.py, every download has a hash (what
+BR2_DOWNLOAD_FORCE_CHECK_HASHES enforces only at download time),
+utils/check-package, and the package's own steps as Buildroot runs them: the
+rsync of the local site, the PEP 517 wheel, support/scripts/pyinstaller.py and
+the install hooks.  This part is opt-in because Buildroot comes from GitHub,
+which CI cannot reach; buildroot/README.md says how to run it.
+"""
+
+import ast
+import json
+import os
+import re
+import shlex
+import shutil
+import site
+import subprocess
+import sys
+import textwrap
+from typing import Dict, List, Set, Tuple
+
+import pytest
+
+from support import need
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXTERNAL = os.path.join(ROOT, "buildroot")
+PACKAGE_DIR = os.path.join(EXTERNAL, "package", "python-memagent")
+MK = os.path.join(PACKAGE_DIR, "python-memagent.mk")
+CONFIGS = sorted(n for n in os.listdir(os.path.join(EXTERNAL, "configs"))
+                 if n.endswith("_defconfig"))
+
+# Buildroot's python3 sub-options and the modules each one builds
+# (package/python3/python3.mk: py_cv_module_X=n/a, --with-expat=none,
+# --disable-sqlite3, ... when the option is off).
+PYTHON3_OPTION_MODULES: "Dict[str, Tuple[str, ...]]" = {
+    "2TO3": ("lib2to3",),
+    "BERKELEYDB": ("_dbm",),
+    "BZIP2": ("_bz2",),
+    "CODECSCJK": ("_codecs_cn", "_codecs_hk", "_codecs_iso2022", "_codecs_jp",
+                  "_codecs_kr", "_codecs_tw"),
+    "CURSES": ("_curses", "_curses_panel"),
+    "DECIMAL": ("_decimal",),
+    "PYEXPAT": ("pyexpat",),
+    "READLINE": ("readline",),
+    "SQLITE": ("_sqlite3",),
+    "SSL": ("_ssl", "_hashlib"),
+    "UNICODEDATA": ("unicodedata",),
+    "XZ": ("_lzma",),
+    "ZLIB": ("zlib",),
+    "ZSTD": ("_zstd",),
+}
+# Never on the target: --disable-tk, --disable-idle3, --disable-pydoc,
+# --without-ensurepip, --disable-test-modules, py_cv_module__uuid=n/a.
+PYTHON3_NEVER_BUILT = ("_tkinter", "tkinter", "idlelib", "pydoc", "pydoc_data",
+                       "ensurepip", "test", "_testcapi", "_testinternalcapi", "_uuid")
+
+
+def _config_symbols(path: str) -> "Set[str]":
+    """Return: the symbols a Config.in file defines (``config X``)."""
+    with open(path) as f:
+        return set(re.findall(r"^config (BR2_\w+)", f.read(), re.M))
+
+
+def _selected_python3_options() -> "Set[str]":
+    """Return: the python3 sub-options our Config.in selects (``ZLIB``, ...)."""
+    with open(os.path.join(PACKAGE_DIR, "Config.in")) as f:
+        return set(re.findall(r"select BR2_PACKAGE_PYTHON3_(\w+)", f.read()))
+
+
+def _memagent_sources() -> "List[str]":
+    """Return: the .py files that make up the installed package."""
+    found = []
+    for top in ("agent", "plugins"):
+        for dirpath, dirnames, filenames in os.walk(os.path.join(ROOT, top)):
+            dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+            found += [os.path.join(dirpath, n) for n in filenames if n.endswith(".py")]
+    return sorted(found)
+
+
+def _stdlib_imports(paths: "List[str]") -> "Set[str]":
+    """Return: every standard-library module the files import, at any depth
+    (imports inside functions too), as dotted names."""
+    names: "Set[str]" = set()
+    for path in paths:
+        with open(path) as f:
+            tree = ast.parse(f.read(), path)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module)
+    return {n for n in names if n.split(".")[0] in sys.stdlib_module_names}
+
+
+def _profile(defconfig_text: str) -> str:
+    """Return: the board profile a defconfig installs ("" for the default)."""
+    found = re.search(r'^BR2_PACKAGE_PYTHON_MEMAGENT_PROFILE="([^"]*)"', defconfig_text, re.M)
+    return found.group(1) if found else ""
+
+
+def _profile_path(profile: str) -> str:
+    """Return: the config file the package installs for ``profile``."""
+    if not profile:
+        return os.path.join(ROOT, "board/common/rootfs-overlay/etc/memagent/memagent.conf")
+    return os.path.join(ROOT, "board", profile, "memagent.conf")
+
+
+def test_package_files_and_symbols_exist() -> None:
+    """Every path the package installs from the repository, every file a
+    defconfig names in this tree, and every memagent option a defconfig
+    sets exists; a moved init script or a renamed option fails here."""
+    with open(MK) as f:
+        mk = f.read()
+    overlay = re.search(r"^PYTHON_MEMAGENT_OVERLAY = \$\(@D\)/(\S+)", mk, re.M)
+    assert overlay is not None, "PYTHON_MEMAGENT_OVERLAY is not $(@D)/..."
+    installed = [os.path.join(overlay.group(1), p)
+                 for p in re.findall(r"\$\(PYTHON_MEMAGENT_OVERLAY\)/(\S+)", mk)]
+    installed += [p for p in re.findall(r"\$\(@D\)/(\S+)", mk.replace(overlay.group(0), ""))
+                  if "$(" not in p]
+    assert len(installed) >= 5, installed
+    missing = [p for p in installed if not os.path.isfile(os.path.join(ROOT, p))]
+
+    ours = _config_symbols(os.path.join(PACKAGE_DIR, "Config.in"))
+    undefined = []
+    for name in CONFIGS:
+        with open(os.path.join(EXTERNAL, "configs", name)) as f:
+            text = f.read()
+        for rel in re.findall(r"\$\(BR2_EXTERNAL_MEMAGENT_PATH\)/([^\s\"]+)", text):
+            if not os.path.exists(os.path.join(EXTERNAL, rel)):
+                missing.append("%s: %s" % (name, rel))
+        for symbol in re.findall(r"^(BR2_PACKAGE_PYTHON_MEMAGENT\w*)=", text, re.M):
+            if symbol not in ours:
+                undefined.append("%s: %s" % (name, symbol))
+        profile = _profile(text)
+        if profile and not os.path.isfile(_profile_path(profile)):
+            missing.append("%s: board profile %s" % (name, profile))
+    assert not missing, "missing files: %s" % missing
+    assert not undefined, "options not in Config.in: %s" % undefined
+
+
+_BLOCKED_IMPORTER = textwrap.dedent("""
+    import importlib, importlib.util, json, sys  # importlib.abc would import zipfile
+    blocked, modules, packages, paths = [json.loads(a) for a in sys.argv[1:]]
+    early = sorted(set(blocked) & set(sys.modules))
+    if early:
+        sys.exit("imported before the blocker: %s" % early)
+
+    class Absent:
+        def find_spec(self, name, path=None, target=None):
+            if name in blocked or name.split(".")[0] in blocked:
+                raise ModuleNotFoundError("No module named %r" % name, name=name)
+            return None
+
+    sys.meta_path.insert(0, Absent())
+    sys.path += paths  # site-packages, without running their .pth files
+    for name, directory in packages:  # memagent as installed (maybe editable)
+        spec = importlib.util.spec_from_file_location(
+            name, directory + "/__init__.py", submodule_search_locations=[directory])
+        sys.modules[name] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    failed = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            failed.append("%s: %s" % (name, e))
+    from memagent import pluginload
+    pluginload.discover_entry_points()
+    print(json.dumps({"failed": failed, "imported": len(modules)}))
+""")
+
+
+def test_core_needs_no_optional_python3_module() -> None:
+    """Import every memagent module and every standard module it imports,
+    in an interpreter where the modules of Buildroot's unselected python3
+    sub-options are absent (as on the target): nothing may fail, or the
+    package must select the sub-option."""
+    selected = _selected_python3_options()
+    assert selected <= set(PYTHON3_OPTION_MODULES), selected
+    blocked = [m for option, mods in PYTHON3_OPTION_MODULES.items()
+               if option not in selected for m in mods]
+    blocked += PYTHON3_NEVER_BUILT
+    sources = _memagent_sources()
+    modules = sorted(_stdlib_imports(sources))
+    for path in sources:
+        rel = os.path.relpath(path, ROOT)[:-3].split(os.sep)
+        dotted = ["memagent"] + rel[1:] if rel[0] == "agent" else ["memagent", "plugins"] + rel[1:]
+        if dotted[-1] == "__init__":
+            dotted.pop()
+        if dotted[-1] != "__main__":  # runs the CLI
+            modules.append(".".join(dotted))
+    assert "memagent.plugins.notify_ui" in modules and "ctypes" in modules, modules
+    import memagent
+    import memagent.plugins
+    packages = [(m.__name__, m.__path__[0]) for m in (memagent, memagent.plugins)]
+    # -S: this machine's .pth files import zlib, bz2 and lzma at start-up
+    args = [blocked, modules, packages, site.getsitepackages()]
+    proc = subprocess.run([sys.executable, "-S", "-c", _BLOCKED_IMPORTER]
+                          + [json.dumps(a) for a in args],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["failed"] == [], result["failed"]
+    assert result["imported"] == len(modules)
+
+
+# ---- with a Buildroot checkout ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def buildroot() -> str:
+    """Return: the Buildroot checkout named by BUILDROOT_DIR; skips without it."""
+    top = os.environ.get("BUILDROOT_DIR")
+    if not top:
+        pytest.skip("BUILDROOT_DIR is not set: the Buildroot checks are opt-in "
+                    "(Buildroot comes from GitHub, which CI cannot reach); "
+                    "see buildroot/README.md")
+    if not os.path.isfile(os.path.join(top, "support", "scripts", "check-dotconfig.py")):
+        pytest.fail("BUILDROOT_DIR=%s is not a Buildroot checkout" % top)
+    for tool in ("make", "gcc"):
+        if shutil.which(tool) is None:
+            need("%s (Buildroot's kconfig is built with it)" % tool)
+    return top
+
+
+@pytest.fixture(scope="module")
+def outputs(buildroot: str, tmp_path_factory: pytest.TempPathFactory) -> "Dict[str, str]":
+    """Return: defconfig name -> a Buildroot output directory configured
+    with it (``make O=... BR2_EXTERNAL=buildroot <name>``)."""
+    made = {}
+    for name in CONFIGS:
+        out = str(tmp_path_factory.mktemp(name))
+        _make(buildroot, out, name)
+        made[name] = out
+    return made
+
+
+def _make(buildroot: str, out: str, *goals: str) -> str:
+    """Run Buildroot's make on ``out``.  Returns: its stdout.
+    Raises: AssertionError with make's output if it fails."""
+    proc = subprocess.run(["make", "-s", "-C", buildroot, "O=" + out,
+                           "BR2_EXTERNAL=" + EXTERNAL] + list(goals),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, "make %s: %s%s" % (goals, proc.stdout, proc.stderr)
+    return proc.stdout
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_defconfig_keeps_every_symbol(buildroot: str, outputs: "Dict[str, str]",
+                                      name: str) -> None:
+    """check-dotconfig.py: no line of the defconfig was dropped by kconfig
+    (an unknown symbol or an unmet dependency drops one silently)."""
+    proc = subprocess.run([sys.executable,
+                           os.path.join(buildroot, "support", "scripts", "check-dotconfig.py"),
+                           os.path.join(outputs[name], ".config"),
+                           os.path.join(EXTERNAL, "configs", name)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout == "", proc.stdout + proc.stderr
+    with open(os.path.join(outputs[name], ".config")) as f:
+        assert "BR2_PACKAGE_PYTHON_MEMAGENT=y\n" in f.read()
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_download_has_a_hash(buildroot: str, outputs: "Dict[str, str]",
+                                   name: str) -> None:
+    """``make show-info``: each source the build would download is listed
+    in one of its package's hash files (the defconfigs force hash checks;
+    a kernel version without a hash would fail only once downloading)."""
+    info = json.loads(_make(buildroot, outputs[name], "show-info"))
+    sources = 0
+    unhashed = []
+    for pkg, entry in sorted(info.items()):
+        for download in entry.get("downloads", []):
+            sources += 1
+            if not any(_hash_lists(buildroot, h, download["source"])
+                       for h in entry.get("hashes", [])):
+                unhashed.append("%s: %s" % (pkg, download["source"]))
+    assert sources > 20 and not unhashed, (sources, unhashed)
+    ours = info["python-memagent"]
+    assert ours["downloads"] == [] and ours["licenses"] == "GPL-2.0+"
+    # the setuptools type builds through PEP 517: pypa-build and installer
+    assert {"host-python-setuptools", "host-python-pypa-build",
+            "host-python-installer", "python3"} <= set(ours["dependencies"])
+
+
+def _hash_lists(buildroot: str, path: str, source: str) -> bool:
+    """Return: whether the hash file at ``path`` has a line for ``source``."""
+    path = os.path.join(buildroot, path)
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        return any(line.split()[2:] == [source] for line in f if not line.startswith("#"))
+
+
+def test_check_package_is_clean(buildroot: str) -> None:
+    """utils/check-package --br2-external on every file of the tree and on the
+    init script the package installs: no warning."""
+    if shutil.which("shellcheck") is None:
+        need("shellcheck (apt-get install shellcheck)")
+    for module in ("magic", "flake8"):
+        if subprocess.run([sys.executable, "-c", "import " + module]).returncode:
+            need("python module %s (pip install python-magic flake8)" % module)
+    files = sorted(os.path.join(d, n) for d, _, names in os.walk(EXTERNAL) for n in names)
+    files.append(os.path.join(ROOT, "board/common/rootfs-overlay/etc/init.d/S60memagent"))
+    proc = subprocess.run([sys.executable, os.path.join(buildroot, "utils", "check-package"),
+                           "--br2-external"] + files,
+                          cwd=buildroot, capture_output=True, text=True, timeout=300)
+    report = proc.stdout + proc.stderr
+    processed = re.search(r"(\d+) lines processed", report)
+    assert processed and int(processed.group(1)) > 100, report
+    assert proc.returncode == 0 and "0 warnings generated" in report, report
+
+
+def _printvars(buildroot: str, out: str, names: "List[str]") -> "Dict[str, str]":
+    """Return: Buildroot's expanded values of the variables ``names``.  In
+    printvars' recipe $(@D) is ".", so the hooks' $(@D) paths come out
+    relative to the package's build directory."""
+    text = _make(buildroot, out, "printvars", "QUOTED_VARS=YES",
+                 "VARS=" + " ".join(names))
+    values = dict(item.split("=", 1) for item in shlex.split(text))
+    missing = set(names) - set(values)
+    assert not missing, "not defined: %s" % sorted(missing)
+    return values
+
+
+def _host_python() -> str:
+    """Return: the Python that stands in for Buildroot's host-python3
+    (BUILDROOT_HOST_PYTHON, e.g. a venv with Buildroot's setuptools, build
+    and installer versions; by default this one)."""
+    python = os.environ.get("BUILDROOT_HOST_PYTHON", sys.executable)
+    # setuptools before 70.1 needs the wheel package to build a wheel
+    checks = {"build": "import build", "installer": "import installer",
+              "setuptools >= 70.1 or wheel":
+              "import importlib.util as u, sys; sys.exit(not (u.find_spec("
+              "'setuptools.command.bdist_wheel') or u.find_spec('wheel')))"}
+    for what, code in checks.items():
+        if subprocess.run([python, "-c", code], capture_output=True).returncode:
+            need("%s lacks %s (pip install 'setuptools>=70.1' build installer)"
+                 % (python, what))
+    return python
+
+
+@pytest.fixture(scope="module", params=CONFIGS)
+def installed(request: pytest.FixtureRequest, buildroot: str,
+              outputs: "Dict[str, str]") -> "Tuple[str, str, str]":
+    """Run the package's steps as Buildroot would for one defconfig: rsync
+    the local site, build the wheel, install it with pyinstaller.py, run the
+    install hooks (the SysV and the systemd one both).
+    Returns: (defconfig name, target directory, build directory)."""
+    python = _host_python()
+    name = request.param
+    out = outputs[name]
+    v = _printvars(buildroot, out, [
+        "PYTHON_MEMAGENT_OVERRIDE_SRCDIR", "PYTHON_MEMAGENT_OVERRIDE_SRCDIR_RSYNC_EXCLUSIONS",
+        "RSYNC_VCS_EXCLUSIONS", "PYTHON_MEMAGENT_BUILDDIR", "PYTHON_MEMAGENT_SETUP_TYPE",
+        "PKG_PYTHON_SETUPTOOLS_BUILD_CMD", "PKG_PYTHON_SETUPTOOLS_INSTALL_TARGET_CMD",
+        "PYTHON_MEMAGENT_POST_INSTALL_TARGET_HOOKS", "TARGET_DIR"])
+    assert v["PYTHON_MEMAGENT_SETUP_TYPE"] == "setuptools"
+    # Buildroot adds hooks of its own (REMOVE_CONFLICTING_USELESS_FILES_IN_TARGET)
+    hooks = [h for h in v["PYTHON_MEMAGENT_POST_INSTALL_TARGET_HOOKS"].split()
+             if h.startswith("PYTHON_MEMAGENT_")]
+    assert "PYTHON_MEMAGENT_INSTALL_CONFIG" in hooks, hooks
+    hooks += ["PYTHON_MEMAGENT_INSTALL_INIT_SYSV", "PYTHON_MEMAGENT_INSTALL_INIT_SYSTEMD"]
+    v.update(_printvars(buildroot, out, hooks))
+    build = v["PYTHON_MEMAGENT_BUILDDIR"]
+    os.makedirs(build)
+    # pkg-generic.mk's rsync step for local and override sources
+    _sh("rsync -au --chmod=u=rwX,go=rX %s %s %s/ %s" % (
+        v["PYTHON_MEMAGENT_OVERRIDE_SRCDIR_RSYNC_EXCLUSIONS"], v["RSYNC_VCS_EXCLUSIONS"],
+        v["PYTHON_MEMAGENT_OVERRIDE_SRCDIR"], build), ROOT)
+    # pkg-python.mk's build and install steps, host-python3 being `python`
+    _sh("%s %s" % (shlex.quote(python), v["PKG_PYTHON_SETUPTOOLS_BUILD_CMD"]), build)
+    _sh("%s %s" % (shlex.quote(python), v["PKG_PYTHON_SETUPTOOLS_INSTALL_TARGET_CMD"]), build)
+    for hook in hooks:
+        _sh(v[hook], build)
+    return name, v["TARGET_DIR"], build
+
+
+def _sh(script: str, cwd: str) -> None:
+    """Run ``script`` with sh -e in ``cwd``.  Raises: AssertionError with its output."""
+    proc = subprocess.run(["sh", "-e", "-c", script], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, "%s\n%s%s" % (script, proc.stdout, proc.stderr)
+
+
+def test_local_site_leaves_out_what_git_ignores(installed: "Tuple[str, str, str]") -> None:
+    """The rsync of the repository skips the qemu rig's cache, .tox and old
+    build products; the sources the wheel needs are there."""
+    _, _, build = installed
+    for ignored in ("board/qemu-arm/cache", ".tox", ".git", "agent/__pycache__"):
+        assert not os.path.exists(os.path.join(build, ignored)), ignored
+    assert os.path.isfile(os.path.join(build, "agent", "agent.py"))
+
+
+def test_target_tree_runs(installed: "Tuple[str, str, str]") -> None:
+    """The target gets the memagent script, the package with its plugins and
+    data, the board's config, the init script and unit (and the D-Bus policy
+    with that option); the installed copy runs and reads its config."""
+    name, target, _ = installed
+    libs = [d for d in os.listdir(os.path.join(target, "usr", "lib")) if d.startswith("python3")]
+    assert len(libs) == 1, libs
+    site = os.path.join(target, "usr", "lib", libs[0], "site-packages")
+    with open(os.path.join(target, "usr", "bin", "memagent")) as f:
+        assert f.readline() == "#!/usr/bin/python\n"
+    for rel in ("memagent/agent.py", "memagent/plugins/release_caches.py",
+                "memagent/sources/psi.py", "memagent/py.typed"):
+        assert os.path.isfile(os.path.join(site, rel)), rel
+    assert any(n.endswith(".jsonl") for n in os.listdir(os.path.join(site, "memagent", "data")))
+    with open(os.path.join(EXTERNAL, "configs", name)) as f:
+        defconfig = f.read()
+    modes = {"etc/init.d/S60memagent": 0o755, "etc/default/memagent": 0o644,
+             "etc/memagent/memagent.conf": 0o644,
+             "usr/lib/systemd/system/memagent.service": 0o644}
+    policy = "etc/dbus-1/system.d/memagent.conf"
+    if "BR2_PACKAGE_PYTHON_MEMAGENT_DBUS=y" in defconfig:
+        modes[policy] = 0o644
+    else:
+        assert not os.path.exists(os.path.join(target, policy))
+    for rel, mode in modes.items():
+        assert os.stat(os.path.join(target, rel)).st_mode & 0o777 == mode, rel
+    with open(_profile_path(_profile(defconfig)), "rb") as f:
+        expected = f.read()
+    with open(os.path.join(target, "etc", "memagent", "memagent.conf"), "rb") as f:
+        assert f.read() == expected, "not the config of profile %r" % _profile(defconfig)
+    conf = os.path.join(target, "etc", "memagent", "memagent.conf")
+    code = ("import sys, memagent.config as c; assert c.__file__.startswith(sys.argv[1]); "
+            "c.load_config(sys.argv[2]); print('ok')")
+    env = dict(os.environ, PYTHONPATH=site)
+    proc = subprocess.run([sys.executable, "-c", code, site, conf], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.stdout == "ok\n", proc.stdout + proc.stderr
+    proc = subprocess.run([sys.executable, os.path.join(target, "usr", "bin", "memagent"),
+                           "--help"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "status" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_python3_option_table_matches_buildroot(buildroot: str) -> None:
+    """Every module Buildroot's python3.mk can leave out is in the table the
+    always-on import test blocks, so that test follows this Buildroot."""
+    with open(os.path.join(buildroot, "package", "python3", "python3.mk")) as f:
+        mk = f.read()
+    optional = set(re.findall(r"py_cv_module_(\w+)=n/a", mk))
+    known = {m for mods in PYTHON3_OPTION_MODULES.values() for m in mods}
+    known.update(PYTHON3_NEVER_BUILT)
+    assert optional and optional <= known, sorted(optional - known)
+    with open(os.path.join(buildroot, "package", "python3", "Config.in")) as f:
+        options = set(re.findall(r"^config BR2_PACKAGE_PYTHON3_(\w+)", f.read(), re.M))
+    formats = {"PY_ONLY", "PYC_ONLY", "PY_PYC"}
+    assert options - formats <= set(PYTHON3_OPTION_MODULES), sorted(options - formats)
