@@ -59,6 +59,13 @@ def test_every_board_directory_with_a_profile_is_tested() -> None:
     assert found == sorted(BOARDS)
 
 
+def test_each_board_is_documented() -> None:
+    table = open(os.path.join(ROOT, "docs", "boards.md")).read()
+    for board in BOARDS:
+        assert "| %s" % board in table or "[%s]" % board in table, board
+        assert os.path.isfile(os.path.join(BOARD, board, "README.md")), board
+
+
 @pytest.mark.parametrize("board", sorted(BOARDS))
 def test_profile_loads_with_known_keys_only(board: str, tmp_path: Any) -> None:
     config = load(board)

@@ -209,6 +209,8 @@ def check_memory(pid):
     time.sleep(2)
     fact("python_asyncio_vmrss_kib", status_kib(bare.pid, "VmRSS"))
     bare.wait()
+    # MemAvailable here also excludes this scenario's own Python
+    fact("scenario_vmrss_kib", status_kib(os.getpid(), "VmRSS"))
     with open("/proc/meminfo") as f:
         for line in f:
             if line.startswith(("MemTotal:", "MemAvailable:")):
