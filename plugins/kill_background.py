@@ -166,11 +166,27 @@ class KillBackground:
         self._task = aio.create_task(self._sequence(level, reason, deficit))
 
     def _low_allowed(self, now_ms: int) -> bool:
+        """Return: True if a kill at LOW may go now: ``kill_at_low`` is
+        "always"; or "idle" and the user is away, or the domain thrashes (PSI
+        ``full`` at or above ``[levels] thrash_full_pct``: a stalled handset
+        is no better for a user who is there; measured in the 64 MB ARM guest,
+        deferring then left a thrash at LOW for over 60 s with no kill)."""
         s = self.settings
         assert s is not None and self.agent is not None
         if s.kill_at_low == "always":
             return True
-        return s.kill_at_low == "idle" and bool(self.agent.activity.user_away(now_ms))
+        if s.kill_at_low != "idle":
+            return False
+        return bool(self.agent.activity.user_away(now_ms)) or self._thrashing()
+
+    def _thrashing(self) -> bool:
+        """Return: True if the newest reading shows PSI full at or above the
+        thrash threshold."""
+        monitor = self.agent.monitor if self.agent is not None else None
+        if monitor is None or monitor.last is None:
+            return False
+        full = monitor.last.psi_full_avg10
+        return full is not None and bool(full >= monitor.thresholds.thrash_full_pct)
 
     # -- the sequence --------------------------------------------------------------
 

@@ -26,9 +26,10 @@ from memagent import memcg as memcg_mod
 from memagent.agent import Agent
 from memagent.config import parse_config
 from memagent.control import query
-from memagent.levels import CRITICAL, LOW, Notification
+from memagent.levels import CRITICAL, LOW, Monitor, Notification, default_thresholds
 from memagent.plugins.kill_background import KillBackground
 from memagent.protocol import PROTOCOL_VERSION
+from memagent.reading import Reading
 from support import exchange, need
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -277,6 +278,25 @@ def test_the_cooldown_holds_at_low_but_not_at_critical(memcg: memcg_mod.Memcg,
     assert aio.run(scenario()) == [1, 1, 2]
     assert plugin.cooling == 1 and plugin.sequences == 2
     assert len([line for line in procs.lines() if line[0] == "TERM"]) == 2
+
+
+def test_low_kills_wait_for_an_absent_user_unless_the_domain_thrashes() -> None:
+    # kill_at_low = idle: with nobody known to be away, LOW defers; a PSI
+    # full stall at the thrash threshold makes it urgent (the 64 MB guest
+    # sat at LOW in a thrash for over 60 s while it deferred).
+    agent = Agent(parse_config("[agent]\nsocket =\n"), plugins=[], control=False)
+    plugin = KillBackground()
+    aio.run(plugin.on_start(agent=agent))
+    monitor = agent.monitor = Monitor(default_thresholds(100000))
+    assert agent.activity.state(0) == "unknown"
+    monitor.update(Reading(0, 100000, 15000, psi_full_avg10=2.0))
+    assert monitor.level == LOW and not plugin._low_allowed(0)
+    monitor.update(Reading(100, 100000, 15000, psi_full_avg10=12.5))
+    assert plugin._low_allowed(100)
+    monitor.update(Reading(200, 100000, 15000, psi_full_avg10=None))
+    assert not plugin._low_allowed(200)
+    agent.activity.start_feeding("test", 0)
+    assert plugin._low_allowed(10 ** 6)  # idle for longer than idle_after_ms
 
 
 def test_a_fake_proc_tree_never_leads_to_a_real_signal(procs: Procs, tmp_path: Any) -> None:
