@@ -62,16 +62,10 @@ PYTHON3_NEVER_BUILT = ("_tkinter", "tkinter", "idlelib", "pydoc", "pydoc_data",
                        "ensurepip", "test", "_testcapi", "_testinternalcapi", "_uuid")
 
 
-def _config_symbols(path: str) -> "Set[str]":
-    """Return: the symbols a Config.in file defines (``config X``)."""
-    with open(path) as f:
-        return set(re.findall(r"^config (BR2_\w+)", f.read(), re.M))
-
-
-def _selected_python3_options() -> "Set[str]":
-    """Return: the python3 sub-options our Config.in selects (``ZLIB``, ...)."""
+def _package_config_in() -> str:
+    """Return: the text of the package's Config.in."""
     with open(os.path.join(PACKAGE_DIR, "Config.in")) as f:
-        return set(re.findall(r"select BR2_PACKAGE_PYTHON3_(\w+)", f.read()))
+        return f.read()
 
 
 def _memagent_sources() -> "List[str]":
@@ -127,7 +121,7 @@ def test_package_files_and_symbols_exist() -> None:
     assert len(installed) >= 5, installed
     missing = [p for p in installed if not os.path.isfile(os.path.join(ROOT, p))]
 
-    ours = _config_symbols(os.path.join(PACKAGE_DIR, "Config.in"))
+    ours = set(re.findall(r"^config (BR2_\w+)", _package_config_in(), re.M))
     undefined = []
     for name in CONFIGS:
         with open(os.path.join(EXTERNAL, "configs", name)) as f:
@@ -182,7 +176,7 @@ def test_core_needs_no_optional_python3_module() -> None:
     in an interpreter where the modules of Buildroot's unselected python3
     sub-options are absent (as on the target): nothing may fail, or the
     package must select the sub-option."""
-    selected = _selected_python3_options()
+    selected = set(re.findall(r"select BR2_PACKAGE_PYTHON3_(\w+)", _package_config_in()))
     assert selected <= set(PYTHON3_OPTION_MODULES), selected
     blocked = [m for option, mods in PYTHON3_OPTION_MODULES.items()
                if option not in selected for m in mods]
@@ -241,10 +235,10 @@ def outputs(buildroot: str, tmp_path_factory: pytest.TempPathFactory) -> "Dict[s
     return made
 
 
-def _make(buildroot: str, out: str, *goals: str) -> str:
+def _make(buildroot: str, out: str, *goals: str, silent: bool = True) -> str:
     """Run Buildroot's make on ``out``.  Returns: its stdout.
     Raises: AssertionError with make's output if it fails."""
-    proc = subprocess.run(["make", "-s", "-C", buildroot, "O=" + out,
+    proc = subprocess.run(["make"] + ["-s"] * silent + ["-C", buildroot, "O=" + out,
                            "BR2_EXTERNAL=" + EXTERNAL] + list(goals),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, "make %s: %s%s" % (goals, proc.stdout, proc.stderr)
@@ -284,6 +278,8 @@ def test_every_download_has_a_hash(buildroot: str, outputs: "Dict[str, str]",
     assert sources > 20 and not unhashed, (sources, unhashed)
     ours = info["python-memagent"]
     assert ours["downloads"] == [] and ours["licenses"] == "GPL-2.0+"
+    fetched = _make(buildroot, outputs[name], "python-memagent-source", silent=False)
+    assert "Nothing to be done for 'python-memagent-source'" in fetched, fetched
     # the setuptools type builds through PEP 517: pypa-build and installer
     assert {"host-python-setuptools", "host-python-pypa-build",
             "host-python-installer", "python3"} <= set(ours["dependencies"])
