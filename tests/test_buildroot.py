@@ -294,17 +294,29 @@ def _hash_lists(buildroot: str, path: str, source: str) -> bool:
         return any(line.split()[2:] == [source] for line in f if not line.startswith("#"))
 
 
+def _buildroot_python(checks: "Dict[str, str]", install: str) -> str:
+    """Return: the Python that runs Buildroot's scripts and stands in for its
+    host-python3: MEMAGENT_BUILDROOT_PYTHON (e.g. a venv with Buildroot's
+    setuptools, build and installer versions), by default this one.
+    ``checks`` maps what it needs to code that fails without it; a missing
+    one is a missing prerequisite (``install`` says how to add it)."""
+    python = os.environ.get("MEMAGENT_BUILDROOT_PYTHON", sys.executable)
+    for what, code in checks.items():
+        if subprocess.run([python, "-c", code], capture_output=True).returncode:
+            need("%s lacks %s (%s)" % (python, what, install))
+    return python
+
+
 def test_check_package_is_clean(buildroot: str) -> None:
     """utils/check-package --br2-external on every file of the tree and on the
     init script the package installs: no warning."""
     if shutil.which("shellcheck") is None:
         need("shellcheck (apt-get install shellcheck)")
-    for module in ("magic", "flake8"):
-        if subprocess.run([sys.executable, "-c", "import " + module]).returncode:
-            need("python module %s (pip install python-magic flake8)" % module)
+    python = _buildroot_python({m: "import " + m for m in ("magic", "flake8")},
+                               "pip install python-magic flake8")
     files = sorted(os.path.join(d, n) for d, _, names in os.walk(EXTERNAL) for n in names)
     files.append(os.path.join(ROOT, "board/common/rootfs-overlay/etc/init.d/S60memagent"))
-    proc = subprocess.run([sys.executable, os.path.join(buildroot, "utils", "check-package"),
+    proc = subprocess.run([python, os.path.join(buildroot, "utils", "check-package"),
                            "--br2-external"] + files,
                           cwd=buildroot, capture_output=True, text=True, timeout=300)
     report = proc.stdout + proc.stderr
@@ -325,23 +337,6 @@ def _printvars(buildroot: str, out: str, names: "List[str]") -> "Dict[str, str]"
     return values
 
 
-def _host_python() -> str:
-    """Return: the Python that stands in for Buildroot's host-python3
-    (BUILDROOT_HOST_PYTHON, e.g. a venv with Buildroot's setuptools, build
-    and installer versions; by default this one)."""
-    python = os.environ.get("BUILDROOT_HOST_PYTHON", sys.executable)
-    # setuptools before 70.1 needs the wheel package to build a wheel
-    checks = {"build": "import build", "installer": "import installer",
-              "setuptools >= 70.1 or wheel":
-              "import importlib.util as u, sys; sys.exit(not (u.find_spec("
-              "'setuptools.command.bdist_wheel') or u.find_spec('wheel')))"}
-    for what, code in checks.items():
-        if subprocess.run([python, "-c", code], capture_output=True).returncode:
-            need("%s lacks %s (pip install 'setuptools>=70.1' build installer)"
-                 % (python, what))
-    return python
-
-
 @pytest.fixture(scope="module", params=CONFIGS)
 def installed(request: pytest.FixtureRequest, buildroot: str,
               outputs: "Dict[str, str]") -> "Tuple[str, str, str]":
@@ -349,7 +344,13 @@ def installed(request: pytest.FixtureRequest, buildroot: str,
     the local site, build the wheel, install it with pyinstaller.py, run the
     install hooks (the SysV and the systemd one both).
     Returns: (defconfig name, target directory, build directory)."""
-    python = _host_python()
+    # setuptools before 70.1 needs the wheel package to build a wheel
+    python = _buildroot_python({
+        "build": "import build", "installer": "import installer",
+        "setuptools >= 70.1 or wheel":
+        "import importlib.util as u, sys; sys.exit(not (u.find_spec("
+        "'setuptools.command.bdist_wheel') or u.find_spec('wheel')))"},
+        "pip install 'setuptools>=70.1' build installer")
     name = request.param
     out = outputs[name]
     v = _printvars(buildroot, out, [
