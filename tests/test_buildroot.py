@@ -27,6 +27,8 @@ from typing import Dict, List, Set, Tuple
 
 import pytest
 
+import memagent
+import memagent.plugins
 from support import need
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -191,8 +193,6 @@ def test_core_needs_no_optional_python3_module() -> None:
         if dotted[-1] != "__main__":  # runs the CLI
             modules.append(".".join(dotted))
     assert "memagent.plugins.notify_ui" in modules and "ctypes" in modules, modules
-    import memagent
-    import memagent.plugins
     packages = [(m.__name__, m.__path__[0]) for m in (memagent, memagent.plugins)]
     # -S: this machine's .pth files import zlib, bz2 and lzma at start-up
     args = [blocked, modules, packages, site.getsitepackages()]
