@@ -38,9 +38,10 @@ def lock_memory() -> str:
     """
     try:
         import ctypes
-        import ctypes.util
 
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # The process's own symbols: whatever libc it runs on (glibc, musl,
+        # uClibc on a Buildroot image, where find_library("c") finds nothing).
+        libc = ctypes.CDLL(None, use_errno=True)
     except (ImportError, OSError) as e:
         return "mlockall unavailable: %s" % e
     if libc.mlockall(MCL_CURRENT | MCL_FUTURE) != 0:
