@@ -6,16 +6,13 @@ it.  Judged by the guest's RESULT and FACT lines (scenarios/boot.py).
 """
 
 import os
-import shutil
-import sys
 from typing import Any, Dict
 
 import pytest
+from test_guest import RIG_DIR, load_rig
 
 from support import need
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RIG_DIR = os.path.join(ROOT, "board", "qemu-arm")
 SCENARIO = os.path.join(RIG_DIR, "scenarios", "boot.py")
 
 pytestmark = pytest.mark.qemu
@@ -24,13 +21,7 @@ pytestmark = pytest.mark.qemu
 def boot(board: str, mem_mb: int, tmp: str) -> "Any":
     """Boot the guest through init with ``board``'s profile and run boot.py.
     Returns: the rig's RunResult (its ``ok`` already asserted)."""
-    if shutil.which("qemu-system-arm") is None:
-        need("qemu-system-arm is not installed (apt-get install qemu-system-arm)")
-    sys.path.insert(0, RIG_DIR)
-    try:
-        import rig
-    finally:
-        sys.path.pop(0)
+    rig = load_rig()
     try:
         res = rig.run(SCENARIO, mem_mb=mem_mb, timeout_s=300, out_dir=tmp,
                       boot_init=True, board=board)
