@@ -7,36 +7,38 @@ In the qemu guest, booted through init with a board profile::
     board/qemu-arm/run --board qemu-arm board/qemu-arm/scenarios/handset_day.py memagent
     board/qemu-arm/run --mem 64 --board zaurus-c3000 .../handset_day.py earlyoom runs=2
 
-CONTESTANT: ``memagent`` (the agent S60memagent started, with the board's
-profile; restarted by the init script with ``--events-json`` added to
-MEMAGENT_ARGS in /etc/default/memagent, as an integrator would), ``earlyoom``
-(Debian's, its defaults) or ``none`` (the kernel's OOM killer).  For the last
-two the init script stops the agent first.  Every run starts from the same
-state: the agent is stopped while A0 (MemAvailable) and the interpreters'
-cost are measured, and the previous run's processes are gone.
+CONTESTANT: ``memagent`` (the agent as the init script runs it, with the
+board's profile; the scenario stops it, adds ``--events-json`` to
+MEMAGENT_ARGS in /etc/default/memagent, as an integrator would, and starts
+it again with ``S60memagent start``), ``earlyoom`` (Debian's, its defaults)
+or ``none`` (the kernel's OOM killer); for these two the agent stays
+stopped.  A0 (MemAvailable) and an empty app's private memory are measured
+once per boot, with no tool running, so every contestant gets the same sizes.
 
 The processes, sized from A0 (each share is the process's private memory,
-its interpreter included; :data:`APPS`, :data:`HOG`, :data:`FG_SHARE`):
+an empty app's included; :data:`APPS`, :data:`HOG`, :data:`FG_SHARE`):
 
-============ ===================== ===== ===============================
+============ ====================== ====== ===================================
 process      class (oom_score_adj)  share  what
-============ ===================== ===== ===============================
-cached-old   cached, registered      15%   cache (trimmable) + 2% fixed
-cached-new   cached, registered      17%   cache + 2% fixed, started later
-service      service, registered     13%   cache + 3% fixed
-hog          (900), unregistered      8%   anonymous memory
-reader       (-1000)                 --    dd re-reads a file of 1.25 x RAM
-foreground   foreground (0)          55%   grows at 5 MiB/s, holds 3 s
-============ ===================== ===== ===============================
+============ ====================== ====== ===================================
+cached-old   cached, registered     15%    cache (trimmable) + 2% fixed
+cached-new   cached, registered     17%    cache + 2% fixed, registered later
+service      service, registered    13%    cache + 3% fixed
+hog          (900), unregistered    8%     anonymous memory
+reader       (-1000)                --     dd re-reads a file of 1.25 x RAM
+foreground   foreground (0)         55%    grows at 5 MiB/s, then holds 3 s
+============ ====================== ====== ===================================
 
-The foreground registers as a service; the driver (root, a trusted client,
-standing for the UI shell) then sends ``foreground`` with its pid.  Prints
-FACT lines and RESULT (for ``memagent`` the checks below must hold, for the
-others the run must complete); hands back ``handset-<contestant>.json``
-(the raw runs, analysed again by bench/board.py).  CPython 3.9+ (pidfd),
-stdlib and memagent only.  Every process it signals is its own.
+The apps are forked from this driver, as a handset's zygote forks its apps
+(see "the apps" below).  The foreground registers as a service; the driver
+(root: a trusted client, standing for the UI shell) then sends
+``foreground`` with its pid.  Prints FACT lines and RESULT: for
+``memagent`` every :func:`checks` must hold, for the others the runs must
+complete.  Hands back ``handset-<contestant>.json`` (the raw runs,
+analysed again by bench/board.py) and ``oom-<contestant>.txt`` (the
+kernel's OOM reports).  CPython 3.9+ (pidfd), stdlib and memagent only.
+Every process it signals is its own.
 """
-
 import gc
 import json
 import mmap
@@ -495,6 +497,7 @@ def run_once(place: Place, tool: kill_bench.Contestant, sizes: Result, crit_kib:
     fg_class = None
     try:
         sampler.start()  # from the first fork on: deaths while the apps fill count too
+        psi_start, start_ms = psi_some_total_us(), mono_ms()
         procs = start_all(sizes, sock, sampler)
         fg = procs[-1]
         if sock:
@@ -525,7 +528,8 @@ def run_once(place: Place, tool: kill_bench.Contestant, sizes: Result, crit_kib:
             "timed_out": timed_out, "procs": [p.as_dict() for p in procs],
             "ramp_points": fg.points, "samples": sampler.samples, "fg_class": fg_class,
             "oom_kills": place.oom_kills() - oom0, "dmesg_ooms": dmesg_ooms() - dmesg0,
-            "psi_some_us": psi1 - psi0, "protected": protected, "tool": what,
+            "start_ms": start_ms, "psi_some_us": psi1 - psi_start,
+            "psi_growth_us": psi1 - psi0, "protected": protected, "tool": what,
             "calm_after_kib": kill_bench.wait_calm(place, avail_tool)}
 
 
@@ -543,11 +547,24 @@ def read_pid() -> Optional[int]:
 # -- what a run shows (bench/board.py uses the same) ------------------------------------
 
 RANK = {"foreground": 0, "visible": 1, "perceptible": 2, "service": 3, "cached": 4}
-# memagent.pidkill outcomes after which the victim got a signal.  "gone" too:
-# pidkill reports it when the victim exits between the end of the grace and
-# the SIGKILL (measured: cached-old, thrashing, took 2 s to act on its
-# SIGTERM; the SIGKILL then met a zombie).
-SIGNALLED = ("exited", "killed", "stuck", "gone")
+SIGNALLED = ("exited", "killed", "stuck")  # memagent.pidkill outcomes that sent a signal
+
+
+def killer(proc: Result, entries: List[Result]) -> str:
+    """Return: who ended ``proc``: "tool" (a SIGTERM, which only a tool
+    sends: exit 0 through the app's handler, or -15 before it is set; or a
+    SIGKILL the tool's entries record), "kernel" (any other SIGKILL) or
+    "exit N".  ``entries``: the tool's kill entries for its pid.  A SIGTERM
+    with memagent's outcome "gone" is the tool's too: pidkill says "gone"
+    when the victim exits between the grace and the SIGKILL (measured:
+    cached-old, thrashing, took 2 s to act on its SIGTERM)."""
+    rc = proc["rc"]
+    if rc in (0, -15) and entries:
+        return "tool"
+    sigkill = any(e.get("sigkill") or e.get("sig") == "SIGKILL" for e in entries)
+    if rc == -9:
+        return "tool" if sigkill else "kernel"
+    return "exit %s" % rc
 
 
 def recovery(run: Result) -> Tuple[Optional[int], int]:
@@ -572,21 +589,23 @@ def analyse(run: Result) -> Result:
     tool's first kill, class order, the foreground's fate, OOM kills, PSI
     stall and the recovery (see :func:`recovery`)."""
     ours = {p["pid"] for p in run["procs"]}
-    kills = [k for k in run["tool"]["kills"]
-             if not k.get("dry_run") and k.get("outcome", "exited") in SIGNALLED]
-    by_tool = {k["pid"] for k in kills}
+    entries: Dict[int, List[Result]] = {}
+    for k in run["tool"]["kills"]:
+        if not k.get("dry_run") and k.get("outcome") not in ("reused", "denied"):
+            entries.setdefault(k["pid"], []).append(k)
     fg = run["procs"][-1]
     victims = [{"name": p["name"], "cls": p["cls"], "died_ms": p["died_ms"],
-                "by": "tool" if p["pid"] in by_tool else
-                ("kernel" if p["rc"] == -9 else "exit %s" % p["rc"])}
+                "by": killer(p, entries.get(p["pid"], []))}
                for p in sorted((p for p in run["procs"][:-1] if p["died_ms"] is not None),
                                key=lambda p: p["died_ms"])]
     trims = sorted(t for p in run["procs"] for t in p.get("trims") or [])
-    first_kill = min((k["decision_ms"] for k in kills), default=None)
+    first_kill = min((k["decision_ms"] for e in entries.values() for k in e), default=None)
     ranks = [RANK[v["cls"]] for v in victims]
     rec_ms, below_ms = recovery(run)
-    return {"victims": victims, "tool_kills": len(by_tool),
-            "stray_kills": sorted(by_tool - ours),
+    strays = {pid for pid, e in entries.items()
+              if any(k.get("outcome", "exited") in SIGNALLED for k in e)} - ours
+    return {"victims": victims, "tool_kills": sum(1 for v in victims if v["by"] == "tool"),
+            "stray_kills": sorted(strays),
             "kernel_kills": sum(1 for v in victims if v["by"] == "kernel"),
             "oom_kills": run["oom_kills"], "dmesg_ooms": run["dmesg_ooms"],
             "trims": len(trims), "trimmed_kib": sum(t[3] for t in trims),
@@ -597,8 +616,10 @@ def analyse(run: Result) -> Result:
             "fg_survived": fg["died_ms"] is None and fg.get("done_ms") is not None,
             "fg_rc": fg["rc"], "fg_mib": run["ramp_points"][-1][1] if run["ramp_points"] else 0,
             "fg_class": run.get("fg_class"), "timed_out": run["timed_out"],
-            "psi_some_ms": run["psi_some_us"] // 1000, "recovery_ms": rec_ms,
+            "psi_some_ms": run["psi_some_us"] // 1000,
+            "psi_growth_ms": run.get("psi_growth_us", 0) // 1000, "recovery_ms": rec_ms,
             "below_crit_ms": below_ms, "protected_alive": all(run["protected"].values()),
+            "setup_ms": run["t0_ms"] - run.get("start_ms", run["t0_ms"]),
             "wall_ms": run["end_ms"] - run["t0_ms"]}
 
 
@@ -694,8 +715,8 @@ def print_facts(results: List[Result], figs: List[Result]) -> None:
     fact("sizes", json.dumps(run["sizes"], separators=(",", ":")))
     for key in ("trims", "trimmed_kib", "first_trim_ms", "first_kill_ms", "trims_first",
                 "tool_kills", "kernel_kills", "oom_kills", "dmesg_ooms", "class_order",
-                "fg_survived", "fg_class", "fg_mib", "psi_some_ms", "recovery_ms",
-                "below_crit_ms", "wall_ms"):
+                "fg_survived", "fg_class", "fg_mib", "psi_some_ms", "psi_growth_ms",
+                "recovery_ms", "below_crit_ms", "setup_ms", "wall_ms"):
         fact(key, ";".join(str(f[key]) for f in figs))
     fact("kills", ";".join(",".join(v["name"] + ("" if v["by"] == "tool" else
                                                  "(%s)" % v["by"])
