@@ -77,8 +77,10 @@ def boot(mem: int, board: str, spec: str, runs: int, timeout_s: float, out_dir: 
     except rig.RigError as e:
         raise RuntimeError("the qemu rig cannot run: %s" % e) from e
     data = res.files.get("handset-%s.json" % spec)
+    panic = [line for line in res.console.splitlines() if "Kernel panic" in line]
     return {"runs": json.loads(data) if data else [], "facts": facts_of(res.console),
             "results": res.results, "timed_out": res.timed_out,
+            "panic": panic[0].partition("]")[2].strip() if panic else None,
             "elapsed_s": round(res.elapsed_s, 1),
             "oom_lines": (res.files.get("oom-%s.txt" % spec) or b"").decode(errors="replace"),
             "console_tail": "" if data else res.console[-3000:]}
@@ -92,7 +94,7 @@ def _median(values: List[Any]) -> Optional[float]:
 def summarise(spec: str, part: Result) -> Result:
     """Return: the contestant's row from one boot's runs."""
     if not part["runs"]:
-        why = "; ".join(m for _, m in part["results"]) or (
+        why = "; ".join(m for _, m in part["results"]) or part.get("panic") or (
             "timed out" if part["timed_out"] else "no RESULT")
         return {"contestant": spec, "na": "no run completed: " + why}
     figs = [handset_day.analyse(r) for r in part["runs"]]
@@ -120,7 +122,7 @@ def summarise(spec: str, part: Result) -> Result:
             "tool_rss": first["tool"].get("rss") or {"VmRSS": first["tool"].get("rss_kib")},
             "avail_cost_kib": first["a0_kib"] - first["avail_with_tool_kib"],
             "bare_asyncio_kib": part["facts"].get("python_asyncio_vmrss_kib"),
-            "elapsed_s": part["elapsed_s"]}
+            "elapsed_s": part["elapsed_s"], "panic": part.get("panic")}
 
 
 def _ms(value: Optional[float]) -> str:
@@ -156,6 +158,11 @@ def table(mem: int, board: str, rows: List[Result], runs: int) -> List[str]:
                       orders, survived, row["trims"] or 0, row["trimmed_kib"] or 0,
                       _ms(row["psi_some_ms"]), _ms(row["psi_growth_ms"]), back,
                       _ms(row["below_crit_ms"]), row["setup_s"] or 0, row["elapsed_s"]))
+    ended = ["%s: %s after %d run%s" % (r["contestant"], r["panic"], r["runs"],
+                                        "" if r["runs"] == 1 else "s")
+             for r in rows if r.get("panic") and "na" not in r]
+    if ended:
+        out += ["", "A boot ended in a kernel panic: " + "; ".join(ended) + "."]
     out += ["", "| tool | VmRSS | RssAnon | available memory it took | bare `python3 -c "
             "\"import asyncio\"` VmRSS |", "|---|---:|---:|---:|---:|"]
     for row in rows:
@@ -173,7 +180,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     """Return: the options."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--mem", default="128,64", help="guest RAM sizes in MB (128, 64)")
-    p.add_argument("--runs", type=int, default=2, help="handset days per boot")
+    p.add_argument("--runs", type=int, default=3, help="handset days per boot")
     p.add_argument("--contestant", action="append", dest="contestants",
                    choices=CONTESTANTS, help="repeatable (default: all three)")
     p.add_argument("--timeout-s", type=float, default=420.0, help="per boot")

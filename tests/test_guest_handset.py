@@ -5,11 +5,13 @@ in class order (the unregistered hog and the cached apps before the
 service), the kernel's OOM killer never acts, and the foreground lives.
 
 Judged by the guest's RESULT and FACT lines; each case is one boot (128 MB:
-about 40 s of guest time here, 64 MB: about 60 s).
+about 40 s of guest time here, 64 MB: about 60 s).  First, on the host, the
+scenario's analysis (shared with bench/board.py) on hand-made runs.
 """
 
 import os
-from typing import Any, Dict
+import sys
+from typing import Any, Dict, List
 
 import pytest
 from test_guest import RIG_DIR, load_rig
@@ -18,8 +20,66 @@ from test_guest_boot import facts_of
 from support import need
 
 SCENARIO = os.path.join(RIG_DIR, "scenarios", "handset_day.py")
+sys.path.insert(0, os.path.dirname(SCENARIO))
+import handset_day  # noqa: E402
 
-pytestmark = [pytest.mark.qemu, pytest.mark.slow]
+sys.path.pop(0)
+
+
+def _proc(name: str, cls: str, pid: int, rc: "Any", died_ms: "Any") -> "Dict[str, Any]":
+    return {"name": name, "cls": cls, "pid": pid, "rc": rc, "died_ms": died_ms, "trims": []}
+
+
+def _run(procs: "List[Dict[str, Any]]", kills: "List[Dict[str, Any]]") -> "Dict[str, Any]":
+    """Return: a raw run as run_once makes it: CRITICAL <= 10 MiB, the growth
+    from t=1000 to t=2000 ms, a foreground that finished."""
+    fg = dict(_proc("foreground", "service", 9, None, None), done_ms=1900)
+    samples = [[1000, 30000], [1100, 10240], [1200, 9000], [1300, 20000], [1400, 8000],
+               [1500, 25000], [2000, 24000]]
+    return {"procs": procs + [fg], "tool": {"kills": kills}, "samples": samples,
+            "crit_kib": 10240, "t0_ms": 1000, "end_ms": 2000, "start_ms": 0,
+            "oom_kills": 1, "dmesg_ooms": 1, "psi_some_us": 2500000, "psi_growth_us": 900000,
+            "timed_out": False, "ramp_points": [[1900, 40.0]], "fg_class": "foreground",
+            "protected": {"syslogd": True}}
+
+
+def test_analysis_tells_the_tool_from_the_kernel() -> None:
+    procs = [_proc("hog", "cached", 4, 0, 1150), _proc("cached-old", "cached", 5, -9, 1300),
+             _proc("service", "service", 6, -9, 1450), _proc("cached-new", "cached", 7, None,
+                                                            None)]
+    procs[1]["trims"] = [[900, "LOW", 2048, 2048]]
+    kills = [{"pid": 4, "t_ms": 1150, "decision_ms": 1100, "outcome": "exited"},
+             # pidkill's "gone" after a SIGTERM the victim acted on too late: still the tool's
+             {"pid": 6, "t_ms": 1460, "decision_ms": 1420, "outcome": "gone"},
+             {"pid": 4242, "t_ms": 1500, "decision_ms": 1500, "outcome": "killed"}]
+    fig = handset_day.analyse(_run(procs, kills))
+    # exit 0 is the app's SIGTERM handler: the tool's; a SIGKILL nobody
+    # recorded is the kernel's, even for a pid the tool tried ("gone")
+    assert [(v["name"], v["by"]) for v in fig["victims"]] == [
+        ("hog", "tool"), ("cached-old", "kernel"), ("service", "kernel")]
+    assert fig["tool_kills"] == 1 and fig["stray_kills"] == [4242]
+    assert fig["trims"] == 1 and fig["trimmed_kib"] == 2048 and fig["trims_first"]
+    assert (fig["first_trim_ms"], fig["first_kill_ms"]) == (-100, 100)
+    assert fig["class_order"] and fig["fg_survived"]
+    assert (fig["psi_some_ms"], fig["psi_growth_ms"], fig["setup_ms"]) == (2500, 900, 1000)
+    # at or below 10 MiB from 1100 (first) to 1400 (last); back above at 1500
+    assert (fig["recovery_ms"], fig["below_crit_ms"]) == (400, 100 + 100 + 100)
+    assert "1 kernel OOM kills" in handset_day.checks(fig)
+
+
+def test_analysis_flags_a_service_before_a_cached_app_and_no_recovery() -> None:
+    procs = [_proc("service", "service", 6, -15, 1150), _proc("hog", "cached", 4, -9, 1300)]
+    kills = [{"pid": 6, "t_ms": 1150, "decision_ms": 1100, "outcome": "exited"},
+             {"pid": 4, "t_ms": 1300, "decision_ms": 1250, "outcome": "killed",
+              "sigkill": True}]
+    run = _run(procs, kills)
+    run["samples"][-1] = [2000, 5000]  # still at CRITICAL at the end
+    fig = handset_day.analyse(run)
+    assert [v["by"] for v in fig["victims"]] == ["tool", "tool"]
+    assert not fig["class_order"] and fig["recovery_ms"] is None
+    assert not fig["trims_first"]
+    assert {"no trim", "a kill before the first trim",
+            "kills out of class order"} <= set(handset_day.checks(fig))
 
 
 def day(board: str, mem_mb: int, tmp: str) -> "Any":
@@ -54,12 +114,16 @@ def check_day(res: "Any") -> "Dict[str, str]":
     return facts
 
 
+@pytest.mark.qemu
+@pytest.mark.slow
 def test_handset_day_128mb(tmp_path: Any) -> None:
     facts = check_day(day("qemu-arm", 128, str(tmp_path)))
     assert int(facts["tool_kills"]) >= 1  # the day is sized so that trims alone do not do
     assert 0 < int(facts["psi_some_ms"]) < 60000  # loose: the thrash is seen at all
 
 
+@pytest.mark.qemu
+@pytest.mark.slow
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "measured 2026-11-25: at 64 MB the CPython agent (RssAnon ~10.5 MiB of ~29 MiB "
     "available) leaves too little for the apps: the guest thrashes while they start, "
