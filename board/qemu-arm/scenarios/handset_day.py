@@ -681,6 +681,8 @@ def guest_main(argv: List[str]) -> int:
             rigguest.fact("python_asyncio_vmrss_kib", bare_asyncio_kib())
         a0 = kill_bench.wait_calm(place, place.avail_kib()[0])
         sizes = sizes_kib(a0, app_private_kib())
+        for key in ("VmRSS", "RssAnon"):  # the apps share its pages; it is at -1000
+            rigguest.fact("driver_%s_kib" % key.lower(), status_kib(os.getpid(), key))
         for _ in range(runs):
             tool = contestant(spec)
             results.append(run_once(place, tool, sizes, th.critical_kib, th.low_kib,
