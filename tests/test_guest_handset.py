@@ -4,8 +4,8 @@ agent S60memagent started asks the registered apps to trim first, then kills
 in class order (the unregistered hog and the cached apps before the
 service), the kernel's OOM killer never acts, and the foreground lives.
 
-Judged by the guest's RESULT and FACT lines; each case is one boot (128 MB:
-about 40 s of guest time here, 64 MB: about 60 s).  First, on the host, the
+Judged by the guest's RESULT and FACT lines; each case is one boot (both
+together: 83-101 s of guest time here).  First, on the host, the
 scenario's analysis (shared with bench/board.py) on hand-made runs.
 """
 
@@ -125,8 +125,9 @@ def test_handset_day_128mb(tmp_path: Any) -> None:
 @pytest.mark.qemu
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "measured 2026-11-25: at 64 MB the CPython agent (RssAnon ~10.5 MiB of ~29 MiB "
-    "available) leaves too little for the apps: the guest thrashes while they start, "
-    "the kernel OOM-kills 3-4 of them and the foreground, and no trim is answered"))
+    "measured 2026-11-25 (docs/bench-board.md): at 64 MB the CPython agent takes "
+    "10,544 KiB of the 29,000 available; the guest thrashes for 35-106 s while the apps "
+    "start, the kernel OOM-kills 2-4 of them and the foreground in every run (one boot "
+    "ended in 'System is deadlocked on memory'), and at most one trim is answered"))
 def test_handset_day_64mb(tmp_path: Any) -> None:
     check_day(day("zaurus-c3000", 64, str(tmp_path)))
