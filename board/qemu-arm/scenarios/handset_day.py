@@ -641,7 +641,7 @@ def checks(fig: Result) -> List[str]:
 # -- in the guest -------------------------------------------------------------------------
 
 
-def setup(spec: str, total_kib: int) -> None:
+def setup(total_kib: int) -> None:
     """The agent from init stops (the tools start in run_once); the thrash
     file (1.25 x RAM) is written and dropped from the cache."""
     if read_pid() is not None:
@@ -677,7 +677,7 @@ def guest_main(argv: List[str]) -> int:
     os.makedirs("/tmp/handset", exist_ok=True)
     results, figs = [], []
     try:
-        setup(spec, total)
+        setup(total)
         if spec == "memagent":
             rigguest.fact("python_asyncio_vmrss_kib", bare_asyncio_kib())
         a0 = kill_bench.wait_calm(place, place.avail_kib()[0])
