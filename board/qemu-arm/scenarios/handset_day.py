@@ -401,20 +401,9 @@ class InitAgent(kill_bench.Contestant):
             return False
 
     def stop(self) -> Result:
-        kills, notes = [], []
         with open(EVENTS) as f:
             f.seek(self.offset)
-            for line in f:
-                try:
-                    obj = json.loads(line)
-                except ValueError:
-                    continue
-                if obj.get("action") == "kill":
-                    obj["decision_ms"] = obj["t_ms"] - int(obj.get("ms") or 0)
-                    kills.append(obj)
-                elif "level" in obj and "prev_level" in obj:
-                    notes.append({k: obj.get(k) for k in ("t_ms", "level", "prev_level",
-                                                          "reason", "avail_kib")})
+            kills, notes = kill_bench.parse_events(f)
         return {"kills": kills, "notes": notes, "log": "", "rss_kib": self.rss_kib,
                 "rss": self.rss}
 

@@ -99,6 +99,23 @@ def set_adj(value: int) -> Callable[[], None]:
 # -- where the processes run ---------------------------------------------------------
 
 
+def parse_events(lines):
+    """Returns: (kill actions, each with ``decision_ms``; notifications, trimmed)
+    from the agent's --events-json lines; bad lines are skipped."""
+    kills, notes = [], []
+    for line in lines:
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if obj.get("action") == "kill":
+            obj["decision_ms"] = obj["t_ms"] - int(obj.get("ms") or 0)
+            kills.append(obj)
+        elif "level" in obj and "prev_level" in obj:
+            notes.append({k: obj.get(k) for k in ("t_ms", "level", "prev_level",
+                                                  "reason", "avail_kib")})
+    return kills, notes
+
 class Place:
     """The whole system: processes start in the caller's cgroup, memory is
     /proc/meminfo's MemAvailable, OOM kills are /proc/vmstat's oom_kill."""
@@ -224,19 +241,8 @@ class Memagent(Contestant):
 
     def stop(self) -> Result:
         self._stop_proc()
-        kills, notes = [], []
         with open(self.events_path) as f:
-            for line in f:
-                try:
-                    obj = json.loads(line)
-                except ValueError:
-                    continue
-                if obj.get("action") == "kill":
-                    obj["decision_ms"] = obj["t_ms"] - int(obj.get("ms") or 0)
-                    kills.append(obj)
-                elif "level" in obj and "prev_level" in obj:
-                    notes.append({k: obj.get(k) for k in ("t_ms", "level", "prev_level",
-                                                          "reason", "avail_kib")})
+            kills, notes = parse_events(f)
         return {"kills": kills, "notes": notes, "log": self._log()[-4000:],
                 "rss_kib": self.rss_kib}
 
