@@ -326,7 +326,9 @@ def test_policy_file_on_a_system_like_bus(tmp_path: Any) -> None:
         plugin = await started(agent_for(address))
         watchers = await monitors(address, AS_NOBODY)
         await Dispatcher([plugin]).dispatch(note(CRITICAL, NORMAL))
-        await until(lambda: gdbus_bytes(watchers[1].lines) == [255], 3000)
+        await until(lambda: gdbus_bytes(watchers[1].lines) == [255] and
+                    any(s["member"] == "LowMemoryWarning" and s["args"]
+                        for s in parse_monitor(watchers[0].lines)), 3000)
         steal = subprocess.run(AS_NOBODY + [
             "gdbus", "call", "--address", address, "--dest", "org.freedesktop.DBus",
             "--object-path", "/org/freedesktop/DBus", "--method",
@@ -441,7 +443,8 @@ def test_a_lost_bus_is_logged_once_and_reconnected(tmp_path: Any, caplog: Any) -
         watchers = await monitors(address)
         await aio.sleep_ms(100)  # past the (shortened) backoff
         await Dispatcher([plugin]).dispatch(note(CRITICAL, LOW))
-        await until(lambda: gdbus_bytes(watchers[1].lines) == [255], 3000)
+        await until(lambda: gdbus_bytes(watchers[1].lines) == [255] and
+                    pressure_complete(watchers[0].lines, 1), 3000)
         await plugin.on_stop()
         lines = [w.stop() for w in watchers]
         stop(proc)
