@@ -113,7 +113,10 @@ def test_vanishing_clients(tmp_path: Any) -> None:
         for _ in range(200):
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             s.connect(path)
-            s.sendall(b'{"cmd": "status"}\n')
+            try:
+                s.sendall(b'{"cmd": "status"}\n')
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # over the client cap: the server said busy and hung up first (seen in CI)
             s.close()  # before reading the reply
         time.sleep(0.5)  # let the server reap the dead connections
         return talk(path, b'{"cmd":"ping"}\n')

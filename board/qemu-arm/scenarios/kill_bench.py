@@ -331,6 +331,27 @@ class Proc:
                 "died_ms": self.died_ms, "rc": self.returncode}
 
 
+VM_EVERY = 10
+VM_KEYS = ("workingset_refault_file", "workingset_activate_file")
+
+
+def vm_counters() -> Tuple[int, int, int]:
+    """Return: /proc/vmstat's file refaults and activations (pages), and PSI
+    memory full avg10 x 100; -1 for what this kernel lacks."""
+    got = {k: -1 for k in VM_KEYS}
+    try:
+        with open("/proc/vmstat") as f:
+            for line in f:
+                key, _, value = line.partition(" ")
+                if key in got:
+                    got[key] = int(value)
+        with open("/proc/pressure/memory") as f:
+            full = f.read().split("full avg10=")[1].split()[0]
+        return got[VM_KEYS[0]], got[VM_KEYS[1]], int(float(full) * 100)
+    except (OSError, IndexError, ValueError):
+        return got[VM_KEYS[0]], got[VM_KEYS[1]], -1
+
+
 class Sampler(threading.Thread):
     """Reads the available memory every SAMPLE_MS and notes each watched
     process's death the moment its pidfd turns readable."""
@@ -339,6 +360,8 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.place, self.sample_ms = place, sample_ms
         self.samples: List[Tuple[int, int]] = []
+        # every VM_EVERY-th sample: (ms, refault_file, activate_file, psi full avg10 x100)
+        self.vm_samples: List[Tuple[int, int, int, int]] = []
         self._watched: Dict[int, Proc] = {}
         self._lock = threading.Lock()
         self._halt = threading.Event()
@@ -364,6 +387,8 @@ class Sampler(threading.Thread):
                 self.samples.append((now, self.place.avail_kib()[0]))
             except OSError:
                 pass
+            if len(self.samples) % VM_EVERY == 1:
+                self.vm_samples.append((now,) + vm_counters())
 
     def finish(self) -> None:
         """Stop sampling and close the pidfds still open."""
