@@ -50,7 +50,7 @@ SCHEMA = {
     "kill_background": {
         "dry_run": "bool", "low_class": "str", "critical_class": "str", "kill_at_low": "str",
         "grace_ms": "int", "wait_ms": "int", "cooldown_ms": "int", "max_kills": "int",
-        "protect": "str", "mrelease": "bool",
+        "protect": "str", "mrelease": "bool", "critical_margin_pct": "int",
     },
     "notify_ui": {"bus": "str", "medium_eta_ms": "int"},
     "user_activity": {"devices": "str", "idle_after_ms": "int", "backlight": "str"},
@@ -80,7 +80,7 @@ DEFAULTS = {
     "kill_background": {"dry_run": "yes", "low_class": "cached",
                         "critical_class": "perceptible", "kill_at_low": "idle",
                         "grace_ms": "1000", "wait_ms": "3000", "cooldown_ms": "2000",
-                        "max_kills": "4", "mrelease": "yes",
+                        "max_kills": "4", "mrelease": "yes", "critical_margin_pct": "25",
                         "protect": "init, systemd, sshd, dropbear, adbd, dbus-daemon, udevd, "
                                    "systemd-udevd, getty, Xorg, Xfbdev, weston, matchbox-wm"},
     # bus: "system", "session", or a D-Bus address (unix:path=...).

@@ -517,6 +517,67 @@ def test_kills_in_order_under_real_pressure(group128: memcg_mod.Memcg, procs: Pr
         [(pids[e["pid"]], e["level"], e["ms"], e["freed_kib"]) for e in kills], state["busy"]))
 
 
+MARGIN_CONF = """
+[plugins]
+enable = kill_background
+[levels]
+critical_kib = 16384
+low_kib = 65536
+[kill_background]
+dry_run = no
+kill_at_low = never
+low_class = cached
+critical_class = cached
+grace_ms = 1000
+critical_margin_pct = %d
+"""
+
+
+@pytest.mark.memcg
+@pytest.mark.parametrize("margin_pct, expect_kills", [(10, 1), (100, 2)])
+def test_a_critical_sequence_stops_once_above_critical_by_its_margin(
+        group128: memcg_mod.Memcg, procs: Procs, tmp_path: Any, margin_pct: int,
+        expect_kills: int) -> None:
+    # Three cached victims of about 19 MiB, then a fill to about 12 MiB
+    # available: CRITICAL (16 MiB).  One kill leaves about 30 MiB, above
+    # CRITICAL + 10% of the gap to LOW (20.8 MiB): the sequence stops there,
+    # as earlyoom does, and LOW (never kills here) does not go on.  With the
+    # margin at 100% it aims at LOW: a second victim goes (measured: the
+    # victims' RSS is 25.6 MiB, and two kills cover the notification's deficit).
+    tmp = str(tmp_path)
+    conf = os.path.join(tmp, "margin.conf")
+    with open(conf, "w") as f:
+        f.write(MARGIN_CONF % margin_pct)
+    for name in ("v1", "v2", "v3"):
+        procs.victim(group128.spawn, name, 1000, extra_mib=16)
+    sock = os.path.join(tmp, "ctl.sock")
+    agent = subprocess.Popen([sys.executable, "-m", "memagent", "run", "--memcg",
+                              group128.path, "--socket", sock, "--events-json",
+                              os.path.join(tmp, "ev.jsonl"), "-c", conf],
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while not os.path.exists(sock):
+            assert agent.poll() is None and time.monotonic() < deadline, "agent did not start"
+            time.sleep(0.05)
+        fill = hog(group128, avail_mib(group128) - 12, 0)
+        wait_done(fill)
+        deadline = time.monotonic() + 20
+        while len(actions(tmp)) < expect_kills and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(3)  # no more kills to come
+        after_mib = avail_mib(group128)
+        alive = [n for n in ("v1", "v2", "v3") if procs.by_name[n].poll() is None]
+        oom_kills = group128.oom_kill_count()
+    finally:
+        err = stop_agent(agent)
+    kills = [e for e in actions(tmp) if e["outcome"] in ("exited", "killed")]
+    assert len(kills) == expect_kills, (kills, err[-3000:])
+    assert all(e["level"] == "CRITICAL" for e in kills) and oom_kills == 0
+    assert len(alive) == 3 - expect_kills and fill.poll() is None
+    assert after_mib > 16 + (64 - 16) * margin_pct // 100 or margin_pct == 100, after_mib
+
+
 def _connect(path: str) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(path)
