@@ -174,9 +174,10 @@ class KillBackground:
     def _low_allowed(self, now_ms: int) -> bool:
         """Return: True if a kill at LOW may go now: ``kill_at_low`` is
         "always"; or "idle" and the user is away, or the domain thrashes (PSI
-        ``full`` at or above ``[levels] thrash_full_pct``: a stalled handset
-        is no better for a user who is there; measured in the 64 MB ARM guest,
-        deferring then left a thrash at LOW for over 60 s with no kill)."""
+        ``full`` at or above ``[levels] thrash_full_pct`` and the apps' trims
+        free nothing more: a stalled handset is no better for a user who is
+        there; measured in the 64 MB ARM guest, deferring then left a thrash
+        at LOW for over 60 s with no kill)."""
         s = self.settings
         assert s is not None and self.agent is not None
         if s.kill_at_low == "always":
@@ -187,12 +188,33 @@ class KillBackground:
 
     def _thrashing(self) -> bool:
         """Return: True if the newest reading shows PSI full at or above the
-        thrash threshold."""
+        thrash threshold while the apps' trims no longer free anything.
+
+        Why the trims: a streaming reader's page-cache churn (Daniel Spang's
+        report in the mem_notify thread; the handset day's dd through a file
+        of 1.25 x RAM) keeps PSI full over 10% at LOW with nothing in danger.
+        In the 128 MB guest the thrash rule alone then killed three apps a
+        run at LOW, each just after trimming it (bench3: their kills freed
+        3,816-6,908 KiB), where earlyoom killed two."""
         monitor = self.agent.monitor if self.agent is not None else None
         if monitor is None or monitor.last is None:
             return False
         full = monitor.last.psi_full_avg10
-        return full is not None and bool(full >= monitor.thresholds.thrash_full_pct)
+        if full is None or full < monitor.thresholds.thrash_full_pct:
+            return False
+        return not self._trims_pay(monitor.thresholds.renotify_ms)
+
+    def _trims_pay(self, renotify_ms: int) -> bool:
+        """Return: True if release_caches' newest trim event, at most two
+        reminders old, freed memory (the apps still have caches to give)."""
+        plugins = getattr(getattr(self.agent, "dispatcher", None), "plugins", [])
+        for plugin in plugins:
+            event = getattr(plugin, "last_event", None) \
+                if getattr(plugin, "name", None) == "release_caches" else None
+            if isinstance(event, dict) and "t_ms" in event:
+                fresh = aio.ticks_ms() - event["t_ms"] <= 2 * renotify_ms + 1000
+                return bool(fresh and event.get("freed_kib", 0) > 0)
+        return False
 
     # -- the sequence --------------------------------------------------------------
 

@@ -117,4 +117,4 @@ class ReleaseCaches:
                 asked.append((app_id, target, result.measured_kib))
                 left -= freed
         return {"deficit_kib": deficit, "freed_kib": deficit - left, "asked": asked,
-                "ms": aio.ticks_ms() - start_ms}
+                "ms": aio.ticks_ms() - start_ms, "t_ms": start_ms}

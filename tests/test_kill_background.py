@@ -28,6 +28,7 @@ from memagent.config import parse_config
 from memagent.control import query
 from memagent.levels import CRITICAL, LOW, Monitor, Notification, default_thresholds
 from memagent.plugins.kill_background import KillBackground
+from memagent.plugins.release_caches import ReleaseCaches
 from memagent.protocol import PROTOCOL_VERSION
 from memagent.reading import Reading
 from support import exchange, need
@@ -297,6 +298,26 @@ def test_low_kills_wait_for_an_absent_user_unless_the_domain_thrashes() -> None:
     assert not plugin._low_allowed(200)
     agent.activity.start_feeding("test", 0)
     assert plugin._low_allowed(10 ** 6)  # idle for longer than idle_after_ms
+
+
+def test_a_thrash_at_low_kills_only_once_the_trims_free_nothing() -> None:
+    # A streaming reader's page-cache churn keeps PSI full high at LOW: while
+    # the apps' trims still free memory, that alone is no reason to kill.
+    trims = ReleaseCaches()
+    plugin = KillBackground()
+    agent = Agent(parse_config("[agent]\nsocket =\n"), plugins=[trims, plugin], control=False)
+    aio.run(plugin.on_start(agent=agent))
+    monitor = agent.monitor = Monitor(default_thresholds(100000))
+    monitor.update(Reading(0, 100000, 15000, psi_full_avg10=12.5))
+    assert monitor.level == LOW and plugin._low_allowed(0)  # no trim event yet
+    now = aio.ticks_ms()
+    trims.last_event = {"deficit_kib": 8000, "freed_kib": 2816, "asked": [], "ms": 40,
+                        "t_ms": now}
+    assert not plugin._low_allowed(now)
+    trims.last_event["freed_kib"] = 0  # the caches are gone
+    assert plugin._low_allowed(now)
+    trims.last_event.update(freed_kib=2816, t_ms=now - 2 * monitor.thresholds.renotify_ms - 2000)
+    assert plugin._low_allowed(now)  # an old event says nothing of now
 
 
 def test_a_fake_proc_tree_never_leads_to_a_real_signal(procs: Procs, tmp_path: Any) -> None:
