@@ -300,6 +300,34 @@ def test_low_kills_wait_for_an_absent_user_unless_the_domain_thrashes() -> None:
     assert plugin._low_allowed(10 ** 6)  # idle for longer than idle_after_ms
 
 
+@pytest.mark.memcg
+def test_a_notification_already_answered_kills_nothing(memcg: memcg_mod.Memcg,
+                                                       procs: Procs) -> None:
+    # The notification says CRITICAL at 1000 KiB, but by the time the
+    # plugin runs (after release_caches' trims) the memcg has room: the
+    # re-measure before the first kill finds it and nobody is signalled.
+    conf = parse_config("[agent]\nmemcg = %s\nsocket =\n[plugins]\nenable = kill_background\n"
+                        "[kill_background]\ndry_run = no\n" % memcg.path)
+    plugin = KillBackground()
+    agent = Agent(conf, plugins=[plugin], control=False)
+    victim = procs.victim(memcg.spawn, "victim", 1000)
+    note = Notification(0, CRITICAL, CRITICAL, "still", 1000, 65536, None, 20000)
+
+    async def scenario() -> None:
+        task = aio.create_task(agent.run())
+        while agent.monitor is None or agent.monitor.last is None:
+            await aio.sleep_ms(20)
+        await plugin.on_pressure(level=CRITICAL, notification=note, deficit_kib=20000)
+        while plugin.running:
+            await aio.sleep_ms(20)
+        agent.stop()
+        await aio.wait_for_ms(task, 10000)
+
+    aio.run(scenario())
+    assert (plugin.sequences, plugin.relieved, plugin.kills) == (1, 1, 0)
+    assert victim.poll() is None and procs.lines() == []
+
+
 def test_a_thrash_at_low_kills_only_once_the_trims_free_nothing() -> None:
     # A streaming reader's page-cache churn keeps PSI full high at LOW: while
     # the apps' trims still free memory, that alone is no reason to kill.
