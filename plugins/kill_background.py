@@ -234,7 +234,9 @@ class KillBackground:
                 if attempt and not self._critical_now():
                     await aio.sleep_ms(s.cooldown_ms)
                 reach = max(level, agent.monitor.level if agent.monitor else level)
-                if attempt and (self._relieved(level) or (
+                # A sequence that escalated to CRITICAL stops as a CRITICAL one
+                # (the 128 MB handset day: a LOW one at CRITICAL killed three in 420 ms).
+                if attempt and (self._relieved(reach) or (
                         reach < CRITICAL and not self._low_allowed(aio.ticks_ms()))):
                     break
                 victim = self.pick(reach, tried)
@@ -252,7 +254,7 @@ class KillBackground:
                 entry = await self.execute(victim, reach, reason)
                 tried[victim.pid] = "tried in this sequence"
                 freed_total += max(entry.get("freed_kib") or 0, 0)
-                if freed_total >= deficit or self._relieved(level):
+                if freed_total >= deficit or self._relieved(reach):
                     break
         except aio.CancelledError:
             raise
@@ -270,8 +272,15 @@ class KillBackground:
         CRITICAL can take most of a second.  In the 128 MB handset day they
         lifted the memory from 10,448 to 24,204 KiB, and a kill still went
         200 ms later on the notification's old figure."""
-        assert self.agent is not None
-        if self.agent.read_now("before kill") is None or not self._relieved(level):
+        agent = self.agent
+        assert agent is not None
+        if agent.read_now("before kill") is None or agent.monitor is None:
+            return False
+        now = agent.monitor.level
+        # At LOW only a level already back to NORMAL counts: a lead-time LOW
+        # is above the threshold by design, and its kill is meant to go early.
+        over = self._relieved(CRITICAL) if max(level, now) >= CRITICAL else now < level
+        if not over:
             return False
         self.relieved += 1
         return True
