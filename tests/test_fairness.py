@@ -234,7 +234,11 @@ def test_targets_split_the_deficit(deficit_kib: int, fanout: int,
     if eligible and (None in eligible[:fanout] or len(eligible) <= fanout):
         room = sum(min(e, deficit_kib) if e is not None else deficit_kib
                    for e in eligible[:fanout])
-        assert asked >= min(deficit_kib, room) or len(plan) == fanout
+        # A round asks at most one app per min_target_kib of the deficit (so
+        # each gets a worthwhile target): hypothesis found 257 KiB over
+        # estimates [256, None], where one app asked for its 256 is the plan.
+        most = min(fanout, max(deficit_kib // sched.min_target_kib, 1))
+        assert asked >= min(deficit_kib, room) or len(plan) == most
 
 
 def test_a_small_deficit_wakes_one_app() -> None:
