@@ -369,7 +369,7 @@ class Agent:
         source cannot open; OSError if the domain cannot be read at start.
         """
         for line in selfprotect.protect(self.config.get_int("agent", "oom_score_adj"),
-                                        bool(self.config.get("agent", "mlockall")),
+                                        str(self.config.get("agent", "mlockall")),
                                         self.config.get_str("agent", "proc_root")):
             log.info("%s", line)
         self._stop = aio.Event()

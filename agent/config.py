@@ -9,7 +9,7 @@ Default path: ``/etc/memagent/memagent.conf``.  Example::
     [agent]
     source = auto          # auto, mem_notify, psi, cgroup2, cgroup1, poll, trace
     memcg =                # watch this memcg instead of the whole system
-    mlockall = no
+    mlockall = no          # yes, or onfault: only the pages the agent touches
     [levels]
     low_pct = 20           # or low_kib = 26000
     critical_pct = 10
@@ -24,10 +24,10 @@ from .levels import Thresholds, default_thresholds
 
 DEFAULT_PATH = "/etc/memagent/memagent.conf"
 
-# section -> key -> kind ("str", "int", "float", "bool")
+# section -> key -> kind ("str", "int", "float", "bool"; "lock": a bool or "onfault")
 SCHEMA = {
     "agent": {
-        "source": "str", "memcg": "str", "proc_root": "str", "mlockall": "bool",
+        "source": "str", "memcg": "str", "proc_root": "str", "mlockall": "lock",
         "oom_score_adj": "int", "socket": "str", "log": "str", "log_level": "str",
         "trace": "str", "trace_speed": "float",
     },
@@ -153,6 +153,13 @@ def convert(kind: str, text: str, where: str) -> "object":
     """Return: ``text`` converted to ``kind``.  Raises: ConfigError naming ``where``."""
     if kind == "str":
         return text
+    if kind == "lock":  # [agent] mlockall: no, yes (all), onfault
+        low = text.lower()
+        if low == "onfault":
+            return "onfault"
+        if low in _TRUE or low in _FALSE:
+            return "all" if low in _TRUE else "no"
+        raise ConfigError("%s: expected yes, no or onfault, got %r" % (where, text))
     if kind == "bool":
         low = text.lower()
         if low in _TRUE:

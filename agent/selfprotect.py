@@ -14,6 +14,7 @@ except ImportError:  # MicroPython
 
 MCL_CURRENT = 1
 MCL_FUTURE = 2
+MCL_ONFAULT = 4  # Linux 4.4: lock pages as they are touched, never populate the rest
 
 
 def set_oom_score_adj(value: int, proc_root: str = "/proc") -> str:
@@ -31,8 +32,11 @@ def set_oom_score_adj(value: int, proc_root: str = "/proc") -> str:
     return "oom_score_adj set to %d" % value
 
 
-def lock_memory() -> str:
-    """mlockall(MCL_CURRENT|MCL_FUTURE) through libc.
+def lock_memory(onfault: bool = False) -> str:
+    """mlockall(MCL_CURRENT|MCL_FUTURE), plus MCL_ONFAULT when ``onfault``,
+    through libc.  Plain mlockall faults in every mapped page (all of
+    libpython, unused heap); MCL_ONFAULT locks only the pages the agent
+    touches.
 
     Returns: a line for the log saying what happened.
     """
@@ -44,15 +48,19 @@ def lock_memory() -> str:
         libc = ctypes.CDLL(None, use_errno=True)
     except (ImportError, OSError) as e:
         return "mlockall unavailable: %s" % e
-    if libc.mlockall(MCL_CURRENT | MCL_FUTURE) != 0:
+    flags = MCL_CURRENT | MCL_FUTURE | (MCL_ONFAULT if onfault else 0)
+    if libc.mlockall(flags) != 0:
         err = ctypes.get_errno()
-        return "mlockall failed: %s (RLIMIT_MEMLOCK or CAP_IPC_LOCK)" % os.strerror(err)
-    return "memory locked (mlockall current+future)"
+        hint = " (MCL_ONFAULT needs Linux 4.4)" if onfault and err == 22 else \
+            " (RLIMIT_MEMLOCK or CAP_IPC_LOCK)"
+        return "mlockall failed: %s%s" % (os.strerror(err), hint)
+    return "memory locked (mlockall current+future%s)" % ("+onfault" if onfault else "")
 
 
-def protect(oom_score_adj: int, mlockall: bool, proc_root: str = "/proc") -> "List[str]":
-    """Apply both protections.  Returns: one log line per step."""
+def protect(oom_score_adj: int, mlockall: str, proc_root: str = "/proc") -> "List[str]":
+    """Apply both protections; ``mlockall`` is "no", "all" or "onfault"
+    (``[agent] mlockall``).  Returns: one log line per step."""
     lines = [set_oom_score_adj(oom_score_adj, proc_root)]
-    if mlockall:
-        lines.append(lock_memory())
+    if mlockall != "no":
+        lines.append(lock_memory(onfault=mlockall == "onfault"))
     return lines

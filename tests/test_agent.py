@@ -17,6 +17,7 @@ from conftest import ALLOC
 from memagent import aio
 from memagent.control import query
 from memagent.memcg import Memcg
+from support import need
 
 
 def start_agent(group: Memcg, tmp: str, *extra: str) -> "subprocess.Popen[str]":
@@ -179,6 +180,33 @@ def test_self_protection(memcg: Memcg, tmp_path: Any) -> None:
     # Where the sandbox withholds CAP_SYS_RESOURCE (this CI machine does),
     # the agent must say so plainly and run on.
     assert adj == -1000 or "oom_score_adj -1000 not set" in err
+
+
+@pytest.mark.memcg
+def test_mlockall_onfault_locks_only_what_the_agent_touches(memcg: Memcg, tmp_path: Any) -> None:
+    locked = {}
+    for mode in ("yes", "onfault"):
+        tmp = os.path.join(str(tmp_path), mode)
+        os.makedirs(tmp)
+        with open(os.path.join(tmp, "lock.conf"), "w") as f:
+            f.write("[agent]\nmlockall = %s\n" % mode)
+        agent = start_agent(memcg, tmp, "-c", os.path.join(tmp, "lock.conf"))
+        try:
+            time.sleep(0.5)
+            # VmLck counts whole locked mappings either way; smaps_rollup's
+            # Locked counts the resident locked pages.
+            with open("/proc/%d/smaps_rollup" % agent.pid) as f:
+                fields = dict(ln.split(":", 1) for ln in f if ln.rstrip().endswith(" kB"))
+            locked[mode] = int(fields["Locked"].split()[0])
+        finally:
+            err = stop_agent(agent)
+        if "mlockall failed" in err:
+            need("mlockall: %s" % err[-300:])
+        assert "memory locked" in err
+    # Plain mlockall pins every mapped page (all of libpython); onfault only
+    # the pages the agent has touched.
+    assert 1000 < locked["onfault"] < locked["yes"], locked
+    print("resident locked KiB: %s" % locked)
 
 
 def test_forced_source_unavailable_is_explained(tmp_path: Any) -> None:

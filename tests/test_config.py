@@ -9,7 +9,9 @@ def test_values_and_defaults() -> None:
     cfg = parse_config("[agent]\nsource = cgroup1  # forced\nmlockall = yes\n"
                        "[levels]\nlow_pct = 25\nlead_ms=3000\n", "t.conf")
     assert cfg.get("agent", "source") == "cgroup1"
-    assert cfg.get("agent", "mlockall") is True
+    assert cfg.get("agent", "mlockall") == "all"
+    assert parse_config("[agent]\nmlockall = onfault\n").get("agent", "mlockall") == "onfault"
+    assert parse_config("").get("agent", "mlockall") == "no"
     assert cfg.get("agent", "oom_score_adj") == -1000
     assert cfg.get("levels", "lead_ms") == 3000
     th = thresholds_from_config(cfg, 100000)
@@ -23,7 +25,7 @@ def test_values_and_defaults() -> None:
     ("source = psi\n", "t.conf:1: 'source' comes before any \\[section\\]"),
     ("[agent]\njust words\n", "t.conf:2: expected 'key = value'"),
     ("[levels]\nlow_kib = lots\n", "t.conf:2: expected an integer number, got 'lots'"),
-    ("[agent]\nmlockall = maybe\n", "t.conf:2: expected yes or no"),
+    ("[agent]\nmlockall = maybe\n", "t.conf:2: expected yes, no or onfault"),
 ])
 def test_errors_name_file_and_line(text: str, msg: str) -> None:
     with pytest.raises(ConfigError, match=msg):
