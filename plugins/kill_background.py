@@ -38,6 +38,8 @@ from memagent.protocol import CLASSES
 log = logging.getLogger("memagent.plugin.kill_background")
 
 SECTION = "kill_background"
+WATCH_MS = 100  # the re-measure period at CRITICAL after a kill met its margin
+WATCH_FOR_MS = 10000
 KILL_AT_LOW = ("never", "idle", "always")
 
 
@@ -103,6 +105,8 @@ class KillBackground:
         self.kills = self.dry_runs = self.skipped = self.sequences = 0
         self.busy = self.cooling = self.deferred = self.no_victim = self.dry_repeats = 0
         self.relieved = 0  # sequences the re-measure found no longer needed
+        self.rewatched = 0  # kills after the watch at CRITICAL saw it fall again
+        self.watching = False  # a sequence watches CRITICAL after a kill (no victim dying)
         self.last_victim: Optional[Dict[str, Any]] = None
         # The last dry-run choice (pid, level) of this pressure episode: the
         # same choice is recorded once, not at every reminder.
@@ -255,7 +259,9 @@ class KillBackground:
                 tried[victim.pid] = "tried in this sequence"
                 freed_total += max(entry.get("freed_kib") or 0, 0)
                 if freed_total >= deficit or self._relieved(reach):
-                    break
+                    if reach < CRITICAL or not await self._watch_critical():
+                        break
+                    freed_total, deficit = 0, self._deficit_now()
         except aio.CancelledError:
             raise
         except Exception as e:  # the agent must outlive a bug here
@@ -263,6 +269,42 @@ class KillBackground:
                       type(e).__name__, e)
         finally:
             self._quiet_until_ms = aio.ticks_ms() + s.cooldown_ms
+
+    async def _watch_critical(self) -> bool:
+        """After a CRITICAL kill met its margin, re-measure every WATCH_MS
+        while the monitor stays at CRITICAL, for at most WATCH_FOR_MS.
+
+        Returns: True when the memory is at CRITICAL again (the next kill
+        goes at once), False when the level left CRITICAL or the time ran
+        out.  Why: the level stays CRITICAL through its hysteresis, so a
+        ramp that crosses the threshold again makes no new notification,
+        only a reminder up to renotify_ms (2 s) later.  In the 128 MB kill
+        bench a 10 MiB/s ramp reached the kernel's OOM killer in that gap
+        (1 run of 3).  The wakeups happen only at CRITICAL, never while calm."""
+        agent = self.agent
+        assert agent is not None
+        deadline = aio.ticks_ms() + WATCH_FOR_MS
+        self.watching = True
+        try:
+            while agent.monitor is not None and agent.monitor.level >= CRITICAL and \
+                    aio.ticks_ms() < deadline:
+                await aio.sleep_ms(WATCH_MS)
+                reading = agent.read_now("critical watch")
+                if reading is None:
+                    return False
+                if reading.avail_kib <= agent.monitor.thresholds.critical_kib:
+                    self.rewatched += 1
+                    return True
+            return False
+        finally:
+            self.watching = False
+
+    def _deficit_now(self) -> int:
+        """Return: the deficit to LOW at the newest reading."""
+        monitor = self.agent.monitor if self.agent is not None else None
+        if monitor is None or monitor.last is None:
+            return 1
+        return deficit_kib(monitor.last.avail_kib, monitor.thresholds.low_kib)
 
     def _relieved_already(self, level: int) -> bool:
         """Re-measure before the first kill.  Returns: True (counted in
@@ -397,4 +439,5 @@ class KillBackground:
                 "skipped": self.skipped,
                 "busy": self.busy, "cooling": self.cooling, "deferred": self.deferred,
                 "no_victim": self.no_victim, "relieved": self.relieved,
+                "rewatched": self.rewatched, "watching": self.watching,
                 "last_victim": self.last_victim}
