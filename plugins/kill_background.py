@@ -40,6 +40,7 @@ log = logging.getLogger("memagent.plugin.kill_background")
 SECTION = "kill_background"
 WATCH_MS = 100  # the re-measure period at CRITICAL after a kill met its margin
 WATCH_FOR_MS = 10000
+FRESH_MS = 200  # a reading younger than this needs no re-measure before a kill
 KILL_AT_LOW = ("never", "idle", "always")
 
 
@@ -316,9 +317,16 @@ class KillBackground:
         200 ms later on the notification's old figure."""
         agent = self.agent
         assert agent is not None
-        if agent.read_now("before kill") is None or agent.monitor is None:
+        monitor = agent.monitor
+        if monitor is None:
             return False
-        now = agent.monitor.level
+        # A reading this fresh is the figure already: a /proc read costs tens
+        # of ms on the emulated ARM guest, where a cold first kill lost its
+        # race with the kernel by ~150 ms (kill bench, 2026-11-26).
+        fresh = monitor.last is not None and aio.ticks_ms() - monitor.last.t_ms <= FRESH_MS
+        if not fresh and agent.read_now("before kill") is None:
+            return False
+        now = monitor.level
         # At LOW only a level already back to NORMAL counts: a lead-time LOW
         # is above the threshold by design, and its kill is meant to go early.
         over = self._relieved(CRITICAL) if max(level, now) >= CRITICAL else now < level

@@ -112,5 +112,9 @@ def test_guest_bench_quick(tmp_path: Any) -> None:
     for label in ("memagent", "earlyoom"):
         row = _row(rows, label)
         assert row["tool_kills"][0] >= 1 and row["stray_kills"] == [], row["figures"]
-        first = row["figures"][0]["episodes"][0]
-        assert first["by"] == "tool" and first["name"].startswith("cached"), first
+        # Loose: a tool's first kill of a boot can lose its race with the kernel
+        # on the emulated CPU (memagent, 1 run of 3 on 2026-11-26: the kernel
+        # killed ~100 ms after the crossing); a cached app must still be its pick.
+        episodes = row["figures"][0]["episodes"]
+        assert any(e["by"] == "tool" and e["name"].startswith("cached")
+                   for e in episodes), episodes
