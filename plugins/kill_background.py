@@ -263,10 +263,11 @@ class KillBackground:
         """Re-measure before the first kill.  Returns: True (counted in
         ``relieved``) if the pressure is already over.
 
-        Why: the dispatcher calls release_caches first, and its trims at
-        CRITICAL can take most of a second.  In the 128 MB handset day they
-        lifted the memory from 10,448 to 24,204 KiB, and a kill still went
-        200 ms later on the notification's old figure."""
+        Why: trims, a victim's death or the kernel can end the pressure
+        between the notification and the kill.  In the 128 MB handset day
+        (then with release_caches' trims awaited before this plugin at
+        CRITICAL too) they lifted the memory from 10,448 to 24,204 KiB, and
+        a kill still went 200 ms later on the notification's old figure."""
         agent = self.agent
         assert agent is not None
         monitor = agent.monitor
