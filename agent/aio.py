@@ -96,6 +96,16 @@ async def open_unix_connection(path: str, limit: int = 65536) -> "Any":
     return await asyncio.open_unix_connection(path, limit=limit)
 
 
+async def cancel_and_wait(task: "Optional[Any]") -> None:
+    """Cancel ``task`` (None or done: nothing to do) and wait until it has
+    ended; its CancelledError or any other exception is swallowed.  The
+    plugins' on_stop uses it for the tasks they own."""
+    if task is None or task.done():
+        return
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 def add_signal_handler(signum: int, callback: "Callable[[], None]") -> bool:
     """Call ``callback`` in the running loop when ``signum`` arrives.
 

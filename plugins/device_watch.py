@@ -160,9 +160,7 @@ class DeviceWatch:
     async def on_stop(self, **kwargs: Any) -> None:
         """Cancel the watch and wait for it; release the monitor."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await aio.gather(task, return_exceptions=True)
+        await aio.cancel_and_wait(task)
         self.monitor = None  # pyudev unrefs the libudev monitor (closes its fd)
 
     def _open_monitor(self) -> Optional[str]:

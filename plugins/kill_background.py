@@ -90,12 +90,7 @@ class KillBackground:
     async def on_stop(self, **kwargs: Any) -> None:
         """Cancel a running sequence and wait for it to end."""
         task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            try:
-                await task
-            except aio.CancelledError:
-                pass
+        await aio.cancel_and_wait(task)
 
     async def on_level_change(self, level: int, **kwargs: Any) -> None:
         """Back to NORMAL: the pressure episode is over."""

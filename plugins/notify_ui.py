@@ -196,9 +196,7 @@ class NotifyUi:
 
     async def on_stop(self, **kwargs: Any) -> None:
         """Release the names: close the connection."""
-        if self._connecting is not None and not self._connecting.done():
-            self._connecting.cancel()
-            await aio.gather(self._connecting, return_exceptions=True)
+        await aio.cancel_and_wait(self._connecting)
         await self._drop()
 
     def status(self) -> Dict[str, Any]:

@@ -122,12 +122,7 @@ class ReleaseCaches:
     async def on_stop(self, **kwargs: Any) -> None:
         """Cancel a CRITICAL trim event still running."""
         task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            try:
-                await task
-            except aio.CancelledError:
-                pass
+        await aio.cancel_and_wait(task)
 
     async def _event(self, apps: Dict[int, Any], level: int, deficit: int) -> Dict[str, Any]:
         registry = self.agent.apps  # type: ignore[union-attr]

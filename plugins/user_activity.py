@@ -155,9 +155,7 @@ class UserActivity:
     async def on_stop(self, **kwargs: Any) -> None:
         """Stop the task, close every device, stop feeding the Activity."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await aio.gather(task, return_exceptions=True)
+        await aio.cancel_and_wait(task)
         for path in list(self.devices):
             self._drop(path, None)
         if self._watch is not None:

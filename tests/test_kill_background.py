@@ -410,10 +410,12 @@ protect = keepme
 """
 
 
-def start_agent(group: memcg_mod.Memcg, tmp: str, dry_run: str) -> "subprocess.Popen[str]":
+def start_agent(group: memcg_mod.Memcg, tmp: str, conf_text: str) -> "subprocess.Popen[str]":
+    """Run ``memagent run`` on ``group`` with ``conf_text`` as its config file,
+    its socket and event log in ``tmp``.  Returns: the agent, once it listens."""
     conf = os.path.join(tmp, "m.conf")
     with open(conf, "w") as f:
-        f.write(AGENT_CONF % {"dry_run": dry_run})
+        f.write(conf_text)
     sock = os.path.join(tmp, "ctl.sock")
     agent = subprocess.Popen([sys.executable, "-m", "memagent", "run", "--memcg", group.path,
                               "--socket", sock, "--events-json", os.path.join(tmp, "ev.jsonl"),
@@ -497,7 +499,7 @@ def test_kills_in_order_under_real_pressure(group128: memcg_mod.Memcg, procs: Pr
                                             tmp_path: Any) -> None:
     tmp = str(tmp_path)
     sock = os.path.join(tmp, "ctl.sock")
-    agent = start_agent(group128, tmp, "no")
+    agent = start_agent(group128, tmp, AGENT_CONF % {"dry_run": "no"})
     try:
         v = procs.victim
         spawn = group128.spawn
@@ -594,21 +596,10 @@ def test_a_critical_sequence_stops_once_above_critical_by_its_margin(
     # margin at 100% it aims at LOW: a second victim goes (measured: the
     # victims' RSS is 25.6 MiB, and two kills cover the notification's deficit).
     tmp = str(tmp_path)
-    conf = os.path.join(tmp, "margin.conf")
-    with open(conf, "w") as f:
-        f.write(MARGIN_CONF % margin_pct)
     for name in ("v1", "v2", "v3"):
         procs.victim(group128.spawn, name, 1000, extra_mib=16)
-    sock = os.path.join(tmp, "ctl.sock")
-    agent = subprocess.Popen([sys.executable, "-m", "memagent", "run", "--memcg",
-                              group128.path, "--socket", sock, "--events-json",
-                              os.path.join(tmp, "ev.jsonl"), "-c", conf],
-                             stderr=subprocess.PIPE, text=True)
+    agent = start_agent(group128, tmp, MARGIN_CONF % margin_pct)
     try:
-        deadline = time.monotonic() + 15
-        while not os.path.exists(sock):
-            assert agent.poll() is None and time.monotonic() < deadline, "agent did not start"
-            time.sleep(0.05)
         fill = hog(group128, avail_mib(group128) - 12, 0)
         wait_done(fill)
         deadline = time.monotonic() + 20
@@ -635,22 +626,12 @@ def test_a_ramp_that_crosses_critical_again_gets_its_next_kill_at_once(
     # hysteresis), so no new notification comes: the sequence's watch must
     # see the crossing and kill the next victim without waiting for a reminder.
     tmp = str(tmp_path)
-    conf = os.path.join(tmp, "margin.conf")
-    with open(conf, "w") as f:
-        # reminders 30 s apart: only the watch can explain a prompt second kill
-        f.write((MARGIN_CONF % 10).replace("[levels]\n", "[levels]\nrenotify_ms = 30000\n"))
     for name in ("v1", "v2", "v3"):
         procs.victim(group128.spawn, name, 1000, extra_mib=16)
-    sock = os.path.join(tmp, "ctl.sock")
-    agent = subprocess.Popen([sys.executable, "-m", "memagent", "run", "--memcg",
-                              group128.path, "--socket", sock, "--events-json",
-                              os.path.join(tmp, "ev.jsonl"), "-c", conf],
-                             stderr=subprocess.PIPE, text=True)
+    # reminders 30 s apart: only the watch can explain a prompt second kill
+    agent = start_agent(group128, tmp, (MARGIN_CONF % 10).replace(
+        "[levels]\n", "[levels]\nrenotify_ms = 30000\n"))
     try:
-        deadline = time.monotonic() + 15
-        while not os.path.exists(sock):
-            assert agent.poll() is None and time.monotonic() < deadline, "agent did not start"
-            time.sleep(0.05)
         fill = hog(group128, avail_mib(group128) - 12, 0)
         wait_done(fill)
         deadline = time.monotonic() + 20
@@ -683,7 +664,7 @@ def _connect(path: str) -> socket.socket:
 def test_dry_run_records_the_choice_and_kills_nothing(memcg: memcg_mod.Memcg, procs: Procs,
                                                       tmp_path: Any) -> None:
     tmp = str(tmp_path)
-    agent = start_agent(memcg, tmp, "yes")
+    agent = start_agent(memcg, tmp, AGENT_CONF % {"dry_run": "yes"})
     try:
         victim = procs.victim(memcg.spawn, "cachedapp", 950)
         procs.victim(memcg.spawn, "service", 500)
