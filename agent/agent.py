@@ -380,8 +380,15 @@ class Agent:
             self._take(monitor, first)
             self._signals()
             server = await self._start_control()
-            await self.dispatcher.broadcast("on_start", agent_status=self.status(), agent=self)
+            # Sense from the first reading on, before the plugins start:
+            # their on_start may take seconds (imports on a slow board), and
+            # a ramp meanwhile went unseen (the ARM guest's cgroup2 ramp: no
+            # reading for ~4 s, then CRITICAL 168 ms before the OOM kill).
+            # Notes made meanwhile reach the log and subscribers at once and
+            # wait in the dispatcher for the plugins (coalesced, an
+            # escalation kept).
             self._sense_task = aio.create_task(self._sense(source, monitor))
+            await self.dispatcher.broadcast("on_start", agent_status=self.status(), agent=self)
             dispatch_task = aio.create_task(self.dispatcher.run())
             await self._stop.wait()
             tasks = [self._sense_task, dispatch_task]

@@ -83,7 +83,7 @@ def boot(mem: int, board: str, spec: str, runs: int, timeout_s: float, out_dir: 
             "panic": panic[0].partition("]")[2].strip() if panic else None,
             "elapsed_s": round(res.elapsed_s, 1),
             "oom_lines": (res.files.get("oom-%s.txt" % spec) or b"").decode(errors="replace"),
-            "console_tail": "" if data else res.console[-3000:]}
+            "kernel": res.kernel, "console_tail": "" if data else rig.explain(res.console)}
 
 
 def _median(values: List[Any]) -> Optional[float]:
@@ -220,6 +220,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 failed = failed or not part["runs"]
             result["sizes"][str(mem)] = {"board": board, "boots": parts, "rows": rows}
             lines += table(mem, board, rows, opts.runs) + [""]
+            kernels = sorted({part["kernel"] for part in parts.values()})
+            lines += ["Guest kernel: %s." % "; ".join(kernels), ""]
     result["seconds"] = round(time.monotonic() - started, 1)
     lines.append("Bench time: %.0f s." % result["seconds"])
     print("\n".join(lines))

@@ -40,7 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -327,6 +327,7 @@ def run_guest(opts: argparse.Namespace) -> Result:
         for mem in opts.mem:
             raw: Dict[str, List[Result]] = {}
             boots: Dict[str, float] = {}
+            kernels: "Set[str]" = set()
             for spec in opts.contestants:
                 out_dir = os.path.join(tmp, "%d-%d" % (mem, len(boots)))
                 try:
@@ -339,11 +340,12 @@ def run_guest(opts: argparse.Namespace) -> Result:
                 if not res.ok or not files:
                     raise RuntimeError("guest %d MB, %s: results %s, exit %s, timed out %s:\n%s"
                                        % (mem, spec, res.results, res.exit_status,
-                                          res.timed_out, res.console[-3000:]))
+                                          res.timed_out, rig.explain(res.console)))
                 runs = json.loads(files[0])
                 raw[runs[0]["contestant"]] = runs
                 boots[spec] = round(res.elapsed_s, 1)
-            out["sizes"][str(mem)] = {"runs": raw, "boots_s": boots,
+                kernels.add(res.kernel)
+            out["sizes"][str(mem)] = {"runs": raw, "boots_s": boots, "kernel": sorted(kernels),
                                       "rows": [summarise(k, v) for k, v in raw.items()]}
     return out
 
@@ -406,6 +408,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 lines += table("qemu ARM guest, %s MB, system-wide, %d runs per boot" % (
                     mem, opts.guest_runs), part["rows"],
                     next(iter(part["runs"].values()), [])) + [""]
+                lines += ["Guest kernel: %s." % "; ".join(part["kernel"]), ""]
         else:
             result["host"] = run_host(opts)
             host = result["host"]

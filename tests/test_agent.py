@@ -126,6 +126,57 @@ def test_a_dropin_plugin_sees_the_levels(memcg: Memcg, tmp_path: Any) -> None:
     assert "vendor_plugin: NORMAL -> LOW" in err
 
 
+SLOW_START = """
+import time
+from memagent import aio
+name = "slow"
+LOG = %r
+def note(what):
+    with open(LOG, "a") as f:
+        f.write("%%s %%.3f\\n" %% (what, time.time()))
+async def on_start(**kwargs):
+    await aio.sleep_ms(%d)
+    note("started")
+async def on_pressure(level, **kwargs):
+    note("pressure")
+"""
+
+
+@pytest.mark.memcg
+def test_sensing_does_not_wait_for_the_plugins_to_start(memcg: Memcg, tmp_path: Any) -> None:
+    # A plugin's on_start may take seconds (imports on a slow board: the ARM
+    # guest's cgroup2 ramp went unseen until CRITICAL, 168 ms before the OOM
+    # kill).  The agent senses from its first reading: LOW comes while the
+    # plugin is still starting, and the plugin's hooks only after its on_start.
+    tmp = str(tmp_path)
+    plugins = os.path.join(tmp, "plugins.d")
+    os.makedirs(plugins)
+    log = os.path.join(tmp, "slow.log")
+    with open(os.path.join(plugins, "slow.py"), "w") as f:
+        f.write(SLOW_START % (log, 8000))
+    conf = os.path.join(tmp, "m.conf")
+    with open(conf, "w") as f:
+        f.write("[plugins]\nenable = slow\ndir = %s\nhook_timeout_ms = 20000\n" % plugins)
+    agent = start_agent(memcg, tmp, "--config", conf)
+    try:
+        hog = memcg.spawn(ALLOC + ["--rate", "20"], stdout=subprocess.DEVNULL)
+        hog.wait(timeout=60)
+        killed_at = time.time()
+        deadline = time.monotonic() + 15
+        while not os.path.exists(log) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+    finally:
+        stop_agent(agent)
+    assert hog.returncode == -signal.SIGKILL
+    with open(log) as f:
+        notes = [line.split() for line in f]
+    started = float(notes[0][1])
+    lows = [e for e in events(tmp) if e["level"] == "LOW" and e["prev_level"] == "NORMAL"]
+    assert lows and lows[0]["wall"] < min(killed_at, started), (lows, killed_at, started)
+    assert notes[0][0] == "started", notes  # no hook before on_start has ended
+
+
 @pytest.mark.memcg
 def test_calm_costs_no_wakeups(memcg: Memcg, tmp_path: Any) -> None:
     tmp = str(tmp_path)

@@ -36,19 +36,22 @@ def load_rig() -> "Any":
 
 def boot_script(script: str, tmp: str, args: "Tuple[str, ...]" = (),
                 mem_mb: int = 128) -> "Tuple[str, Dict[str, str]]":
-    """Run a scenario in the guest.  Returns: (console, FACT values)."""
+    """Run a scenario in the guest.  Returns: (console, FACT values); the
+    guest kernel's version line is FACT ``kernel``.  A failed run fails the
+    test with its FACT and RESULT lines first (rig.explain)."""
     rig = load_rig()
     try:
         console, _files = rig.run_scenario(script, mem_mb=mem_mb, timeout_s=240,
                                            out_dir=tmp, args=args)
     except rig.RigError as e:
         need("the qemu rig cannot build its image here: %s" % e)
-    facts = {}
+    facts = {"kernel": rig.guest_kernel(console)}
     for line in console.splitlines():
         if line.startswith("FACT "):
             key, _, value = line[5:].partition("=")
             facts[key] = value.strip()
-    assert rig.scenario_ok(console), console[-3000:]
+    assert rig.scenario_ok(console), rig.explain(console)
+    assert facts["kernel"].startswith("Linux version "), rig.explain(console)
     return console, facts
 
 

@@ -27,7 +27,7 @@ def boot(board: str, mem_mb: int, tmp: str) -> "Any":
                       boot_init=True, board=board)
     except rig.RigError as e:
         need("the qemu rig cannot build its image here: %s" % e)
-    assert res.ok, res.console[-4000:]
+    assert res.ok, rig.explain(res.console)
     return res
 
 

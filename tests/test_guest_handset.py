@@ -97,7 +97,7 @@ def check_day(res: "Any") -> "Dict[str, str]":
     """What a handset day with memagent must show.  Returns: the FACTs."""
     facts = facts_of(res.console)
     results = [msg for status, msg in res.results]
-    assert res.ok, "%s\n%s" % (results, res.console[-3000:])
+    assert res.ok, "%s\n%s" % (results, load_rig().explain(res.console))
     # trims first: apps answered trims, and before the agent's first kill
     assert int(facts["trims"]) >= 1 and int(facts["trimmed_kib"]) > 0, facts
     assert facts["trims_first"] == "True", facts

@@ -14,7 +14,8 @@ or from the shell: ``board/qemu-arm/run --help``.
 
 Guest/host protocol (see README.md):
   * the guest prints ``RESULT ok ...`` / ``RESULT fail ...`` lines;
-  * the rig's stage-2 init prints ``RIG-BOOTED ...`` and ``RIG-EXIT <status>``;
+  * the rig's stage-2 init prints ``RIG-BOOTED ...``, ``RIG-KERNEL <the
+    guest's /proc/version>`` and ``RIG-EXIT <status>``;
   * files come back as base64 between ``=====BEGIN FILE name=====`` and
     ``=====END FILE name=====`` lines.
 """
@@ -89,6 +90,7 @@ ROOTFS_SIZE = "512M"     # sparse; leaves ~400 MB free for page-cache tests
 BUILD_VERSION = "1"      # bump to force a rebuild of cached images
 
 RESULT_RE = re.compile(r"^RESULT (\S+)(?: (.*))?$")
+KERNEL_LINE_RE = re.compile(r"^RIG-KERNEL (.*)$")
 EXIT_RE = re.compile(r"^RIG-EXIT (-?\d+)$")
 BEGIN_RE = re.compile(r"^=====BEGIN FILE ([A-Za-z0-9._+-]+)=====$")
 B64_LINE_RE = re.compile(r"^[A-Za-z0-9+/=]*$")
@@ -365,6 +367,7 @@ class Base:
     rootfs: Path
     initrd: Path
     kernel_release: str
+    kernel_package: str    # the .deb it came from: "linux-image-6.1.0-57-armmp_6.1.192-3"
 
 
 def build_base(modules=MODULES):
@@ -389,7 +392,8 @@ def build_base(modules=MODULES):
             log("built in %.1f s" % (time.monotonic() - t0))
             _prune_builds(keep=3)
     return Base(out, out / "vmlinuz", out / "rootfs.img", out / "initrd-base.gz",
-                (out / "kernel-release").read_text().strip())
+                (out / "kernel-release").read_text().strip(),
+                kdeb.name.rsplit("_", 1)[0])
 
 
 def _prune_builds(keep):
@@ -562,6 +566,7 @@ class RunResult:
     boot_s: float          # host seconds from qemu start to RIG-BOOTED (None if never)
     elapsed_s: float       # host seconds qemu ran
     out_dir: Path
+    kernel: str            # the guest's /proc/version, else the kernel package
 
     @property
     def exit_code(self):
@@ -638,7 +643,7 @@ def run(script, args=(), mem_mb=128, timeout_s=120, out_dir=None, repo=DEFAULT_R
     if repo and not copied:
         log("note: no agent/ or plugins/ in %s; guest has an empty memagent package" % repo)
     log("image ready in %.1f s (kernel %s, %d MB RAM)" % (
-        time.monotonic() - t_build, base.kernel_release, mem_mb))
+        time.monotonic() - t_build, base.kernel_package, mem_mb))
 
     cmd = qemu_command(base, initrd, mem_mb, kernel_args)
     (out / "qemu-cmdline.txt").write_text(shlex.join(cmd) + "\n")
@@ -690,11 +695,12 @@ def run(script, args=(), mem_mb=128, timeout_s=120, out_dir=None, repo=DEFAULT_R
     ok = (not timed_out and exit_status == 0 and bool(results)
           and all(status == "ok" for status, _ in results))
     res = RunResult(console, files, ok, results, exit_status, timed_out,
-                    boot_s[0], elapsed, out)
-    summary = ("ok=%s exit_status=%s results=%s timed_out=%s boot_s=%s elapsed_s=%.1f files=%s\n"
+                    boot_s[0], elapsed, out, guest_kernel(console) or base.kernel_package)
+    summary = ("ok=%s exit_status=%s results=%s timed_out=%s boot_s=%s elapsed_s=%.1f files=%s"
+               "\nkernel=%s\n"
                % (ok, exit_status, results, timed_out,
                   "%.1f" % boot_s[0] if boot_s[0] is not None else None,
-                  elapsed, sorted(files)))
+                  elapsed, sorted(files), res.kernel))
     (out / "summary.txt").write_text(summary)
     return res
 
@@ -704,6 +710,38 @@ def run_scenario(script_path, mem_mb=128, timeout_s=120, out_dir=None, args=(), 
     res = run(script_path, args=args, mem_mb=mem_mb, timeout_s=timeout_s,
               out_dir=out_dir, **kw)
     return res.console, res.files
+
+
+def guest_kernel(console_text):
+    """Return: the guest's /proc/version from its RIG-KERNEL line, or ""."""
+    for line in console_text.splitlines():
+        m = KERNEL_LINE_RE.match(line.rstrip("\r"))
+        if m:
+            return m.group(1).strip()
+    return ""
+
+
+def explain(console_text, tail=40):
+    """Return: a short account of a run for a failure message, facts first:
+    the guest kernel, the FACT, CHECK FAILED, RESULT and RIG-EXIT lines,
+    then the last ``tail`` console lines outside handed-back files (the
+    base64 of a trace says nothing to a reader)."""
+    head, rest, inside = [], [], False
+    for raw in console_text.splitlines():
+        line = raw.rstrip("\r")
+        if BEGIN_RE.match(line):
+            inside = True
+            rest.append(line)
+            continue
+        if inside:
+            inside = not line.startswith("=====END FILE ")
+            continue
+        if line.startswith(("FACT ", "CHECK FAILED", "RESULT ", "RIG-EXIT", "RIG-KERNEL")):
+            head.append(line)
+        else:
+            rest.append(line)
+    return "\n".join(head + ["--- the console's last %d lines, without files:" % tail]
+                     + rest[-tail:])
 
 
 def scenario_ok(console_text):
@@ -769,6 +807,7 @@ def main(argv=None):
     log("boot %.1f s, total %.1f s, results %s, scenario exit %s, %d file(s) -> %s" % (
         res.boot_s or -1, res.elapsed_s, res.results, res.exit_status,
         len(res.files), res.out_dir))
+    log("guest kernel: %s" % res.kernel)
     log("OK" if res.ok else ("TIMEOUT" if res.timed_out else "FAILED"))
     return res.exit_code
 

@@ -60,19 +60,46 @@ def write(path, text):
         f.write(text)
 
 
-def memagent(*args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "memagent"] + list(args),
-                            stderr=subprocess.PIPE, text=True, **kw)
+def memagent(*args, log=None, **kw):
+    """Start ``memagent ARGS``; its stderr goes to the file ``log``, else a pipe."""
+    err = open(log, "w") if log else subprocess.PIPE
+    proc = subprocess.Popen([sys.executable, "-m", "memagent"] + list(args),
+                            stderr=err, text=True, **kw)
+    proc.log_path = log
+    return proc
 
 
 def stop(proc):
+    """SIGTERM, then wait.  Returns: the agent's stderr."""
     proc.send_signal(signal.SIGTERM)
     try:
         _, err = proc.communicate(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
         _, err = proc.communicate()
+    if proc.log_path:
+        with open(proc.log_path) as f:
+            err = f.read()
     return err or ""
+
+
+def wait_ready(procs, t0, timeout_s=60):
+    """Wait until each agent (started with a ``log``) has taken its first
+    reading: its "levels:" line.  A CPython agent takes seconds to start
+    under TCG, and a ramp must not begin before it senses.  Returns: the
+    seconds from ``t0`` until the last was ready.  Raises: RuntimeError
+    naming the log of one that exited or stayed silent."""
+    deadline = time.monotonic() + timeout_s
+    for proc in procs:
+        while True:
+            with open(proc.log_path) as f:
+                if "levels: LOW <=" in f.read():
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("agent not sensing (exit %s); see %s"
+                                   % (proc.poll(), proc.log_path))
+            time.sleep(0.05)
+    return time.monotonic() - t0
 
 
 def make_group(name, max_mb):
@@ -148,11 +175,13 @@ def mode_psi():
 def ramp_in_group(name, max_mb, cache_mb, source):
     group = make_group(name, max_mb)
     fill_cache(group, cache_mb)
+    t_exec = time.monotonic()
     agent = memagent("run", "--memcg", group, "--source", source, "--no-socket",
-                     "--events-json", "/tmp/ev.jsonl")
+                     "--events-json", "/tmp/ev.jsonl", log="/tmp/agent.log")
     rec = memagent("record", "--memcg", group, "--source", source, "--interval-ms", "100",
-                   "-o", "/tmp/t.jsonl")
-    time.sleep(3)
+                   "-o", "/tmp/t.jsonl", log="/tmp/record.log")
+    fact("agent_ready_s", "%.2f" % wait_ready([agent, rec], t_exec))
+    time.sleep(1)
     t0 = time.time()
     hog = start_alloc(10, max_mb * 2, group)
     out, _ = hog.communicate(timeout=120)
@@ -193,9 +222,12 @@ def mode_cgroup2():
 
 
 def mode_ramp():
-    agent = memagent("run", "--no-socket", "--events-json", "/tmp/ev.jsonl")
-    rec = memagent("record", "--interval-ms", "100", "-o", "/tmp/t.jsonl")
-    time.sleep(3)
+    t_exec = time.monotonic()
+    agent = memagent("run", "--no-socket", "--events-json", "/tmp/ev.jsonl",
+                     log="/tmp/agent.log")
+    rec = memagent("record", "--interval-ms", "100", "-o", "/tmp/t.jsonl", log="/tmp/record.log")
+    fact("agent_ready_s", "%.2f" % wait_ready([agent, rec], t_exec))
+    time.sleep(1)
     t0 = time.time()
     hog = start_alloc(10, 1000)
     out, _ = hog.communicate(timeout=120)
