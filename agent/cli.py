@@ -12,10 +12,13 @@ import logging.handlers
 import signal
 import sys
 
-from . import __version__, aio, control, procfs, readers, sources, trace
-from .agent import Agent
-from .config import Config, ConfigError, load_config, thresholds_from_config
-from .levels import Monitor, level_name
+from . import __version__, aio
+from .core import procfs, trace
+from .core.config import Config, ConfigError, load_config, thresholds_from_config
+from .core.levels import Monitor, level_name
+from .ipc import control
+from .runtime.agent import Agent
+from .sense import domains, sources
 
 try:
     from typing import Any, Dict, List, Optional
@@ -99,7 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _local_status(args: argparse.Namespace) -> "Dict[str, Any]":
     config = _config(args)
     memcg = config.get("agent", "memcg")
-    domain = readers.open_domain(str(memcg) if memcg else None,
+    domain = domains.open_domain(str(memcg) if memcg else None,
                                  config.get_str("agent", "proc_root"))
     reading = domain.read(aio.ticks_ms(), "status")
     monitor = Monitor(thresholds_from_config(config, reading.total_kib))
@@ -210,10 +213,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """``memagent demo``: the virtual handset (see memagent.demo)."""
-    from . import demo
-
-    return demo.main(args)
+    """``memagent demo [OPTIONS]``: the virtual handset (memagent.demo), imported
+    only now: a device's package leaves the demo out."""
+    try:
+        from . import demo
+    except ImportError:
+        print("memagent demo: not installed here (the demo is left out of device images; "
+              "run it from a source checkout or a pip install)", file=sys.stderr)
+        return 2
+    return demo.main(args.demo_args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -247,21 +255,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", help="thresholds from this config file")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_replay)
-    p = sub.add_parser("demo", help="the virtual handset demo (safe; replays without root)")
-    try:
-        from . import demo
-
-        demo.add_arguments(p)
-    except ImportError:
-        pass
-    p.set_defaults(func=cmd_demo)
+    # The demo parses its own options (memagent demo --help lists them).
+    p = sub.add_parser("demo", add_help=False,
+                       help="the virtual handset demo (safe; replays without root)")
+    p.set_defaults(func=cmd_demo, demo_args=[])
     return parser
 
 
 def main(argv: "Optional[List[str]]" = None) -> int:
     """Entry point.  Returns: the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "command", None) == "demo":
+        args.demo_args = extra
+    elif extra:
+        parser.error("unrecognized arguments: %s" % " ".join(extra))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -21,8 +21,10 @@ import sys
 import time
 from typing import IO, Any, Dict, List, Optional, Tuple
 
-from memagent import aio, procfs, readers
-from memagent.sources.cgroup1 import drain, eventfd, register_event
+from memagent import aio
+from memagent.core.pidfs import parse_kib_fields
+from memagent.sense import domains
+from memagent.sense.sources.cgroup1 import drain, eventfd, register_event
 
 READY_TIMEOUT_S = 15.0
 
@@ -37,7 +39,7 @@ def proc_status(pid: int) -> Dict[str, int]:
         key, _, value = line.partition(":")
         if key in ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"):
             ctxt += int(value)
-    return {"rss_kib": procfs.parse_status_kib(text, "VmRSS") or 0, "ctxt": ctxt}
+    return {"rss_kib": parse_kib_fields(text).get("VmRSS") or 0, "ctxt": ctxt}
 
 
 class RawEvents:
@@ -95,7 +97,7 @@ class EarlyoomRule:
 
     def __init__(self, group_dir: str, pct: int = 10, interval_ms: int = 100) -> None:
         self.label = "earlyoom rule (avail <= %d%%, %d ms poll)" % (pct, interval_ms)
-        self.domain = readers.MemcgDomain(group_dir)
+        self.domain = domains.MemcgDomain(group_dir)
         self.pct = pct
         self.interval_ms = interval_ms
         self.onsets: List[Tuple[int, int]] = []  # (t_ms, avail_kib)

@@ -4,7 +4,7 @@
 
 N registered apps (10, 100, 1,000) on a 128 MB board live through the same
 pressure events (deficits of 1-10% of the board) twice: once under
-memagent.fairness (``run_event``: bounded rounds, fair rotation, measured
+bench/fairsim.py (``run_event``: bounded rounds, fair rotation, measured
 compliance) and once under a broadcast baseline (every app asked to drop its
 whole cache on every event, as low-memory-monitor and systemd's memory
 pressure broadcast do).  Prints markdown tables and PASS/MISS per goal.
@@ -18,8 +18,10 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from memagent.fairness import CLASSES, FairScheduler, run_event
-from memagent.levels import CRITICAL, LOW
+from bench.fairsim import run_event
+from memagent.core.classes import CLASSES
+from memagent.core.levels import CRITICAL, LOW
+from memagent.plugins.release_caches.scheduler import FairScheduler
 
 BOARD_KIB = 128 * 1024
 EVENT_GAP_MS = 10000
@@ -230,7 +232,7 @@ def markdown(result: Dict[str, Any]) -> str:
            "estimate, %d%% free whole %d KiB chunks." % (
                ", ".join("%s %d%%" % kv for kv in CLASS_MIX), NON_COMPLIANT_PCT,
                REGROW_PCT[0], REGROW_PCT[1], DECLARING_PCT, CHUNKY_PCT, CHUNK_KIB), "",
-           "### Fairness and cost (memagent.fairness)", "",
+           "### Fairness and cost (the release_caches scheduler)", "",
            "| N | equal apps | Jain | asks/equal app | asks/non-compliant app | never asked "
            "| covered | rounds/event | plan+record us median | p99 |",
            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

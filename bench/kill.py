@@ -8,7 +8,7 @@ The scenario "handset" (board/qemu-arm/scenarios/kill_bench.py): three
 background apps hold anonymous memory (oom_score_adj 900, 900, 500), then a
 foreground app (oom_score_adj 0) ramps at 10 MiB/s to a size that would OOM.
 
-- Host: each run in a fresh memcg (``memagent.memcg.Memcg``, cgroup v1 or
+- Host: each run in a fresh memcg (``memagent.demo.memcg.Memcg``, cgroup v1 or
   v2) of ``--memcg-mib``; contestants "none" (the memcg's OOM killer) and
   "memagent" (``memagent run --memcg PATH``, kill_background with
   ``dry_run = no``, outside the memcg).  earlyoom reads the system's
@@ -52,7 +52,8 @@ sys.path.insert(0, os.path.dirname(SCENARIO))
 import kill_bench  # noqa: E402
 
 sys.path.pop(0)
-from memagent import memcg, readers  # noqa: E402
+from memagent.demo import memcg  # noqa: E402
+from memagent.sense import domains  # noqa: E402
 
 Result = Dict[str, Any]
 HOST_CONTESTANTS = ("none", "memagent")
@@ -63,13 +64,13 @@ EARLYOOM_NA = "n/a: earlyoom reads /proc/meminfo, it cannot see a memcg limit"
 
 class MemcgPlace(kill_bench.Place):
     """A fresh memcg of ``limit_mib``: every process of the scenario starts
-    inside it; its available estimate is memagent's own (readers.MemcgDomain)."""
+    inside it; its available estimate is memagent's own (domains.MemcgDomain)."""
 
     label = "memcg"
 
     def __init__(self, limit_mib: int) -> None:
         self.group = memcg.Memcg(limit_kib=limit_mib * 1024)
-        self.domain = readers.MemcgDomain(self.group.path)
+        self.domain = domains.MemcgDomain(self.group.path)
 
     def spawn(self, argv: List[str], preexec: Any, **kw: Any) -> Any:
         return self.group.spawn(argv, preexec_fn=preexec, text=True, **kw)

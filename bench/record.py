@@ -1,6 +1,6 @@
 """Record the real-pressure traces of tests/data/traces/ on this machine.
 
-Each trace is one scenario of :mod:`memagent.scenario` in a fresh 128 MiB
+Each trace is one scenario of :mod:`memagent.demo.scenario` in a fresh 128 MiB
 memcg, sensed by memagent's own reading path (MemcgDomain + the cgroup
 source, a reading at least every 100 ms and at every kernel event)::
 
@@ -18,8 +18,9 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from memagent import aio, scenario  # noqa: E402
-from memagent.trace import level_changes, replay  # noqa: E402
+from memagent import aio  # noqa: E402
+from memagent.core.trace import level_changes, replay  # noqa: E402
+from memagent.demo import scenario  # noqa: E402
 
 OUT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                        "tests", "data", "traces")

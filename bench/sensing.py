@@ -3,7 +3,7 @@ earlyoom's rule, side by side on the same real pressure in one memcg.
 
     sudo python3 -m bench.sensing [--quick] [--json FILE]
 
-Three parts, each in a fresh "virtual handset" (:mod:`memagent.scenario`):
+Three parts, each in a fresh "virtual handset" (:mod:`memagent.demo.scenario`):
 
 1. lead time: page-cache fill, then 10 MiB/s of anonymous memory until the
    OOM kill; every detector is attached at once, after the fill;
@@ -29,7 +29,8 @@ if __package__ in (None, ""):
 
 from bench import report  # noqa: E402
 from bench.detectors import AgentProcess, EarlyoomRule, RawEvents, Sampled  # noqa: E402
-from memagent import aio, memcg, scenario  # noqa: E402
+from memagent import aio  # noqa: E402
+from memagent.demo import memcg, scenario  # noqa: E402
 
 Result = Dict[str, Any]
 

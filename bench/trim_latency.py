@@ -2,12 +2,12 @@
 
     sudo python3 -m bench.trim_latency [--quick] [--json FILE]
 
-For each app count N (10 and 100): a fresh memcg (``memagent.memcg.Memcg``)
+For each app count N (10 and 100): a fresh memcg (``memagent.demo.memcg.Memcg``)
 watched by a real ``python3 -m memagent run --memcg PATH --socket SOCK
 --events-json FILE`` process (outside the memcg, built-in ``release_caches``
 plugin only, ``[apps] max_apps`` raised to fit N), N apps registered through
 ``memagent.client.Client`` (``--apps-per-proc`` clients per worker process,
-one thread each, outside the memcg), then ``memagent.loadgen anon`` run in
+one thread each, outside the memcg), then ``memagent.demo.loadgen anon`` run in
 the memcg again and again up to about 85% of its limit, so that LOW
 notifications happen.
 
@@ -47,8 +47,8 @@ from typing import IO, Any, Dict, List, Optional, Tuple
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from memagent import loadgen, memcg  # noqa: E402
 from memagent.client import Client  # noqa: E402
+from memagent.demo import loadgen, memcg  # noqa: E402
 
 Result = Dict[str, Any]
 

@@ -18,7 +18,7 @@ import logging
 import os
 from typing import Any, Dict, Optional
 
-from memagent.levels import Notification, level_name
+from memagent.core.levels import Notification, level_name
 
 log = logging.getLogger("memagent.plugin.vendor_plugin")
 
@@ -59,9 +59,9 @@ def _demo() -> None:
     import tempfile
 
     from memagent import aio
-    from memagent.config import Config
-    from memagent.levels import LOW, NORMAL
-    from memagent.pluginload import load_plugins
+    from memagent.core.config import Config
+    from memagent.core.levels import LOW, NORMAL
+    from memagent.runtime.pluginload import load_plugins
 
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,14 +14,17 @@ What it acts on:
   "misc").  On "add", if ``[device_watch] switch_source`` and ``[agent]
   source`` is auto or mem_notify, and the agent runs another source: wait
   until the node opens (bounded: mdev may create it after the event), then
-  ``agent.switch_source("mem_notify")``.  On "remove" of the device the
+  ``services.switch_source("mem_notify")``.  On "remove" of the device the
   agent runs on: switch back to ``[agent] source`` (if that is mem_notify
   itself, to "auto": a source on a dead device would miss all pressure).
   The agent's own fallback (its source's wait raising OSError) may come
   first; then the running source is no longer mem_notify and the event is
   a no-op, so the two never fight.
-* input devices (subsystem "input", ``DEVNAME input/event*``): the plugin
-  ``user_activity``, if loaded, is asked to ``rescan()``.
+* every device event it receives (the subsystems above): it publishes it
+  to all plugins (``services.device_event``, their ``on_device`` hook):
+  ``user_activity`` rescans its input devices on an input event device's
+  "add" or "remove".  Lost events (a socket overflow) are published as
+  action "reconcile".
 
 The monitor source is "udev" when a udev daemon runs (``/run/udev/control``
 exists), else "kernel" (Buildroot images with mdev or devtmpfs only).
@@ -33,15 +36,16 @@ CPython only: pyudev is a ctypes binding of libudev.  See docs/devices.md.
 
 import ctypes
 import errno
-import inspect
-import logging
 import os
 import stat
 from typing import Any, Dict, List, Optional, Tuple
 
 from memagent import aio
+from memagent.core.config import Key
+from memagent.core.logs import get_logger
+from memagent.runtime.services import Services
 
-log = logging.getLogger("memagent.plugin.device_watch")
+log = get_logger("memagent.plugin.device_watch")
 
 MISSING = "pyudev is not installed (apt install python3-pyudev, or pip install pyudev)"
 UDEV_CONTROL = "/run/udev/control"  # exists while a udev daemon runs
@@ -126,6 +130,10 @@ class DeviceWatch:
     """Follows device events (see the module docstring)."""
 
     name = "device_watch"
+    config_schema = {
+        "switch_source": Key("bool", "yes", doc="switch to /dev/mem_notify when it "
+                             "appears, and back when it goes"),
+    }
 
     def __init__(self, subsystems: Tuple[str, ...] = SUBSYSTEMS,
                  udev_control: str = UDEV_CONTROL, node_wait_ms: int = NODE_WAIT_MS) -> None:
@@ -133,7 +141,7 @@ class DeviceWatch:
         self.udev_control = udev_control
         self.node_wait_ms = node_wait_ms
         self.unavailable: Optional[str] = None
-        self.agent: Optional[Any] = None
+        self.services: Optional[Services] = None
         self.monitor: Optional[Any] = None
         self.source: Optional[str] = None  # "udev" or "kernel" once the monitor runs
         self._task: Optional[Any] = None
@@ -141,21 +149,26 @@ class DeviceWatch:
         self.by_kind: Dict[str, int] = {}
         self.last_event: Optional[Dict[str, Any]] = None
         self.switches: List[Dict[str, Any]] = []
-        self.rescans = 0
+        self.published = 0
         self.overflows = 0
 
     # -- lifecycle -------------------------------------------------------------
 
-    async def on_start(self, agent: Optional[Any] = None, **kwargs: Any) -> None:
+    async def on_start(self, services: Optional[Services] = None, **kwargs: Any) -> None:
         """Open the netlink monitor and start following it; or set
         ``unavailable`` (logged once) and do nothing more."""
-        self.agent = agent
+        self.services = services
         self.unavailable = self._open_monitor()
         if self.unavailable is not None:
             log.warning("plugin %s unavailable: %s", self.name, self.unavailable)
             return
         log.info("watching %s device events (%s)", self.source, ", ".join(self.subsystems))
         self._task = aio.create_task(self._watch())
+
+    @property
+    def running(self) -> bool:
+        """True while the watch task runs."""
+        return self._task is not None and not self._task.done()
 
     async def on_stop(self, **kwargs: Any) -> None:
         """Cancel the watch and wait for it; release the monitor."""
@@ -229,39 +242,44 @@ class DeviceWatch:
 
     async def handle_event(self, action: str, subsystem: str, devname: str,
                            devnum: int = 0) -> Optional[str]:
-        """Act on one device event (the watch calls it; so may tests).
-        Returns: what was done ("switched to X", "rescan", ...), or None."""
+        """Act on one device event (the watch calls it; so may tests):
+        publish it to the plugins (their ``on_device``), and switch the
+        source when it is the mem_notify device.  Returns: "switched to X",
+        or None."""
         if action == "reconcile":
             return await self._reconcile()
-        device_path = self._config_str("sources", "device_path", "/dev/mem_notify")
+        device_path = self._device_path()
         kind = classify(action, subsystem, devname, device_path)
         self.events += 1
         self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
         self.last_event = {"action": action, "subsystem": subsystem, "devname": node_name(devname),
                            "kind": kind, "t_ms": aio.ticks_ms()}
         log.debug("device event %s %s %s: %s", action, subsystem, devname, kind)
-        if kind == INPUT_CHANGE:
-            return await self._rescan()
+        self._publish(action, subsystem, node_name(devname), devnum)
         if kind in (MEM_NOTIFY_ADD, MEM_NOTIFY_REMOVE):
             return await self._mem_notify(kind, device_path, devnum)
         return None
 
     # -- acting ------------------------------------------------------------------
 
-    def _config_str(self, section: str, key: str, default: str) -> str:
-        agent = self.agent
-        return agent.config.get_str(section, key) if agent is not None else default
+    def _device_path(self) -> str:
+        return self.services.device_path if self.services is not None else "/dev/mem_notify"
+
+    def _publish(self, action: str, subsystem: str, devnode: str, devnum: int) -> None:
+        """Hand the event to every plugin's ``on_device``."""
+        if self.services is not None:
+            self.services.device_event(action, subsystem, devnode, devnum)
+            self.published += 1
 
     def _running(self) -> Optional[str]:
-        source = getattr(self.agent, "source", None)
-        return str(source.name) if source is not None else None
+        return self.services.source if self.services is not None else None
 
     async def _mem_notify(self, kind: str, device_path: str, devnum: int) -> Optional[str]:
-        agent = self.agent
-        if agent is None:
+        services = self.services
+        if services is None:
             return None
-        target = decide(kind, self._running(), agent.config.get_str("agent", "source"),
-                        bool(agent.config.get("device_watch", "switch_source")))
+        target = decide(kind, self._running(), services.configured_source,
+                        services.config.get_bool("switch_source"))
         if target is None:
             return None
         if kind == MEM_NOTIFY_REMOVE:
@@ -284,14 +302,8 @@ class DeviceWatch:
     def _runs_on(self, devnum: int) -> bool:
         """Return: False only if the running source's fd is provably another
         device than ``devnum`` (a provider restarted: the new node is up)."""
-        fd = getattr(getattr(self.agent, "source", None), "fd", None)
-        if not devnum or not isinstance(fd, int):
-            return True
-        try:
-            rdev = os.fstat(fd).st_rdev
-        except OSError:
-            return True
-        return rdev in (0, devnum)
+        rdev = self.services.source_devnum() if self.services is not None else None
+        return not devnum or rdev is None or rdev in (0, devnum)
 
     async def _wait_node(self, path: str) -> bool:
         """Returns: True once ``path`` opens, False after node_wait_ms."""
@@ -306,9 +318,9 @@ class DeviceWatch:
         """Ask the agent to run ``target`` (with "auto": not ``avoid``).
         Returns: "switched to X" if the agent now runs another source X,
         else None (logged if it could not)."""
-        agent = self.agent
+        services = self.services
         was = self._running()
-        if agent is None or not agent.switch_source(target, avoid=avoid):
+        if services is None or not services.switch_source(target, avoid=avoid):
             log.warning("could not switch the source to %s (%s)", target, why)
             return None
         now = self._running()
@@ -319,35 +331,22 @@ class DeviceWatch:
         del self.switches[:-8]
         return "switched to %s" % now
 
-    async def _rescan(self) -> Optional[str]:
-        agent = self.agent
-        plugins = getattr(getattr(agent, "dispatcher", None), "plugins", [])
-        for plugin in plugins:
-            if getattr(plugin, "name", None) == "user_activity" and \
-                    callable(getattr(plugin, "rescan", None)):
-                result = plugin.rescan()
-                if inspect.isawaitable(result):
-                    result = await result
-                self.rescans += 1
-                log.info("input devices changed; user_activity rescan: %s", result)
-                return "rescan"
-        return None
-
     async def _reconcile(self) -> Optional[str]:
-        """Events were lost: act on what exists now."""
+        """Events were lost: act on what exists now, and tell the plugins."""
         log.warning("device events were lost (socket overflow); checking the devices now")
-        path = self._config_str("sources", "device_path", "/dev/mem_notify")
+        path = self._device_path()
         action = "add" if node_opens(path) else "remove"
         done = await self._mem_notify(MEM_NOTIFY_ADD if action == "add" else MEM_NOTIFY_REMOVE,
                                       path, 0)
-        await self._rescan()
+        self._publish("reconcile", "", "", 0)
         return done
 
     # -- view ---------------------------------------------------------------------
 
     def status(self) -> Dict[str, Any]:
         """Return: the monitor's source, the events seen (by kind), the last
-        event, the source switches made, rescans and overflows."""
+        event, the source switches made, the events published to the plugins
+        and the overflows."""
         return {"monitor": self.source, "events": self.events, "by_kind": dict(self.by_kind),
                 "last_event": self.last_event, "switches": list(self.switches),
-                "rescans": self.rescans, "overflows": self.overflows}
+                "published": self.published, "overflows": self.overflows}

@@ -34,13 +34,15 @@ bounded write per signal) and never raises.  CPython only (jeepney, Unix
 sockets through memagent.aio).
 """
 
-import logging
 from typing import Any, Dict, Optional, Tuple
 
 from memagent import aio
-from memagent.levels import CRITICAL, LOW, NORMAL, Notification, level_name
+from memagent.core.config import Key
+from memagent.core.levels import CRITICAL, LOW, NORMAL, Notification, level_name
+from memagent.core.logs import get_logger
+from memagent.runtime.services import Services
 
-log = logging.getLogger("memagent.plugin.notify_ui")
+log = get_logger("memagent.plugin.notify_ui")
 
 LMM_NAME = LMM_INTERFACE = "org.freedesktop.LowMemoryMonitor"
 LMM_PATH = "/org/freedesktop/LowMemoryMonitor"
@@ -85,7 +87,7 @@ def lmm_level(level: int, eta_ms: Optional[int], medium_eta_ms: int) -> int:
 
 
 def action_summary(entry: Optional[Dict[str, Any]]) -> str:
-    """Return: one line for an event-log entry (``Agent.record_action``):
+    """Return: one line for an event-log entry (``services.record_action``):
     ``"kill pid 123 (browser) freed 20480 KiB"``, other fields as
     ``key=value``; "" for None.  Never raises, at most 200 characters."""
     if not entry:
@@ -139,10 +141,16 @@ class NotifyUi:
     """Emits memory pressure on D-Bus (see the module docstring)."""
 
     name = "notify_ui"
+    config_schema = {
+        # "system", "session", or a D-Bus address (unix:path=...)
+        "bus": Key("str", "system", doc="system, session, or a D-Bus address"),
+        "medium_eta_ms": Key("int", "10000", doc="LOW is sent as 100 (medium) when the "
+                             "time left is under this, else 50"),
+    }
 
     def __init__(self) -> None:
         self.unavailable: Optional[str] = None
-        self.agent: Optional[Any] = None
+        self.services: Optional[Services] = None
         self.bus = "system"
         self.address = ""
         self.medium_eta_ms = 10000
@@ -155,7 +163,7 @@ class NotifyUi:
         self.errors = 0
         self.unsent = 0  # events that found no connection
         self.attempts = 0
-        self._wire: Optional[Any] = None  # memagent.dbuswire, once importable
+        self._wire: Optional[Any] = None  # memagent.ipc.dbus, from the services
         self._gave_up = False  # no jeepney: nothing to retry
         self._failing = False  # a failure was logged; quiet until it works again
         self.retry_first_ms = RETRY_FIRST_MS
@@ -166,22 +174,21 @@ class NotifyUi:
 
     # -- hooks -------------------------------------------------------------------
 
-    async def on_start(self, agent: Optional[Any] = None, **kwargs: Any) -> None:
+    async def on_start(self, services: Optional[Services] = None, **kwargs: Any) -> None:
         """Read ``[notify_ui]`` and start connecting in the background (the
         agent's sensing never waits for the bus)."""
-        self.agent = agent
-        if agent is not None:
-            config = agent.config
-            self.bus = config.get_str("notify_ui", "bus") or "system"
-            self.medium_eta_ms = config.get_int("notify_ui", "medium_eta_ms")
-            hook_ms = config.get_int("plugins", "hook_timeout_ms") or 2000
-            self.connect_timeout_ms = max(min(CONNECT_TIMEOUT_MS, hook_ms // 2), 50)
+        self.services = services
+        if services is None:
+            self._give_up("no services")
+            return
+        self.bus = services.config.get_str("bus") or "system"
+        self.medium_eta_ms = services.config.get_int("medium_eta_ms")
+        self.connect_timeout_ms = max(min(CONNECT_TIMEOUT_MS, services.hook_timeout_ms // 2), 50)
         try:
-            from memagent import dbuswire
+            self._wire = services.dbus()
         except ImportError as e:
             self._give_up("install jeepney (Debian: python3-jeepney; pip: memagent[dbus]): %s" % e)
             return
-        self._wire = dbuswire
         self._connecting = aio.create_task(self._connect(aio.ticks_ms()))
 
     async def on_level_change(self, level: int, prev_level: int, notification: Notification,
@@ -235,7 +242,7 @@ class NotifyUi:
 
     def pressure_args(self, note: Notification) -> Tuple[str, int, int, int, str]:
         """Return: the ``Pressure (sttxs)`` arguments for ``note``."""
-        last = self.agent.last_action if self.agent is not None else None
+        last = self.services.last_action if self.services is not None else None
         eta = -1 if note.eta_ms is None else max(int(note.eta_ms), 0)
         return (level_name(note.level), max(int(note.avail_kib), 0),
                 max(int(note.total_kib), 0), eta, action_summary(last))

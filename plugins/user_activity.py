@@ -1,6 +1,8 @@
 """The built-in plugin ``user_activity``: is the user there?  Reads the input
 devices (python-evdev) and records the last user input time in the agent's
-:class:`memagent.activity.Activity`, which ``kill_background`` consults.
+user presence (``services.presence``), which ``kill_background`` consults.
+It also sets that presence up from ``[user_activity] idle_after_ms`` and
+``backlight``.
 
 CPython only: python-evdev is a C extension, and the devices are multiplexed
 with ``select.epoll``.  Without python-evdev the plugin sets ``unavailable``,
@@ -22,20 +24,23 @@ continuous input the last input time lags by at most ``quiet_ms``.
 
 Devices come and go: a device whose read fails (ENODEV when unplugged) or
 which hangs up is closed and dropped (logged once at info).  :meth:`rescan`
-re-matches the pattern; ``device_watch`` (pyudev) calls it on input uevents,
-and ``on_pressure`` calls it too (a listdir and a zero-timeout poll per
-device, no timer).  Accelerometers (INPUT_PROP_ACCELEROMETER) are skipped:
+re-matches the pattern; ``on_device`` calls it for an input event device
+added or removed (published by ``device_watch`` from uevents), and
+``on_pressure`` calls it too (a listdir and a zero-timeout poll per device,
+no timer).  Accelerometers (INPUT_PROP_ACCELEROMETER) are skipped:
 they report EV_ABS all the time without a user.
 """
 
-import logging
+import glob
 import select
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from memagent import aio
-from memagent.activity import expand_star
+from memagent.core.config import Key
+from memagent.core.logs import get_logger
+from memagent.runtime.services import Activity, Services
 
-log = logging.getLogger("memagent.plugin.user_activity")
+log = get_logger("memagent.plugin.user_activity")
 
 FEEDER = "evdev"
 MISSING = "python-evdev is not installed (apt install python3-evdev, or pip install evdev)"
@@ -111,11 +116,19 @@ class UserActivity:
     """
 
     name = "user_activity"
+    # The user counts as idle after idle_after_ms without input, or while
+    # every backlight matched by `backlight` reports bl_power != 0.
+    config_schema = {
+        "devices": Key("str", "/dev/input/event*", doc="the input devices to read"),
+        "idle_after_ms": Key("int", "60000", low=0, doc="no input for this long: idle"),
+        "backlight": Key("str", "/sys/class/backlight/*/bl_power",
+                         doc="backlights whose bl_power says the screen is off"),
+    }
 
     def __init__(self, opener: Optional[Opener] = None) -> None:
         self.opener = opener
         self.unavailable: Optional[str] = None
-        self.agent: Optional[Any] = None
+        self.presence: Optional[Activity] = None
         self.pattern = "/dev/input/event*"
         self.quiet_ms = QUIET_MAX_MS
         self.devices: Dict[str, Any] = {}  # path -> open device
@@ -130,17 +143,21 @@ class UserActivity:
         self.events = 0
         self.inputs = 0
         self.dropped = 0
+        self.rescans = 0  # asked by on_device
 
     # -- hooks ---------------------------------------------------------------
 
-    async def on_start(self, agent: Optional[Any] = None, **kwargs: Any) -> None:
-        """Open the matching devices and start the reading task; without
-        python-evdev, set ``unavailable`` and log it once."""
-        if agent is None:
+    async def on_start(self, services: Optional[Services] = None, **kwargs: Any) -> None:
+        """Set the user presence up from the config, open the matching
+        devices and start the reading task; without python-evdev, set
+        ``unavailable`` and log it once."""
+        if services is None:
             return
-        self.agent = agent
-        self.pattern = agent.config.get_str("user_activity", "devices")
-        self.quiet_ms = quiet_ms_for(agent.activity.idle_after_ms)
+        config = services.config
+        self.presence = services.presence
+        self.presence.configure(config.get_int("idle_after_ms"), config.get_str("backlight"))
+        self.pattern = config.get_str("devices")
+        self.quiet_ms = quiet_ms_for(self.presence.idle_after_ms)
         if self.opener is None:
             self.opener, why = evdev_opener()
             if self.opener is None:
@@ -170,6 +187,14 @@ class UserActivity:
         """Follow devices even without pyudev: rescan (no timer needed)."""
         self.rescan()
 
+    async def on_device(self, action: str, subsystem: str, devnode: str,
+                        **kwargs: Any) -> None:
+        """An input event device came or went, or events were lost: rescan."""
+        if action == "reconcile" or (subsystem == "input" and action in ("add", "remove")
+                                     and devnode.startswith("input/event")):
+            self.rescans += 1
+            log.info("input devices changed; rescan: %s", self.rescan())
+
     # -- devices -------------------------------------------------------------
 
     def rescan(self) -> Tuple[List[str], List[str]]:
@@ -181,7 +206,7 @@ class UserActivity:
         """
         if self._epoll is None:
             return [], []
-        matched = expand_star(self.pattern)
+        matched = sorted(glob.glob(self.pattern))
         dropped = []
         for path in sorted(self.devices):
             why = "removed" if path not in matched else self._hung_up(path)
@@ -265,10 +290,9 @@ class UserActivity:
 
     def _update_feeding(self) -> None:
         """Feed the Activity while a device is open; else say why not."""
-        agent = self.agent
-        if agent is None:
+        activity = self.presence
+        if activity is None:
             return
-        activity = agent.activity
         if self.devices and self._epoll is not None:
             self.unavailable = None
             if activity.feeder != FEEDER:
@@ -301,7 +325,7 @@ class UserActivity:
     def _service(self) -> int:
         """Drain every ready device, note user input, drop dead devices.
         Returns: the number of events read."""
-        assert self._epoll is not None and self.agent is not None
+        assert self._epoll is not None and self.presence is not None
         total = user = 0
         gone = False
         for fd, mask in self._epoll.poll(0):
@@ -323,7 +347,7 @@ class UserActivity:
         self.events += total
         if user:
             self.inputs += user
-            self.agent.activity.note_input(aio.ticks_ms())
+            self.presence.note_input(aio.ticks_ms())
         if gone:
             self._update_feeding()
         return total
@@ -334,9 +358,10 @@ class UserActivity:
         """Return: the open devices (path, name), the counts (wakes, events
         read, user input events, devices dropped), devices that failed to
         open and why, and the activity state."""
-        state = self.agent.activity.state(aio.ticks_ms()) if self.agent is not None else None
+        state = self.presence.state(aio.ticks_ms()) if self.presence is not None else None
         return {"devices": [{"path": path, "name": str(getattr(dev, "name", ""))}
                             for path, dev in sorted(self.devices.items())],
                 "state": state, "inputs": self.inputs, "events": self.events,
                 "wakes": self.wakes, "dropped": self.dropped, "quiet_ms": self.quiet_ms,
+                "rescans": self.rescans,
                 "failed": dict(self._failed), "ignored": dict(self._ignored)}

@@ -6,14 +6,14 @@ from typing import Iterator
 
 import pytest
 
-from memagent import memcg as memcg_mod
+from memagent.demo import memcg as memcg_mod
 from support import need  # noqa: F401  (re-exported for the test modules)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)  # bench/ is not installed; tests import it from the tree
 
-LOADGEN = [sys.executable, "-u", "-m", "memagent.loadgen"]
+LOADGEN = [sys.executable, "-u", "-m", "memagent.demo.loadgen"]
 ALLOC = LOADGEN + ["anon"]  # + --rate MB/s, --chunk MB, --max-mb MB, --hold S
 CACHE_FILL = LOADGEN + ["cache"]  # + FILE and the same options
 MEMCG_LIMIT_KIB = 64 * 1024

@@ -7,7 +7,8 @@ layers the table allows.  :func:`check_tree` reads each file's imports with
 and returns one line per violation:
 
 - an import the table does not allow;
-- an import cycle among the package's modules;
+- an import cycle among the package's modules (imports under ``if
+  TYPE_CHECKING:`` never run, so they count for the layers but not here);
 - ``memagent.demo`` imported at module level outside the demo (the CLI
   imports it only when ``memagent demo`` runs);
 - a module over MAX_MODULE_LINES lines or a function over
@@ -91,19 +92,33 @@ def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
-def imports_of(module: str, path: str, known: "Set[str]") -> "List[Tuple[str, int, bool]]":
-    """Return: (imported module of the package, line, at module level) for
-    every import in the file; ``from X import y`` names X.y when that is a
-    module of ``known``, else X.  The package itself (``from memagent import
-    __version__``) is left out: every import of a submodule runs it anyway."""
+def _type_only(tree: ast.Module) -> "Set[int]":
+    """Return: the ids of the nodes under ``if TYPE_CHECKING:`` blocks."""
+    out: "Set[int]" = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and \
+                node.test.id == "TYPE_CHECKING":
+            for child in node.body:
+                out.update(id(n) for n in ast.walk(child))
+    return out
+
+
+def imports_of(module: str, path: str,
+               known: "Set[str]") -> "List[Tuple[str, int, bool, bool]]":
+    """Return: (imported module of the package, line, at module level, only
+    for the type checker) for every import in the file; ``from X import y``
+    names X.y when that is a module of ``known``, else X.  The package
+    itself (``from memagent import __version__``) is left out: every import
+    of a submodule runs it anyway."""
     with open(path) as f:
         tree = ast.parse(f.read(), path)
     top_level = {id(n) for n in tree.body}
     for node in tree.body:  # imports in a module-level try/if count as module level
         if isinstance(node, (ast.Try, ast.If)):
             top_level.update(id(n) for n in ast.walk(node))
+    type_only = _type_only(tree)
     is_package = path.endswith("__init__.py")
-    out: "List[Tuple[str, int, bool]]" = []
+    out: "List[Tuple[str, int, bool, bool]]" = []
     for node in ast.walk(tree):
         names: "List[str]" = []
         if isinstance(node, ast.Import):
@@ -113,7 +128,7 @@ def imports_of(module: str, path: str, known: "Set[str]") -> "List[Tuple[str, in
             names = [base + "." + a.name if base + "." + a.name in known else base
                      for a in node.names]
         for name in names:
-            entry = (name, node.lineno, id(node) in top_level)
+            entry = (name, node.lineno, id(node) in top_level, id(node) in type_only)
             if name.startswith(PACKAGE + ".") and entry not in out:
                 out.append(entry)
     return out
@@ -215,13 +230,14 @@ def check_tree(root: str) -> "List[str]":
     for module, path in sorted(files.items()):
         if layer_of(module) == "unknown":
             problems.append("%s: in no layer (%s)" % (module, ", ".join(sorted(ALLOWED))))
-        for target, line, at_top in imports_of(module, path, known):
+        for target, line, at_top, type_only in imports_of(module, path, known):
             if target not in known:
                 if target not in (PACKAGE, PLUGINS):
                     problems.append("%s:%d: imports %s, which does not exist"
                                     % (module, line, target))
                 continue
-            graph[module].add(target)
+            if not type_only:
+                graph[module].add(target)
             if not _allowed(module, target):
                 problems.append("%s:%d: %s may not import %s (%s)"
                                 % (module, line, layer_of(module), target, layer_of(target)))

@@ -29,3 +29,22 @@ def exchange(s: socket.socket, data: bytes) -> "List[Dict[str, Any]]":
         buf += chunk
     s.close()
     return [json.loads(line) for line in buf.splitlines()]
+
+
+def package_layout(tmp: str) -> str:
+    """Lay the source tree out as installed, for an interpreter without the
+    package-dir mapping (MicroPython, a bare ``python3 -S``): ``tmp/memagent``
+    holds agent/'s entries and ``plugins`` (as memagent.plugins), and
+    ``tmp/bench`` is bench/.  Returns: ``tmp``, for MICROPYPATH or PYTHONPATH."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    pkg = os.path.join(tmp, "memagent")
+    os.makedirs(pkg, exist_ok=True)
+    agent = os.path.join(root, "agent")
+    for name in os.listdir(agent):
+        if name != "__pycache__" and not os.path.exists(os.path.join(pkg, name)):
+            os.symlink(os.path.join(agent, name), os.path.join(pkg, name))
+    if not os.path.exists(os.path.join(pkg, "plugins")):
+        os.symlink(os.path.join(root, "plugins"), os.path.join(pkg, "plugins"))
+    if not os.path.exists(os.path.join(tmp, "bench")):
+        os.symlink(os.path.join(root, "bench"), os.path.join(tmp, "bench"))
+    return tmp

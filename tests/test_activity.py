@@ -3,7 +3,15 @@
 import os
 from typing import Any
 
-from memagent.activity import ACTIVE, IDLE, SCREEN_OFF, UNKNOWN, Activity, expand_star, screen_off
+from memagent.sense.presence import (
+    ACTIVE,
+    IDLE,
+    SCREEN_OFF,
+    UNKNOWN,
+    Activity,
+    expand_star,
+    screen_off,
+)
 
 
 def backlight(root: str, name: str, value: str) -> str:

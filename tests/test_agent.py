@@ -15,8 +15,8 @@ import pytest
 
 from conftest import ALLOC
 from memagent import aio
-from memagent.control import query
-from memagent.memcg import Memcg
+from memagent.demo.memcg import Memcg
+from memagent.ipc.control import query
 from support import need
 
 

@@ -10,9 +10,9 @@ from typing import Any, Dict, List, Optional
 import pytest
 
 from memagent import aio
-from memagent.agent import Agent
-from memagent.config import parse_config
-from memagent.memcg import Memcg
+from memagent.core.config import parse_config
+from memagent.demo.memcg import Memcg
+from memagent.runtime.agent import Agent
 
 pytestmark = pytest.mark.memcg
 

@@ -19,13 +19,14 @@ from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional
 import pytest
 
 from memagent import aio
-from memagent.agent import Agent
-from memagent.apps import App, AppRegistry
-from memagent.config import Config
-from memagent.control import MAX_LINE_BYTES, ControlServer, query
-from memagent.levels import CRITICAL, LOW, NORMAL, Notification
-from memagent.protocol import parse_server_message
-from memagent.smaps import parse_smaps_rollup, parse_start_time, parse_status_rss
+from memagent.core.config import Config
+from memagent.core.levels import CRITICAL, LOW, NORMAL, Notification
+from memagent.core.pidfs import parse_kib_fields, parse_stat, private_kib
+from memagent.core.protocol import parse_server_message
+from memagent.ipc.control import MAX_LINE_BYTES, ControlServer, query
+from memagent.ipc.registry import App, AppRegistry
+from memagent.runtime.agent import Agent
+from memagent.sense.footprint import footprint_kib
 from support import exchange
 
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -86,12 +87,18 @@ def world() -> Iterator[str]:
 Scenario = Callable[[str, AppRegistry], Awaitable[Any]]
 
 
+def audited(**kw: Any) -> AppRegistry:
+    """Return: a registry whose trims are audited against real footprints,
+    as the agent builds it."""
+    return AppRegistry(measure=lambda pid, started: footprint_kib(pid, "/proc", started), **kw)
+
+
 def serve(world: str, scenario: Scenario, registry: "Optional[AppRegistry]" = None,
           **kw: Any) -> Any:
     """Return: what ``scenario(socket_path, registry)`` returns, run with a
     ControlServer on a socket in ``world``."""
     path = os.path.join(world, "ctl.sock")
-    reg = registry if registry is not None else AppRegistry()
+    reg = registry if registry is not None else audited()
 
     async def main() -> Any:
         server = ControlServer(path, lambda: {"level": "NORMAL"}, registry=reg, **kw)
@@ -229,7 +236,7 @@ def test_trusted_clients_and_foreground(world: str) -> None:
             for child in children:
                 child.stop()
 
-    out = serve(world, scenario, AppRegistry(ui_uid=65534))
+    out = serve(world, scenario, audited(ui_uid=65534))
     assert codes(out["music"]) == [None] and codes(out["ui"]) == [None]
     assert codes(out["shell"]) == [None, None, None, None]
     assert out["after"] == {"music": "foreground", "ui": "visible", "shell": "visible"}
@@ -353,7 +360,7 @@ def test_max_apps(world: str) -> None:
             s.close()
         return out
 
-    out = serve(world, lambda path, r: blocking(client, path), AppRegistry(max_apps=3))
+    out = serve(world, lambda path, r: blocking(client, path), audited(max_apps=3))
     assert codes(out) == [None, None, None, "busy", None, None]
     assert "max_apps" in out[3]["error"]
 
@@ -440,15 +447,18 @@ def test_slow_subscriber_is_dropped_without_blocking(world: str) -> None:
 def test_footprint_parsers() -> None:
     rollup = "5560-7ffd ---p 00000000 00:00 0   [rollup]\nRss:  1728 kB\nPss:  280 kB\n" \
              "Pss_Anon:   112 kB\nPss_File:  168 kB\nPss_Shmem:  8 kB\nAnonymous: 130 kB\n"
-    assert parse_smaps_rollup(rollup) == 120
-    assert parse_smaps_rollup("Rss: 10 kB\nAnonymous: 130 kB\n") == 130  # kernels < 5.x
-    assert parse_smaps_rollup("") is None
-    assert parse_status_rss("Name:\tx\nVmRSS:\t 900 kB\nRssAnon:\t 500 kB\n"
-                            "RssShmem:\t 4 kB\n") == 504
-    assert parse_status_rss("Name:\tx\nVmRSS:\t 900 kB\n") == 900
-    assert parse_status_rss("Name:\tx\nState:\tZ (zombie)\n") is None
+    def footprint(text: str) -> "Optional[int]":
+        return private_kib(parse_kib_fields(text))
+
+    assert footprint(rollup) == 120
+    assert footprint("Rss: 10 kB\nAnonymous: 130 kB\n") == 130  # kernels < 5.x
+    assert footprint("") is None
+    assert footprint("Name:\tx\nVmRSS:\t 900 kB\nRssAnon:\t 500 kB\nRssShmem:\t 4 kB\n") == 504
+    assert footprint("Name:\tx\nVmRSS:\t 900 kB\n") == 900
+    assert footprint("Name:\tx\nState:\tZ (zombie)\n") is None
     stat = "42 (a) b) c) S " + " ".join(str(n) for n in range(4, 30))
-    assert parse_start_time(stat) == 22 and parse_start_time("garbage") is None
+    st = parse_stat(stat)
+    assert st is not None and st.started == 22 and parse_stat("garbage") is None
 
 
 def test_agent_exposes_the_registry() -> None:

@@ -9,7 +9,7 @@ from typing import Any, Dict
 import pytest
 
 from conftest import need
-from memagent import memcg
+from memagent.demo import memcg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

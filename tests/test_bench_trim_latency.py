@@ -8,7 +8,7 @@ from typing import Any, Dict
 
 import pytest
 
-from memagent import memcg
+from memagent.demo import memcg
 from support import need
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

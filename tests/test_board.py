@@ -18,9 +18,9 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 
-from memagent.config import Config, ConfigError, load_config, thresholds_from_config
-from memagent.pluginload import load_plugins
-from memagent.plugins.kill_background import Settings
+from memagent.core.config import Config, ConfigError, Section, load_config, thresholds_from_config
+from memagent.plugins.kill_background.settings import Settings
+from memagent.runtime.pluginload import load_plugins
 from support import need
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +31,7 @@ DEFAULTS_FILE = os.path.join(OVERLAY, "etc", "default", "memagent")
 DEFAULT_CONF = os.path.join(OVERLAY, "etc", "memagent", "memagent.conf")
 UNIT = os.path.join(BOARD, "common", "systemd", "memagent.service")
 RIG_DIR = os.path.join(BOARD, "qemu-arm")
-TRACE = os.path.join(ROOT, "agent", "data", "ramp-128m.jsonl")
+TRACE = os.path.join(ROOT, "agent", "demo", "ramp-128m.jsonl")
 
 # board -> (RAM in MB, UI processes its protect list must name)
 BOARDS = {
@@ -47,8 +47,22 @@ def profile(board: str) -> str:
     return os.path.join(BOARD, board, "memagent.conf")
 
 
+def checked(path: str) -> Config:
+    """Return: the config at ``path``, its plugin sections checked against the
+    built-in plugins' schemas, as the agent checks them at start.
+    Raises: ConfigError."""
+    config = load_config(path)
+    result = load_plugins(config, dropin_dir="/nonexistent", entry_points=[])
+    config.claim(result.schemas(), result.absent)
+    return config
+
+
 def load(board: str) -> Config:
-    return load_config(profile(board))
+    return checked(profile(board))
+
+
+def kill_settings(config: Config) -> Settings:
+    return Settings(Section(config, "kill_background"))
 
 
 # -- the profiles -----------------------------------------------------------------
@@ -75,8 +89,9 @@ def test_profile_loads_with_known_keys_only(board: str, tmp_path: Any) -> None:
     # The loader this relies on refuses a key it does not know, naming the line.
     bad = tmp_path / "typo.conf"
     bad.write_text(open(profile(board)).read() + "[kill_background]\ndry_runn = no\n")
-    with pytest.raises(ConfigError, match="unknown setting 'dry_runn'"):
-        load_config(str(bad))
+    with pytest.raises(ConfigError, match="typo.conf:[0-9]+: unknown setting 'dry_runn' in "
+                                          "\\[kill_background\\]"):
+        checked(str(bad))
 
 
 @pytest.mark.parametrize("board", sorted(BOARDS))
@@ -91,7 +106,7 @@ def test_profile_sets_what_a_board_needs(board: str) -> None:
     th = thresholds_from_config(config, mem_mb * 1024 * 3 // 4)
     assert 0 < th.critical_kib < th.low_kib < th.recover_kib
     # the kill ladder, armed, with every key set and valid
-    kill = Settings(config)
+    kill = kill_settings(config)
     assert set(values["kill_background"]) >= {"dry_run", "low_class", "critical_class",
                                               "kill_at_low", "grace_ms", "max_kills",
                                               "protect"}
@@ -132,10 +147,10 @@ def test_cli_accepts_each_profile_and_the_64_mb_one_warns_earlier() -> None:
 
 
 def test_default_config_is_the_safe_one() -> None:
-    config = load_config(DEFAULT_CONF)
+    config = checked(DEFAULT_CONF)
     assert config.values == {"agent": {"source": "auto", "log": "syslog"},
                              "kill_background": {"dry_run": "yes"}}
-    assert Settings(config).dry_run is True
+    assert kill_settings(config).dry_run is True
     assert load_plugins(config, dropin_dir="/nonexistent", entry_points=[]).errors == []
     assert first_low_pct(DEFAULT_CONF) == 19
 

@@ -167,7 +167,7 @@ _BLOCKED_IMPORTER = textwrap.dedent("""
             importlib.import_module(name)
         except ImportError as e:
             failed.append("%s: %s" % (name, e))
-    from memagent import pluginload
+    from memagent.runtime import pluginload
     pluginload.discover_entry_points()
     print(json.dumps({"failed": failed, "imported": len(modules)}))
 """)
@@ -426,7 +426,7 @@ def test_target_tree_runs(installed: "Tuple[str, str, str]") -> None:
     with open(os.path.join(target, "etc", "memagent", "memagent.conf"), "rb") as f:
         assert f.read() == expected, "not the config of profile %r" % _profile(defconfig)
     conf = os.path.join(target, "etc", "memagent", "memagent.conf")
-    code = ("import sys, memagent.config as c; assert c.__file__.startswith(sys.argv[1]); "
+    code = ("import sys, memagent.core.config as c; assert c.__file__.startswith(sys.argv[1]); "
             "c.load_config(sys.argv[2]); print('ok')")
     env = dict(os.environ, PYTHONPATH=site)
     proc = subprocess.run([sys.executable, "-c", code, site, conf], env=env,

@@ -8,7 +8,7 @@ from typing import Any, List
 
 import pytest
 
-from memagent.memcg import Memcg
+from memagent.demo.memcg import Memcg
 
 TRACES = os.path.join(os.path.dirname(__file__), "data", "traces")
 

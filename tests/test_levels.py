@@ -5,7 +5,7 @@ from typing import List, Optional
 
 import pytest
 
-from memagent.levels import (
+from memagent.core.levels import (
     CRITICAL,
     LOW,
     NORMAL,
@@ -16,7 +16,7 @@ from memagent.levels import (
     default_thresholds,
     level_from_name,
 )
-from memagent.reading import Reading
+from memagent.core.reading import Reading
 
 TOTAL = 128 * 1024  # a 128 MB handset
 

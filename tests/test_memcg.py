@@ -1,4 +1,4 @@
-"""memagent.memcg against the real kernel: every process here is one the test
+"""memagent.demo.memcg against the real kernel: every process here is one the test
 started, inside the test's own memcg."""
 
 import os
@@ -9,8 +9,8 @@ import time
 import pytest
 
 from conftest import ALLOC, MEMCG_LIMIT_KIB
-from memagent import memcg as memcg_mod
-from memagent.readers import MemcgDomain
+from memagent.demo import memcg as memcg_mod
+from memagent.sense.domains import MemcgDomain
 
 pytestmark = pytest.mark.memcg
 

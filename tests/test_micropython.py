@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 
-from support import need
+from support import need, package_layout
 
 pytestmark = pytest.mark.micropython
 
@@ -54,7 +54,7 @@ def run_dump(cmd: "list[str]", path_env: "dict[str, str]") -> "list[str]":
 def test_core_is_identical_under_micropython(micropython: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         # MicroPython has no package-dir mapping: lay agent/ out as memagent/.
-        os.symlink(os.path.join(ROOT, "agent"), os.path.join(tmp, "memagent"))
+        package_layout(tmp)
         mp_lines = run_dump([micropython, "-X", "heapsize=8M"], {"MICROPYPATH": tmp})
         cp_lines = run_dump([sys.executable], {"PYTHONPATH": tmp})
     assert len(cp_lines) == len(fixture_names()) >= 10
@@ -81,7 +81,7 @@ def test_activity_runs_under_micropython(micropython: str, tmp_path: "os.PathLik
     os.makedirs(lcd)
     with open(os.path.join(lcd, "bl_power"), "w") as f:
         f.write("4\n")
-    code = ("from memagent.activity import Activity\n"
+    code = ("from memagent.sense.presence import Activity\n"
             "a = Activity(1000, %r)\n"
             "print(a.state(0))\n"
             "open(%r, 'w').write('0')\n"
@@ -89,7 +89,7 @@ def test_activity_runs_under_micropython(micropython: str, tmp_path: "os.PathLik
             "print(a.state(1400), a.state(1500))\n") % (
         os.path.join(str(tmp_path), "*", "bl_power"), os.path.join(lcd, "bl_power"))
     with tempfile.TemporaryDirectory() as tmp:
-        os.symlink(os.path.join(ROOT, "agent"), os.path.join(tmp, "memagent"))
+        package_layout(tmp)
         out = subprocess.run([micropython, "-c", code], env=dict(os.environ, MICROPYPATH=tmp),
                              capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

@@ -21,13 +21,12 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import pytest
 
 from conftest import ALLOC
-from memagent import aio, dbuswire
-from memagent.agent import Agent
-from memagent.config import Config
-from memagent.control import query
-from memagent.dispatch import Dispatcher
-from memagent.levels import CRITICAL, LOW, NORMAL, Notification
-from memagent.memcg import Memcg
+from memagent import aio
+from memagent.core.config import Config
+from memagent.core.levels import CRITICAL, LOW, NORMAL, Notification
+from memagent.demo.memcg import Memcg
+from memagent.ipc import dbus
+from memagent.ipc.control import query
 from memagent.plugins.notify_ui import (
     LMM_REPEAT_MS,
     LmmPacer,
@@ -35,6 +34,8 @@ from memagent.plugins.notify_ui import (
     action_summary,
     lmm_level,
 )
+from memagent.runtime.agent import Agent
+from memagent.runtime.dispatch import Dispatcher
 from support import need
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -143,7 +144,7 @@ async def monitors(address: str, prefix: Optional[List[str]] = None) -> List[Wat
     mon = Watcher(pre + ["dbus-monitor", "--address", address] + MONITOR_RULES)
     gmon = Watcher(pre + ["gdbus", "monitor", "--address", address,
                           "--dest", "org.freedesktop.LowMemoryMonitor"])
-    probe = await dbuswire.connect(address, 2000)
+    probe = await dbus.connect(address, 2000)
     try:
         for _ in range(250):
             await probe.emit("/t", "org.memagent.Test", "Probe", "s", ("probe",), 300)
@@ -466,9 +467,9 @@ async def _hostile(tmp: str, behaviour: Callable[[Any, Any], Any], timeout_ms: i
     server = await aio.start_unix_server(behaviour, path)
     start = time.monotonic()
     try:
-        await dbuswire.connect("unix:path=" + path, timeout_ms)
+        await dbus.connect("unix:path=" + path, timeout_ms)
         error = "connected"
-    except dbuswire.DBusError as e:
+    except dbus.DBusError as e:
         error = str(e)
     took = time.monotonic() - start
     server.close()

@@ -10,10 +10,11 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
-from memagent import aio, dispatch
-from memagent.config import Config, parse_config
-from memagent.levels import LOW, NORMAL, Notification
-from memagent.pluginload import HOOKS, LoadResult, load_plugins, validate
+from memagent import aio
+from memagent.core.config import Config, parse_config
+from memagent.core.levels import LOW, NORMAL, Notification
+from memagent.runtime.hooks import HOOKS, RETIRED, SPEC, validate
+from memagent.runtime.pluginload import LoadResult, load_plugins
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "vendor_plugin.py"
@@ -25,8 +26,8 @@ calls = []
 async def on_level_change(level, prev_level, notification, **kwargs):
     calls.append(("change", level, prev_level))
 
-async def on_tick(now_ms, **kwargs):
-    calls.append(("tick", now_ms))
+async def on_device(action, devnode, **kwargs):
+    calls.append(("device", action, devnode))
 """
 
 # A class instance, exported as ``plugin``.
@@ -75,8 +76,9 @@ def test_a_drop_in_loads_and_the_dispatcher_calls_it(tmp_path: Path) -> None:
     plugin = result.plugins[0]
     d = result.dispatcher()
     aio.run(d.dispatch(note(LOW, NORMAL)))
-    aio.run(d.call(plugin, "on_tick", now_ms=42))
-    assert plugin.calls == [("change", LOW, NORMAL), ("tick", 42)]
+    aio.run(d.call(plugin, "on_device", action="add", subsystem="input", devnode="input/event3",
+                   devnum=0))
+    assert plugin.calls == [("change", LOW, NORMAL), ("device", "add", "input/event3")]
     assert d.hook_errors == 0
 
 
@@ -99,12 +101,12 @@ def test_an_empty_or_missing_directory_loads_nothing(tmp_path: Path) -> None:
 
 
 def test_a_sync_hook_is_rejected_naming_plugin_and_hook(tmp_path: Path) -> None:
-    result = load(tmp_path, {"syncy.py": "def on_tick(now_ms, **kwargs):\n    pass\n",
+    result = load(tmp_path, {"syncy.py": "def on_device(action, **kwargs):\n    pass\n",
                              "recorder.py": RECORDER})
     assert result.names == ["recorder"]
     assert len(result.errors) == 1
     message = result.errors[0]
-    assert "plugin syncy" in message and "on_tick must be 'async def'" in message
+    assert "plugin syncy" in message and "on_device must be 'async def'" in message
     assert str(tmp_path / "plugins.d" / "syncy.py") in message
 
 
@@ -151,7 +153,7 @@ def test_validate_checks_parameters_names_and_hooks() -> None:
         "plugin params: on_pressure: parameter 'lvl' is positional-only,"
         " but hooks are called by keyword",
         "plugin params: on_pressure: parameter 'note' is not one of its arguments"
-        " (level, notification, deficit_kib)"]
+        " (level, notification, deficit_kib, results)"]
     assert validate(Nothing()) == ["plugin nothing: defines none of the hooks (%s)"
                                    % ", ".join(HOOKS)]
     assert validate(Disabled()) == []  # None switches an inherited hook off
@@ -160,9 +162,29 @@ def test_validate_checks_parameters_names_and_hooks() -> None:
     assert validate(bad_name) == ["plugin Disabled: name must be a non-empty str, got 3"]
 
 
-def test_every_dispatcher_hook_is_a_known_hook() -> None:
-    assert set(dispatch.HOOKS) <= set(HOOKS)
-    assert {"on_start", "on_stop", "on_app_registered"} <= set(HOOKS)
+def test_the_spec_is_the_one_list_of_hooks() -> None:
+    assert HOOKS == tuple(SPEC) == ("on_start", "on_stop", "on_level_change", "on_pressure",
+                                    "on_app_registered", "on_app_gone", "on_device")
+    assert "services" in SPEC["on_start"][0] and "results" in SPEC["on_pressure"][0]
+    assert not set(RETIRED) & set(HOOKS)
+
+
+def test_a_retired_hook_loads_with_a_warning(tmp_path: Path) -> None:
+    text = RECORDER + "\nasync def on_tick(now_ms, **kwargs):\n    pass\n"
+    result = load(tmp_path, {"old.py": text, "only.py": "async def on_tick(**kw):\n    pass\n"})
+    assert result.names == ["old"]
+    assert result.warnings == ["plugin %s (%s): %s" % (name, tmp_path / "plugins.d" / (
+        name + ".py"), RETIRED["on_tick"]) for name in ("old", "only")]
+    assert len(result.errors) == 1 and "plugin only" in result.errors[0] \
+        and "defines none of the hooks" in result.errors[0]
+
+
+def test_a_bad_config_schema_is_refused_naming_the_plugin(tmp_path: Path) -> None:
+    result = load(tmp_path, {"s.py": RECORDER + "\nconfig_schema = {'fanout': 'int'}\n"})
+    assert result.plugins == []
+    assert result.errors == ["plugin s (%s): config_schema: 'fanout' must map a name to a Key"
+                             % (tmp_path / "plugins.d" / "s.py")]
+    assert result.absent == {"s": "it failed its checks"}
 
 
 # -- broken files ---------------------------------------------------------------------
@@ -170,7 +192,7 @@ def test_every_dispatcher_hook_is_a_known_hook() -> None:
 
 def test_a_file_that_raises_at_import_is_reported_and_the_rest_load(tmp_path: Path) -> None:
     result = load(tmp_path, {"a_boom.py": "x = 1\nraise RuntimeError('no such device')\n",
-                             "b_syntax.py": "async def on_tick(:\n",
+                             "b_syntax.py": "async def on_device(:\n",
                              "c_exit.py": "import sys\nsys.exit(3)\n",
                              "d_good.py": RECORDER})
     assert result.names == ["d_good"]
@@ -210,6 +232,8 @@ def test_disable_and_block(tmp_path: Path) -> None:
     skipped = " | ".join(result.skipped)
     assert "plugin b (" in skipped and "disabled by [plugins] disable" in skipped
     assert "plugin c (" in skipped and "blocked by [plugins] block" in skipped
+    assert result.absent == {"b": "disabled by [plugins] disable",
+                             "c": "blocked by [plugins] block", "d": "blocked by [plugins] block"}
 
 
 def test_block_matches_the_plugin_name_too(tmp_path: Path) -> None:
@@ -268,8 +292,8 @@ def make_distribution(site: Path, dist: str, modules: Dict[str, str], entry_poin
 def test_installed_entry_points_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     site = tmp_path / "site"
     make_distribution(site, "acme_memplug", {
-        "acme_memplug_cls": "class Acme:\n    async def on_tick(self, now_ms, **kw):\n"
-                            "        self.last = now_ms\n",
+        "acme_memplug_cls": "class Acme:\n    async def on_device(self, action, **kw):\n"
+                            "        self.last = action\n",
         "acme_memplug_mod": RECORDER,
         "acme_memplug_bad": "raise ImportError('libacme.so missing')\n",
     }, "acme = acme_memplug_cls:Acme\nrecorder = acme_memplug_mod\n"
@@ -281,8 +305,8 @@ def test_installed_entry_points_load(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert "plugin broken (entry point broken = acme_memplug_bad:plugin)" in result.errors[0]
     assert "ImportError: libacme.so missing" in result.errors[0]
     acme = result.plugins[0]
-    aio.run(result.dispatcher().call(acme, "on_tick", now_ms=7))
-    assert acme.last == 7
+    aio.run(result.dispatcher().call(acme, "on_device", action="add"))
+    assert acme.last == "add"
 
 
 def test_entry_points_come_before_drop_ins(tmp_path: Path,
@@ -318,7 +342,7 @@ def test_raising_and_hanging_plugins_are_isolated(tmp_path: Path, caplog: Any) -
 
 
 def test_the_result_logs_its_errors(tmp_path: Path, caplog: Any) -> None:
-    result = load(tmp_path, {"x.py": "def on_tick(**kw):\n    pass\n", "y.py": RECORDER},
+    result = load(tmp_path, {"x.py": "def on_device(**kw):\n    pass\n", "y.py": RECORDER},
                   "[plugins]\ndisable = z\n")
     with caplog.at_level(logging.INFO):
         result.log(logging.getLogger("memagent"))

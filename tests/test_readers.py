@@ -8,8 +8,8 @@ import subprocess
 import sys
 from typing import Any
 
-from memagent import memstate, procfs
-from memagent.readers import MemcgDomain, SystemDomain, open_domain
+from memagent.core import memstate, procfs
+from memagent.sense.domains import MemcgDomain, SystemDomain, open_domain
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 

@@ -17,9 +17,10 @@ from typing import Any, Dict, List
 import pytest
 
 from conftest import ALLOC
-from memagent import aio, memcg
-from memagent.control import query
-from memagent.levels import deficit_kib
+from memagent import aio
+from memagent.core.levels import deficit_kib
+from memagent.demo import memcg
+from memagent.ipc.control import query
 from support import need
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

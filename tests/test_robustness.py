@@ -10,7 +10,7 @@ import time
 from typing import Any, List
 
 from memagent import aio
-from memagent.control import query
+from memagent.ipc.control import query
 
 
 def rss_kib(pid: int) -> int:

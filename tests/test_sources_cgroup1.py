@@ -27,10 +27,10 @@ import pytest
 
 from conftest import ALLOC, CACHE_FILL, MEMCG_LIMIT_KIB
 from memagent import aio
-from memagent.memcg import Memcg, available
-from memagent.readers import MemcgDomain, SystemDomain
-from memagent.sources import SourceOptions, SourceUnavailable, choose
-from memagent.sources.cgroup1 import Cgroup1Source, drain, eventfd, register_event, v1_root
+from memagent.demo.memcg import Memcg, available
+from memagent.sense.domains import MemcgDomain, SystemDomain
+from memagent.sense.sources import SourceOptions, SourceUnavailable, choose
+from memagent.sense.sources.cgroup1 import Cgroup1Source, drain, eventfd, register_event, v1_root
 from support import need
 
 pytestmark = pytest.mark.memcg

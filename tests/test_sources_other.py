@@ -9,13 +9,13 @@ from typing import Any, Awaitable, List, Tuple, TypeVar
 import pytest
 
 from memagent import aio
-from memagent.readers import SystemDomain
-from memagent.reading import Reading
-from memagent.sources import SourceOptions, SourceUnavailable, choose, mem_notify
-from memagent.sources.cgroup2 import Cgroup2Source, grown_event
-from memagent.sources.mem_notify import MemNotifySource
-from memagent.sources.poll import PollSource
-from memagent.sources.psi import PsiSource
+from memagent.core.reading import Reading
+from memagent.sense.domains import SystemDomain
+from memagent.sense.sources import SourceOptions, SourceUnavailable, choose, mem_notify
+from memagent.sense.sources.cgroup2 import Cgroup2Source, grown_event
+from memagent.sense.sources.mem_notify import MemNotifySource
+from memagent.sense.sources.poll import PollSource
+from memagent.sense.sources.psi import PsiSource
 
 T = TypeVar("T")
 

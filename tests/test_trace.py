@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from memagent import trace
-from memagent.levels import CRITICAL, LOW, default_thresholds
-from memagent.reading import Reading, reading_from_dict
+from memagent.core import trace
+from memagent.core.levels import CRITICAL, LOW, default_thresholds
+from memagent.core.reading import Reading, reading_from_dict
 
 TRACES = os.path.join(os.path.dirname(__file__), "data", "traces")
 

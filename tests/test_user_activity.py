@@ -22,11 +22,9 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional
 import pytest
 
 from memagent import aio
-from memagent.activity import ACTIVE, IDLE, SCREEN_OFF, UNKNOWN, Activity, expand_star
-from memagent.agent import Agent
-from memagent.config import parse_config
-from memagent.control import query
-from memagent.levels import LOW, NORMAL, Notification
+from memagent.core.config import parse_config
+from memagent.core.levels import LOW, NORMAL, Notification
+from memagent.ipc.control import query
 from memagent.plugins.user_activity import (
     EV_ABS,
     EV_KEY,
@@ -37,6 +35,8 @@ from memagent.plugins.user_activity import (
     drain,
     quiet_ms_for,
 )
+from memagent.runtime.agent import Agent
+from memagent.sense.presence import ACTIVE, IDLE, SCREEN_OFF, UNKNOWN, Activity, expand_star
 
 EVENT = struct.Struct("llHHi")  # struct input_event on this host: timeval, type, code, value
 KEY_A = 30

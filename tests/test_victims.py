@@ -15,8 +15,9 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
-from memagent import smaps, victims
-from memagent.victims import Candidate, class_of_adj, parse_stat, why_not
+from memagent.plugins.kill_background import victims
+from memagent.plugins.kill_background.victims import Candidate, class_of_adj, parse_stat, why_not
+from memagent.sense import footprint
 from support import need
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,7 +68,7 @@ def test_stat_of_a_real_process_with_a_hostile_name() -> None:
         st = victims.read_stat(child.pid)
         assert st is not None
         assert (st.comm, st.ppid) == (hostile, os.getpid()) and st.state in ("S", "R")
-        assert st.started == smaps.start_time(child.pid)
+        assert st.started == footprint.start_time(child.pid)
         c = victims.read_candidate(child.pid)  # adj 0: foreground, not a zombie kthread
         assert c is not None and c.cls == "foreground" and why_not(c, 0) == "foreground"
     finally:
@@ -228,13 +229,13 @@ def test_real_scan_of_our_own_processes(sleepers: List["subprocess.Popen[str]"])
         negative = f.read().strip() == "-100"
     registered_pid = pids[3]
     apps = victims.merge_apps([(registered_pid, "perceptible", 123,
-                                smaps.start_time(registered_pid))])
+                                footprint.start_time(registered_pid))])
     found = {c.pid: c for c in victims.scan("/proc", pids=pids + [os.getpid()], apps=apps)}
     assert [found[p].cls for p in pids] == [
         "cached", "service", None if negative else "foreground", "perceptible"]
     assert found[registered_pid].registered and found[registered_pid].adj == 950
     assert all((found[p].rss_kib or 0) > 1000 for p in pids)  # a Python: MBs
-    assert all(found[p].started == smaps.start_time(p) for p in pids)
+    assert all(found[p].started == footprint.start_time(p) for p in pids)
     never = victims.never_map(victims.ancestors(os.getpid()), None)
     assert os.getppid() in never
     assert victims.choose(found.values(), victims.rank("perceptible"), (), never) is found[pids[0]]
@@ -247,8 +248,8 @@ def test_real_scan_of_our_own_processes(sleepers: List["subprocess.Popen[str]"])
 
 
 MPY_SCRIPT = r"""
-from memagent import victims
-from memagent.victims import Candidate
+from memagent.plugins.kill_background import victims
+from memagent.plugins.kill_background.victims import Candidate
 out = []
 for adj in (-1000, -1, 0, 99, 100, 250, 300, 899, 900, 1000):
     out.append(str(victims.class_of_adj(adj)))

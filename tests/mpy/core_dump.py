@@ -9,9 +9,9 @@ runs it under both and requires identical output.  Usage:
 import json
 import sys
 
-from memagent import procfs, trace
-from memagent.levels import default_thresholds
-from memagent.memstate import estimate_available_kib
+from memagent.core import procfs, trace
+from memagent.core.levels import default_thresholds
+from memagent.core.memstate import estimate_available_kib
 
 
 def _limit(text):

@@ -27,8 +27,9 @@ import time
 import rigguest
 from rigguest import Checks, fact
 
-from memagent import aio, control
-from memagent.config import load_config, thresholds_from_config
+from memagent import aio
+from memagent.core.config import load_config, thresholds_from_config
+from memagent.ipc import control
 
 SCRIPT = "/etc/init.d/S60memagent"
 PIDFILE = "/var/run/memagent.pid"

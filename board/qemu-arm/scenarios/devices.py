@@ -32,7 +32,7 @@ import rigguest
 
 SOCK = "/run/memagent.sock"
 HERE = os.path.dirname(os.path.abspath(__file__))
-LOADGEN = [sys.executable, "-m", "memagent.loadgen"]
+LOADGEN = [sys.executable, "-m", "memagent.demo.loadgen"]
 fact = rigguest.fact
 check = rigguest.Checks()
 

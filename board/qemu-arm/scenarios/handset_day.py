@@ -55,8 +55,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import kill_bench
 from kill_bench import Place, Proc, Sampler, mono_ms, set_adj, status_kib
 
-from memagent import loadgen
 from memagent.client import Client
+from memagent.demo import loadgen
 
 Result = Dict[str, Any]
 # (name, class, oom_score_adj, share of A0, fixed share of A0), in start order
@@ -79,7 +79,7 @@ PIDFILE = "/var/run/memagent.pid"
 THRASH_FILE = "/var/tmp/handset-thrash"
 BARE_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 # The reader: busybox sh and dd, measured in the guest: RssAnon 44 KiB (sh)
-# and 984 KiB (dd, its 1 MiB buffer); a Python reader (memagent.loadgen)
+# and 984 KiB (dd, its 1 MiB buffer); a Python reader (memagent.demo.loadgen)
 # held 1,956 KiB, which the 64 MB guest cannot spare.
 THRASH = "while :; do dd if=%s of=/dev/null bs=1M 2>/dev/null; done"
 
@@ -105,7 +105,7 @@ def hold_kib(kib: int) -> List[mmap.mmap]:
 
 
 def report(mib: int, done: bool = False) -> None:
-    """Print a memagent.loadgen progress line (``[done ]anon_mb=N mono_ms=T``)."""
+    """Print a memagent.demo.loadgen progress line (``[done ]anon_mb=N mono_ms=T``)."""
     print("%sanon_mb=%d mono_ms=%d" % ("done " if done else "", mib, mono_ms()), flush=True)
 
 
@@ -655,7 +655,7 @@ def guest_main(argv: List[str]) -> int:
     """``CONTESTANT [runs=N]`` in the guest.  Returns: 0 (the verdict is the RESULT line)."""
     import rigguest
 
-    from memagent.config import load_config, thresholds_from_config
+    from memagent.core.config import load_config, thresholds_from_config
 
     if not argv or argv[0] not in ("none", "memagent", "earlyoom"):
         raise SystemExit(__doc__)

@@ -31,10 +31,10 @@ import rigguest
 from evdev import ecodes
 
 from memagent import aio
-from memagent.agent import Agent
-from memagent.config import load_config
-from memagent.control import query
-from memagent.levels import LOW, NORMAL, Notification
+from memagent.core.config import load_config
+from memagent.core.levels import LOW, NORMAL, Notification
+from memagent.ipc.control import query
+from memagent.runtime.agent import Agent
 
 BACKLIGHT = "/tmp/backlight/panel/bl_power"
 CONF = """[agent]

@@ -50,8 +50,8 @@ import threading
 import time
 from typing import IO, Any, Callable, Dict, List, Optional, Tuple
 
-from memagent import loadgen
-from memagent.levels import default_thresholds
+from memagent.core.levels import default_thresholds
+from memagent.demo import loadgen
 
 Result = Dict[str, Any]
 LOADGEN = [sys.executable, "-S", os.path.abspath(loadgen.__file__)]

@@ -41,7 +41,7 @@ hold_mb = limit_mb * 7 // 10
 fill_mb = int(os.environ.get("RIG_MEM_MB", "64")) * 3 // 2
 thrash = r"""
 echo $$ > %(cg)s/cgroup.procs
-python3 -m memagent.loadgen anon --rate 0 --max-mb %(hold)d --hold 600 >/dev/null &
+python3 -m memagent.demo.loadgen anon --rate 0 --max-mb %(hold)d --hold 600 >/dev/null &
 dd if=/dev/zero of=/var/tmp/thrash bs=1M count=%(fill)d 2>/dev/null; sync
 while :; do python3 -c 'import asyncio, json, email.parser, argparse'; done &
 while :; do dd if=/var/tmp/thrash of=/dev/null bs=1M 2>/dev/null; done

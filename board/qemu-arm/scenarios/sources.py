@@ -23,15 +23,15 @@ import time
 
 import rigguest
 
-from memagent import loadgen
+from memagent.demo import loadgen
 
 CG_ROOT = "/sys/fs/cgroup"
-LOADGEN = [sys.executable, "-m", "memagent.loadgen"]  # /opt/memagent is on PYTHONPATH
+LOADGEN = [sys.executable, "-m", "memagent.demo.loadgen"]  # /opt/memagent is on PYTHONPATH
 
 
 THRASH = r"""
 echo $$ > %(cg)s/cgroup.procs
-python3 -m memagent.loadgen anon --rate 0 --max-mb %(hold)d --hold 600 >/dev/null &
+python3 -m memagent.demo.loadgen anon --rate 0 --max-mb %(hold)d --hold 600 >/dev/null &
 dd if=/dev/zero of=/var/tmp/thrash bs=1M count=%(fill)d 2>/dev/null; sync
 while :; do python3 -c 'import asyncio, json, email.parser, argparse'; done &
 while :; do dd if=/var/tmp/thrash of=/dev/null bs=1M 2>/dev/null; done

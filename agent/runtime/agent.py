@@ -1,0 +1,228 @@
+"""The running agent: the wiring of the parts, and nothing else.
+
+sources -> monitor (:mod:`.sensing`) -> dispatcher (:mod:`.dispatch`) ->
+views (:mod:`.eventlog`, the apps' level events) and plugins -> apps
+(:mod:`memagent.ipc.registry`).  The runtime calls back in two places:
+the registry tells it of apps that come and go (``on_app_registered``,
+``on_app_gone``), and plugins ask through their :class:`~.services.Services`
+(re-measure, trim, record an action, switch the source, publish a device
+event).  :class:`Agent` builds the parts from a Config, starts them in
+order (sensing first, then the plugins) and stops them in reverse.
+"""
+
+import signal
+
+from .. import aio
+from ..core.config import Config, ConfigError, load_config
+from ..core.logs import get_logger
+from ..core.reading import Reading
+from ..ipc.control import ControlServer
+from ..ipc.registry import App, AppRegistry
+from ..sense.footprint import footprint_kib
+from ..sense.presence import Activity
+from . import pluginload, selfprotect
+from .dispatch import Dispatcher
+from .eventlog import EventLog
+from .hooks import plugin_name
+from .sensing import Sensor
+from .services import AppView, Deprecated, Services
+from .status import status_view
+
+try:
+    from typing import IO, Any, Dict, List, Optional
+except ImportError:  # MicroPython
+    pass
+
+log = get_logger("memagent")
+
+SPARE_CLIENTS = 8  # connections beyond [apps] max_apps, for the shell and status
+
+
+class Agent:
+    """One agent: build it with a Config, then ``await run()``.
+
+    ``plugins``: plugin objects to use instead of loading them (MicroPython,
+    tests).  Raises (from the constructor): ConfigError for a config section
+    that no loaded plugin owns, or a bad value in one.
+    """
+
+    def __init__(self, config: Config, config_path: "Optional[str]" = None,
+                 events_out: "Optional[IO[str]]" = None,
+                 record_out: "Optional[IO[str]]" = None,
+                 min_interval_ms: "Optional[int]" = None,
+                 plugins: "Optional[List[Any]]" = None,
+                 control: bool = True) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.control_enabled = control
+        self.events = EventLog(events_out)
+        self.presence = Activity()
+        self._absent: "Dict[str, str]" = {}
+        self.dispatcher = self._load_plugins(plugins)
+        self._schemas: "Dict[str, Dict[str, Any]]" = {
+            plugin_name(p): dict(getattr(p, "config_schema", None) or {})
+            for p in self.dispatcher.plugins}
+        for warning in config.claim(self._schemas, self._absent):
+            log.warning("%s", warning)
+        proc_root = config.get_str("agent", "proc_root")
+        self.apps = AppRegistry(
+            ui_uid=config.get_int("apps", "ui_uid"),
+            max_apps=max(config.get_int("apps", "max_apps"), 1), proc_root=proc_root,
+            measure=lambda pid, started: footprint_kib(pid, proc_root, started),
+            on_change=self._app_changed)
+        self.sensor = Sensor(config, self.dispatcher.submit, self.events.record_action,
+                             self._end, record_out, min_interval_ms)
+        self.dispatcher.views = [self.events.note, self.apps.broadcast_level]
+        self.started_ms = aio.ticks_ms()
+        self._stop: "Optional[Any]" = None
+        self._exit_code = 0
+
+    def _load_plugins(self, plugins: "Optional[List[Any]]") -> Dispatcher:
+        if plugins is not None:
+            return Dispatcher(plugins, self.config.get_int("plugins", "hook_timeout_ms") or 2000)
+        result = pluginload.load_plugins(self.config)
+        result.log(log)
+        self._absent = result.absent
+        return result.dispatcher()
+
+    def _app_changed(self, what: str, app: App) -> None:
+        """The registry's listener: an app came or went, for the plugins."""
+        hook = "on_app_registered" if what == "registered" else "on_app_gone"
+        self.dispatcher.post(hook, app=AppView(app))
+
+    def services(self, plugin: "Any") -> Services:
+        """Return: the Services of ``plugin`` (bound to its name)."""
+        return Services(plugin_name(plugin), lambda: self.config, self.sensor, self.apps,
+                        self.presence, self.events, self.dispatcher)
+
+    def _start_kwargs(self, plugin: "Any") -> "Dict[str, Any]":
+        return {"services": self.services(plugin), "agent_status": self.status(),
+                "agent": Deprecated(self, plugin_name(plugin))}
+
+    # -- views and control ------------------------------------------------------------
+
+    def status(self) -> "Dict[str, Any]":
+        """Return: the agent's state for ``memagent status``."""
+        return status_view(self.sensor, self.apps, self.presence, self.events,
+                           self.dispatcher, self.started_ms)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config file and apply new thresholds; a bad
+        file is logged and the running config kept."""
+        try:
+            config = load_config(self.config_path)
+            for warning in config.claim(self._schemas, self._absent):
+                log.warning("%s", warning)
+            self.sensor.set_config(config)
+        except ConfigError as e:
+            log.error("reload failed, keeping the running config: %s", e)
+            return
+        self.config = config
+        log.info("config reloaded from %s", self.config_path or "defaults")
+
+    async def _start_control(self) -> "Optional[ControlServer]":
+        path = self.config.get_str("agent", "socket")
+        if not self.control_enabled or not path:
+            return None
+        # Room for every app plus the UI shell and status queries, so that a
+        # full app table never locks out `memagent status`.
+        server = ControlServer(path, self.status, registry=self.apps,
+                               max_clients=self.apps.max_apps + SPARE_CLIENTS)
+        try:
+            await server.start()
+        except OSError as e:
+            log.warning("control socket %s not available: %s", path, e)
+            return None
+        log.info("status on %s", path)
+        return server
+
+    # -- run ------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT (or the watched memcg vanishes).
+
+        Returns: the exit code.  Raises: sources.SourceUnavailable if a forced
+        source cannot open; OSError if the domain cannot be read at start.
+        """
+        for line in selfprotect.protect(self.config.get_int("agent", "oom_score_adj"),
+                                        str(self.config.get("agent", "mlockall")),
+                                        self.config.get_str("agent", "proc_root")):
+            log.info("%s", line)
+        self._stop = aio.Event()
+        try:
+            self.sensor.open()
+            self._signals()
+            server = await self._start_control()
+            # Sense from the first reading on, before the plugins start:
+            # their on_start may take seconds (imports on a slow board), and
+            # a ramp meanwhile went unseen (the ARM guest's cgroup2 ramp: no
+            # reading for ~4 s, then CRITICAL 168 ms before the OOM kill).
+            # Notes made meanwhile reach the views at once and wait in the
+            # dispatcher for the plugins (coalesced, an escalation kept).
+            self.sensor.start()
+            await self.dispatcher.start(self._start_kwargs)
+            dispatch_task = aio.create_task(self.dispatcher.run())
+            await self._stop.wait()
+            await self.sensor.stop()
+            await aio.cancel_and_wait(dispatch_task)
+            await self.dispatcher.broadcast("on_stop")
+            if server is not None:
+                await server.close()
+        finally:
+            self.sensor.close()
+        log.info("stopped")
+        return self._exit_code
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return."""
+        if self._stop is not None:
+            self._stop.set()
+
+    def _end(self, code: int) -> None:
+        """Sensing cannot go on (the trace ended, the memcg is gone): stop."""
+        self._exit_code = self._exit_code or code
+        self.stop()
+
+    def _signals(self) -> None:
+        aio.add_signal_handler(signal.SIGTERM, self.stop)
+        aio.add_signal_handler(signal.SIGINT, self.stop)
+        aio.add_signal_handler(signal.SIGHUP, self.reload)
+
+    # -- what on_start(agent=...) gave plugins before the services (deprecated) -------
+
+    @property
+    def monitor(self) -> "Any":
+        """The sensor's monitor (plugins: ``services.level`` and friends)."""
+        return self.sensor.monitor
+
+    @property
+    def source(self) -> "Any":
+        """The running source (plugins: ``services.source``)."""
+        return self.sensor.source
+
+    @property
+    def activity(self) -> Activity:
+        """User presence (plugins: ``services.presence``)."""
+        return self.presence
+
+    @property
+    def last_action(self) -> "Optional[Dict[str, Any]]":
+        """The newest event-log entry (plugins: ``services.last_action``)."""
+        return self.events.last_action
+
+    @property
+    def actions(self) -> "List[Dict[str, Any]]":
+        """The recent event-log entries."""
+        return self.events.actions
+
+    def record_action(self, action: str, **fields: "Any") -> "Dict[str, Any]":
+        """Log an action (plugins: ``services.record_action``).  Returns: the entry."""
+        return self.events.record_action(action, **fields)
+
+    def read_now(self, why: str = "remeasure") -> "Optional[Reading]":
+        """Re-measure (plugins: ``services.remeasure``).  Returns: the reading or None."""
+        return self.sensor.read_now(why)
+
+    def switch_source(self, name: str, avoid: "Optional[str]" = None) -> bool:
+        """Switch the source (plugins: ``services.switch_source``).  Returns: True if it runs."""
+        return self.sensor.switch_source(name, avoid)

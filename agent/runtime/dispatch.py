@@ -1,0 +1,185 @@
+"""The dispatcher: hands the monitor's notifications, and the agent's other
+events, to the views and the plugins.
+
+Flow runs one way: sources -> monitor -> dispatcher -> plugins -> apps.
+
+- **Views** (the event log, the apps' level subscriptions) are plain
+  callables that see every notification at once, in :meth:`Dispatcher.submit`:
+  they only record or queue bytes, never wait.
+- **Plugins** get the hooks of :mod:`memagent.runtime.hooks`, one call at a
+  time, off the sensing path: :meth:`Dispatcher.submit` only queues
+  (bounded: while a dispatch runs, later notifications coalesce into the
+  newest one, and an escalation is never dropped in favour of a reminder).
+  Within one notification, each hook gets ``results``: what the plugins
+  before it returned for this notification, by name.
+- **Events** (an app came or went, a device came or went) are queued by
+  :meth:`Dispatcher.post` (at most MAX_EVENTS waiting; beyond that the
+  oldest is dropped and counted) and broadcast after the pending
+  notification.
+
+Each hook call has a timeout and its own exception isolation, and the
+plugin's name is in every error.  Plugins get no hook before their
+``on_start`` (:meth:`Dispatcher.start`) has returned.  MicroPython-clean.
+"""
+
+from .. import aio
+from ..core.levels import Notification
+from ..core.logs import get_logger
+from .hooks import plugin_name
+
+try:
+    from typing import Any, Callable, Dict, List, Optional, Tuple
+
+    View = Callable[[Notification], Any]
+except ImportError:  # MicroPython
+    pass
+
+log = get_logger("memagent.dispatch")
+
+MAX_EVENTS = 256  # app and device events waiting for the plugins
+
+
+class Dispatcher:
+    """Calls views at once and plugin hooks one at a time, off the sensing path."""
+
+    def __init__(self, plugins: "Optional[List[Any]]" = None, hook_timeout_ms: int = 2000,
+                 views: "Optional[List[View]]" = None) -> None:
+        self.plugins = list(plugins or [])
+        self.hook_timeout_ms = hook_timeout_ms
+        self.views: "List[View]" = list(views or [])
+        self._pending: "Optional[Notification]" = None
+        self._events: "List[Tuple[str, Dict[str, Any]]]" = []
+        # Made in run(): on Python 3.9 an Event binds the loop current at
+        # its creation, and the dispatcher is built before the loop runs.
+        self._wake: "Optional[Any]" = None
+        self.dispatched = 0
+        self.coalesced = 0
+        self.hook_errors = 0
+        self.events_dropped = 0
+
+    def submit(self, note: Notification) -> None:
+        """Show ``note`` to every view now; queue it for the plugins, never
+        blocking.  A pending reminder is replaced by a newer note; a pending
+        level change is kept over a newer reminder."""
+        for view in self.views:
+            try:
+                view(note)
+            except Exception as e:  # a view's bug must not stop the sensing
+                log.error("view %s failed: %s: %s", getattr(view, "__qualname__", view),
+                          type(e).__name__, e)
+        pending = self._pending
+        if pending is not None:
+            self.coalesced += 1
+            if note.level == note.prev_level and pending.level != pending.prev_level:
+                return
+        self._pending = note
+        self._wakeup()
+
+    def post(self, hook: str, **kwargs: "Any") -> None:
+        """Queue a call of ``hook`` on every plugin (``on_app_registered``,
+        ``on_app_gone``, ``on_device``), after the pending notification.
+        Never blocks; past MAX_EVENTS waiting, the oldest is dropped."""
+        if len(self._events) >= MAX_EVENTS:
+            dropped = self._events.pop(0)
+            self.events_dropped += 1
+            if self.events_dropped == 1 or self.events_dropped % 100 == 0:
+                log.warning("plugins are behind: dropped %s (%d events dropped so far)",
+                            dropped[0], self.events_dropped)
+        self._events.append((hook, kwargs))
+        self._wakeup()
+
+    def _wakeup(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def start(self, kwargs_for: "Callable[[Any], Dict[str, Any]]") -> None:
+        """Call every plugin's ``on_start``, in order, with the keyword
+        arguments ``kwargs_for(plugin)`` gives (each plugin its own services)."""
+        for plugin in self.plugins:
+            await self.call(plugin, "on_start", **kwargs_for(plugin))
+
+    async def run(self) -> None:
+        """Dispatch until cancelled: the pending notification first, then the
+        queued events, one at a time."""
+        wake = self._wake = aio.Event()
+        if self._pending is not None or self._events:
+            wake.set()
+        while True:
+            await wake.wait()
+            wake.clear()
+            while True:
+                note, self._pending = self._pending, None
+                if note is not None:
+                    await self.dispatch(note)
+                elif self._events:
+                    hook, kwargs = self._events.pop(0)
+                    await self.broadcast(hook, **kwargs)
+                else:
+                    break
+
+    async def broadcast(self, hook: str, **kwargs: "Any") -> None:
+        """Call ``hook`` on every plugin, in order (on_stop, events...)."""
+        for plugin in self.plugins:
+            await self.call(plugin, hook, **kwargs)
+
+    async def dispatch(self, note: Notification) -> "Dict[str, Any]":
+        """Call every plugin's hooks for ``note``, in plugin order: on a
+        change ``on_level_change``, at LOW and CRITICAL ``on_pressure``.
+        Returns: the results, plugin name -> what its hook returned (the
+        later hook's, when both returned something); each hook was given
+        those of the plugins before it."""
+        self.dispatched += 1
+        results: "Dict[str, Any]" = {}
+        for plugin in self.plugins:
+            got = None
+            if note.level != note.prev_level:
+                got = await self.call(plugin, "on_level_change", level=note.level,
+                                      prev_level=note.prev_level, notification=note,
+                                      results=dict(results))
+            if note.level > 0:
+                now = await self.call(plugin, "on_pressure", level=note.level,
+                                      notification=note, deficit_kib=note.deficit_kib,
+                                      results=dict(results))
+                got = got if now is None else now
+            if got is not None:
+                results[plugin_name(plugin)] = got
+        return results
+
+    def describe(self) -> "List[Dict[str, Any]]":
+        """Return: one dict per plugin for ``memagent status``: its ``name``,
+        ``unavailable`` (the plugin's attribute of that name: why it cannot
+        work here, e.g. "install python3-evdev"; None when it works) and
+        ``state`` (what its ``status()`` method returns, if it has one; an
+        error there is reported in place, never raised)."""
+        out = []
+        for plugin in self.plugins:
+            entry: "Dict[str, Any]" = {"name": plugin_name(plugin),
+                                       "unavailable": getattr(plugin, "unavailable", None)}
+            fn = getattr(plugin, "status", None)
+            if callable(fn):
+                try:
+                    entry["state"] = fn()
+                except Exception as e:  # a view must not break status
+                    entry["state"] = {"error": "%s: %s" % (type(e).__name__, e)}
+            out.append(entry)
+        return out
+
+    async def call(self, plugin: "Any", hook: str, **kwargs: "Any") -> "Any":
+        """Call one hook by keyword, if the plugin has it.
+
+        Returns: the hook's result, or None if absent, raised or timed out
+        (logged with the plugin's name; the agent carries on).
+        """
+        fn = getattr(plugin, hook, None)
+        if fn is None:
+            return None
+        name = plugin_name(plugin)
+        try:
+            return await aio.wait_for_ms(fn(**kwargs), self.hook_timeout_ms)
+        except aio.TimeoutError:
+            self.hook_errors += 1
+            log.error("plugin %s: %s timed out after %d ms", name, hook, self.hook_timeout_ms)
+        except Exception as e:  # isolation: a plugin's bug must not stop the agent
+            self.hook_errors += 1
+            log.error("plugin %s: %s raised %s: %s", name, hook, type(e).__name__, e)
+        return None

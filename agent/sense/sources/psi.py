@@ -1,0 +1,77 @@
+"""PSI memory triggers (Linux 4.20+, CONFIG_PSI).
+
+Writing ``some <stall_us> <window_us>`` to a pressure file makes its fd
+report POLLPRI once per window in which tasks stalled on memory for at least
+``stall_us``.  System-wide the file is ``/proc/pressure/memory``; for a cgroup
+v2 memcg it is the group's ``memory.pressure``.
+
+Kernels may show the pressure file yet refuse triggers: this build machine
+(6.18, in a VM) reads /proc/pressure/memory but the trigger write fails with
+EINVAL.  Unprivileged triggers also need a window that is a multiple of 2 s
+(5.x+: EINVAL otherwise).  Either way the source reports itself unavailable.
+"""
+
+import errno
+import os
+from typing import Optional
+
+from .base import Domain, SourceOptions, SourceUnavailable, domain_path
+from .fdsource import FdSource
+
+_REASONS = {
+    errno.EINVAL: "kernel rejected trigger (EINVAL)",
+    errno.EOPNOTSUPP: "kernel does not support triggers (EOPNOTSUPP)",
+    errno.ENOENT: "no such file (ENOENT): kernel without CONFIG_PSI, or booted with psi=0",
+    errno.EACCES: "permission denied (EACCES)",
+    errno.EPERM: "not permitted (EPERM)",
+    errno.EBUSY: "a trigger is already set on this fd (EBUSY)",
+}
+
+
+def _reason(e: OSError) -> str:
+    known = _REASONS.get(e.errno or 0)
+    return known if known else "%s (%s)" % (e.strerror, errno.errorcode.get(e.errno or 0, "?"))
+
+
+class PsiSource(FdSource):
+    """Wakes on POLLPRI of a PSI trigger; event "psi".  close() closes the
+    trigger fd, which removes the trigger."""
+
+    name = "psi"
+    event_driven = True
+    urgent = True
+
+    def __init__(self, domain: Domain, opts: SourceOptions) -> None:
+        super().__init__(domain, opts)
+        self.path = ""
+
+    def _pressure_path(self) -> str:
+        """Return: the domain's pressure file.  Raises: SourceUnavailable (v1 memcg)."""
+        kind = self.domain.kind
+        if kind == "memcg-v2":
+            return domain_path(self.domain) + "/memory.pressure"
+        if kind == "system":
+            root = getattr(self.domain, "proc_root", None) or self.opts.proc_root
+            return str(root).rstrip("/") + "/pressure/memory"
+        raise SourceUnavailable("psi: a %s domain has no memory.pressure file" % kind)
+
+    def open(self) -> None:
+        """Open the pressure file and write the trigger.
+        Raises: SourceUnavailable naming the errno when the kernel refuses."""
+        self.path = self._pressure_path()
+        trigger = b"some %d %d\0" % (self.opts.psi_stall_us, self.opts.psi_window_us)
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            raise SourceUnavailable("psi: cannot open %s: %s" % (self.path, _reason(e))) from e
+        try:
+            os.write(self.fd, trigger)
+        except OSError as e:
+            self.close()
+            raise SourceUnavailable("psi: %s: %s for %r" % (
+                self.path, _reason(e), trigger.rstrip(b"\0").decode())) from e
+
+    async def wait(self, timeout_ms: Optional[int]) -> Optional[str]:
+        """Returns: "psi" when the trigger fired, None on timeout.
+        Raises: OSError if the source is not open."""
+        return "psi" if await self._watch_fd().wait(timeout_ms) else None

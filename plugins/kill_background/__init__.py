@@ -1,0 +1,10 @@
+"""The built-in plugin ``kill_background``: when trims are not enough, kill
+the least valuable background process, one at a time, safely.
+``plugin``: the hooks and the kill sequence; ``settings``: its config
+section; ``victims``: who may be killed and who first; ``pidkill``: the kill
+by pidfd.  See docs/kill.md.
+"""
+
+from .plugin import KillBackground
+
+__all__ = ["KillBackground"]
