@@ -64,9 +64,22 @@ async def wait_for_ms(aw: "Awaitable[T]", timeout_ms: int) -> "T":
     """Await ``aw`` for at most ``timeout_ms``.
 
     Returns: the result of ``aw``.
-    Raises: TimeoutError when the time runs out (``aw`` is cancelled).
+    Raises: TimeoutError when the time runs out (``aw`` is cancelled);
+    CancelledError when the caller is cancelled, always.  On CPython 3.11+
+    this is ``asyncio.timeout``: there, ``wait_for`` returns the result
+    when the caller's cancel() races with ``aw`` finishing, and a
+    dispatcher cancelled at shutdown in that instant ran on (a real agent
+    hung after SIGTERM with a plugin busy on app events).
     """
+    if _TIMEOUT is not None:
+        async with _TIMEOUT(timeout_ms / 1000.0):
+            return await aw
+    if MICROPYTHON:  # pragma: no cover
+        return await asyncio.wait_for_ms(aw, timeout_ms)  # type: ignore[attr-defined,no-any-return]
     return await asyncio.wait_for(aw, timeout_ms / 1000.0)
+
+
+_TIMEOUT = getattr(asyncio, "timeout", None)  # CPython 3.11+
 
 
 async def start_unix_server(

@@ -1,7 +1,7 @@
 """memagent's built-in plugins (imported as ``memagent.plugins``).
 
 ``BUILTIN`` lists them as (name, "module:attr"); the loader
-(:mod:`memagent.pluginload`) imports each only if the config enables it.
+(:mod:`memagent.runtime.pluginload`) imports each only if the config enables it.
 """
 
 # Call order.  user_activity comes before kill_background so that its
@@ -9,9 +9,9 @@
 # kill_background's hook only starts its kill task, so notify_ui, after it,
 # is not delayed by a dying victim.
 BUILTIN = [
-    ("release_caches", "memagent.plugins.release_caches:ReleaseCaches"),
+    ("release_caches", "memagent.plugins.release_caches.plugin:ReleaseCaches"),
     ("user_activity", "memagent.plugins.user_activity:UserActivity"),
-    ("kill_background", "memagent.plugins.kill_background:KillBackground"),
+    ("kill_background", "memagent.plugins.kill_background.plugin:KillBackground"),
     ("notify_ui", "memagent.plugins.notify_ui:NotifyUi"),
     ("device_watch", "memagent.plugins.device_watch:DeviceWatch"),
 ]

@@ -191,6 +191,14 @@ class NotifyUi:
             return
         self._connecting = aio.create_task(self._connect(aio.ticks_ms()))
 
+    async def wait_connected(self) -> bool:
+        """Wait for the connection attempt that on_start began (bounded by
+        the connect timeout).  Returns: True if connected."""
+        if self._connecting is not None:
+            await aio.gather(self._connecting, return_exceptions=True)
+            self._connecting = None
+        return self.conn is not None and not self.conn.closed
+
     async def on_level_change(self, level: int, prev_level: int, notification: Notification,
                               **kwargs: Any) -> None:
         """Send the signals for a level change."""
@@ -263,10 +271,7 @@ class NotifyUi:
 
     async def _usable(self, now_ms: int, change: bool) -> Optional[Any]:
         """Return: a working connection, reconnecting when allowed, or None."""
-        if self._connecting is not None:
-            # bounded by connect_timeout_ms; its errors are handled inside
-            await aio.gather(self._connecting, return_exceptions=True)
-            self._connecting = None
+        await self.wait_connected()  # bounded; its errors are handled inside
         conn = self.conn
         if conn is not None and conn.closed:
             log.warning("plugin notify_ui: lost the D-Bus connection (%s); reconnecting",

@@ -53,6 +53,11 @@ class ProcTree:
         self._write("meminfo", meminfo)
         self._write("pressure/memory", pressure)
 
+    def show(self, pid: int) -> None:
+        """Make the real process ``pid`` visible in the tree (a symlink to
+        its /proc directory): the only processes a scan of the tree finds."""
+        os.symlink("/proc/%d" % pid, os.path.join(self.root, str(pid)))
+
     def total_kib(self) -> int:
         """Return: MemTotal of the tree's meminfo."""
         with open(os.path.join(self.root, "meminfo")) as f:
@@ -87,9 +92,12 @@ class Rig:
         self.events_out = io.StringIO()
         self.events = EventLog(self.events_out)
         self.presence = Activity(backlight="")
-        self.dispatcher = Dispatcher(self.plugins, 2000)
+        self.dispatcher = Dispatcher(self.plugins,
+                                     self.config.get_int("plugins", "hook_timeout_ms"))
         proc_root = self.config.get_str("agent", "proc_root")
         self.registry = AppRegistry(
+            ui_uid=self.config.get_int("apps", "ui_uid"),
+            max_apps=self.config.get_int("apps", "max_apps"), proc_root=proc_root,
             measure=lambda pid, started: footprint_kib(pid, proc_root, started),
             on_change=self._app_changed)
         self.sensor = Sensor(self.config, self.dispatcher.submit, self.events.record_action,
@@ -118,6 +126,14 @@ class Rig:
         """Rewrite the tree and read it now.  Returns: the reading."""
         self.tree.load(tag, avail_kib, psi_full)
         return self.sensor.read_now("test")
+
+    async def flush(self) -> None:
+        """Run the dispatcher until nothing waits for the plugins: the
+        pending notification and the queued events reach their hooks."""
+        task = aio.create_task(self.dispatcher.run())
+        await wait_until(lambda: self.dispatcher.backlog == 0)
+        await aio.sleep_ms(0)
+        await aio.cancel_and_wait(task)
 
     def actions(self, kind: Optional[str] = None) -> "List[Any]":
         """Return: the event log's actions (of ``kind``)."""

@@ -276,3 +276,55 @@ def test_status_without_agent(tmp_path: Any) -> None:
     st = json.loads(out.stdout)
     assert st["level"] in ("NORMAL", "LOW", "CRITICAL")
     assert "not running" in st["agent"]
+
+
+COUNTER = """
+name = "counter"
+LOG = %r
+async def on_app_registered(app, **kwargs):
+    with open(LOG, "a") as f:
+        f.write("registered %%s %%s\\n" %% (app.name, app.cls))
+async def on_app_gone(app, **kwargs):
+    with open(LOG, "a") as f:
+        f.write("gone %%s\\n" %% app.name)
+"""
+
+
+@pytest.mark.memcg
+def test_a_dropin_plugin_hears_apps_come_and_go(memcg: Memcg, tmp_path: Any) -> None:
+    # A vendor plugin written from docs/plugins.md, in a real agent, with real
+    # apps on its control socket (the previous release never called these hooks).
+    from memagent.client import Client
+
+    tmp = str(tmp_path)
+    plugins = os.path.join(tmp, "plugins.d")
+    os.makedirs(plugins)
+    log = os.path.join(tmp, "apps.log")
+    with open(os.path.join(plugins, "counter.py"), "w") as f:
+        f.write(COUNTER % log)
+    conf = os.path.join(tmp, "m.conf")
+    with open(conf, "w") as f:
+        f.write("[plugins]\nenable = counter\ndir = %s\n" % plugins)
+    agent = start_agent(memcg, tmp, "--config", conf)
+    try:
+        clients = [Client("app%d" % i, "cached", socket_path=os.path.join(tmp, "ctl.sock"))
+                   for i in range(20)]
+        for client in clients:
+            client.connect()
+        for client in clients[:5]:
+            client.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with open(log) if os.path.exists(log) else open(os.devnull) as f:
+                lines = f.read().splitlines()
+            if len(lines) >= 25:
+                break
+            time.sleep(0.05)
+        for client in clients[5:]:
+            client.close()
+    finally:
+        stop_agent(agent)
+    assert sorted(line for line in lines if line.startswith("registered")) == sorted(
+        "registered app%d cached" % i for i in range(20))
+    assert sorted(line for line in lines if line.startswith("gone")) == sorted(
+        "gone app%d" % i for i in range(5))

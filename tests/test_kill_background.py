@@ -17,21 +17,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
+from plugrig import Rig
 
 from memagent import aio
-from memagent.core.config import parse_config
-from memagent.core.levels import CRITICAL, LOW, Monitor, Notification, default_thresholds
+from memagent.core.config import ConfigError
+from memagent.core.levels import CRITICAL, LOW, Notification
 from memagent.core.protocol import PROTOCOL_VERSION
-from memagent.core.reading import Reading
 from memagent.demo import loadgen
 from memagent.demo import memcg as memcg_mod
 from memagent.ipc.control import query
-from memagent.plugins.kill_background import KillBackground, pidkill, victims
-from memagent.plugins.release_caches import ReleaseCaches
-from memagent.runtime.agent import Agent
+from memagent.plugins.kill_background import pidkill, victims
+from memagent.plugins.kill_background.plugin import KillBackground
 from memagent.sense import domains, footprint
 from support import exchange, need, package_layout
 
@@ -191,10 +190,9 @@ def fork_onto(pid: int, argv: List[str]) -> "Optional[subprocess.Popen[str]]":
 def test_pid_reuse_race_signals_nothing(procs: Procs, tmp_path: Any) -> None:
     if not os.access(NS_LAST_PID, os.W_OK):
         need("%s is not writable (needs root in the initial pid namespace)" % NS_LAST_PID)
-    conf = parse_config("[kill_background]\ndry_run = no\n[agent]\nsocket =\n")
-    agent = Agent(conf, plugins=[], control=False)
     plugin = KillBackground()
-    aio.run(plugin.on_start(agent=agent))
+    rig = Rig(str(tmp_path), "[kill_background]\ndry_run = no\n", plugins=[plugin])
+    aio.run(plugin.on_start(services=rig.services(plugin)))
     assert plugin.unavailable is None
     # The victim is scanned (pid and start time recorded), then exits and is reaped.
     first = procs.victim(subprocess.Popen, "victim", 950)
@@ -215,32 +213,47 @@ def test_pid_reuse_race_signals_nothing(procs: Procs, tmp_path: Any) -> None:
     assert fresh.poll() is None, "the process that reused the pid was signalled"
     assert (entry["action"], entry["outcome"], entry["pid"], entry["sigkill"]) == (
         "kill", "reused", scanned.pid, False)
-    assert (plugin.kills, plugin.skipped) == (0, 1) and agent.last_action is entry
+    assert (plugin.kills, plugin.skipped) == (0, 1) and rig.events.last_action is entry
 
 
-@pytest.mark.memcg
-def test_one_victim_at_a_time_and_on_stop_cancels(memcg: memcg_mod.Memcg, procs: Procs) -> None:
-    # The plugin in a real (not running) Agent scoped to the test's memcg:
-    # a victim that lingers after SIGTERM is dying (in its 5 s grace) when
+# -- the plugin on its services: a captured /proc tree says the level, and
+# the victims are real processes of this test, shown in that tree ------------------
+
+
+def note(level: int, avail_kib: int = 1000, prev: Optional[int] = None) -> Notification:
+    return Notification(0, level, level if prev is None else prev, "avail", avail_kib, 111220,
+                        None, 20000)
+
+
+async def until_idle(plugin: KillBackground) -> None:
+    while plugin.running:
+        await aio.sleep_ms(20)
+
+
+def test_one_victim_at_a_time_and_on_stop_cancels(memcg: memcg_mod.Memcg, procs: Procs,
+                                                 tmp_path: Any) -> None:
+    # A victim that lingers after SIGTERM is dying (in its 5 s grace) when
     # more pressure comes; nothing else is signalled, and on_stop ends it all.
-    conf = parse_config("[agent]\nmemcg = %s\nsocket =\n[kill_background]\ndry_run = no\n"
-                        "grace_ms = 5000\n" % memcg.path)
-    agent = Agent(conf, plugins=[], control=False)
     plugin = KillBackground()
+    rig = Rig(str(tmp_path), "[kill_background]\ndry_run = no\ngrace_ms = 5000\n",
+              plugins=[plugin])
     first = procs.victim(memcg.spawn, "first", 1000, mode="linger", extra_mib=8)
     second = procs.victim(memcg.spawn, "second", 1000)
-    note = Notification(0, CRITICAL, CRITICAL, "avail", 1000, 65536, None, 20000)
+    for child in (first, second):
+        rig.tree.show(child.pid)
     fds_before = len(os.listdir("/proc/self/fd"))
 
     async def scenario() -> float:
-        await plugin.on_start(agent=agent)
-        await plugin.on_pressure(level=CRITICAL, notification=note, deficit_kib=20000)
+        await rig.start()
+        rig.set_level(avail_kib=5000)  # CRITICAL, and it stays so
+        await plugin.on_pressure(level=CRITICAL, notification=note(CRITICAL), deficit_kib=20000)
         assert plugin.running
         for _ in range(5):
             await aio.sleep_ms(100)
-            await plugin.on_pressure(level=CRITICAL, notification=note, deficit_kib=20000)
+            await plugin.on_pressure(level=CRITICAL, notification=note(CRITICAL),
+                                     deficit_kib=20000)
         t0 = time.monotonic()
-        await plugin.on_stop()
+        await rig.close()  # on_stop
         return time.monotonic() - t0
 
     stop_s = aio.run(scenario())
@@ -251,31 +264,25 @@ def test_one_victim_at_a_time_and_on_stop_cancels(memcg: memcg_mod.Memcg, procs:
     assert len(os.listdir("/proc/self/fd")) == fds_before  # the pidfd was closed
 
 
-@pytest.mark.memcg
-def test_the_cooldown_holds_at_low_but_not_at_critical(memcg: memcg_mod.Memcg,
-                                                      procs: Procs) -> None:
+def test_the_cooldown_holds_at_low_but_not_at_critical(memcg: memcg_mod.Memcg, procs: Procs,
+                                                      tmp_path: Any) -> None:
     # After a sequence, LOW waits out cooldown_ms; CRITICAL does not (the
     # bench saw a 2 s cooldown hand a 10 MiB/s ramp to the kernel OOM killer).
-    conf = parse_config("[agent]\nmemcg = %s\nsocket =\n[kill_background]\ndry_run = no\n"
-                        "kill_at_low = always\ncooldown_ms = 60000\nmax_kills = 1\n" % memcg.path)
-    agent = Agent(conf, plugins=[], control=False)
     plugin = KillBackground()
-    procs.victim(memcg.spawn, "first", 1000)
-    procs.victim(memcg.spawn, "second", 1000)
-    procs.victim(memcg.spawn, "third", 1000)
-
-    async def one(level: int) -> None:
-        note = Notification(0, level, level, "avail", 1000, 65536, None, 20000)
-        await plugin.on_pressure(level=level, notification=note, deficit_kib=1)
-        while plugin.running:
-            await aio.sleep_ms(20)
+    rig = Rig(str(tmp_path), "[kill_background]\ndry_run = no\nkill_at_low = always\n"
+              "cooldown_ms = 60000\nmax_kills = 1\n", plugins=[plugin])
+    for name in ("first", "second", "third"):
+        rig.tree.show(procs.victim(memcg.spawn, name, 1000).pid)
 
     async def scenario() -> "List[int]":
-        await plugin.on_start(agent=agent)
+        await rig.start()
+        rig.set_level(avail_kib=5000)
         seen = []
         for level in (CRITICAL, LOW, CRITICAL):
-            await one(level)
+            await plugin.on_pressure(level=level, notification=note(level), deficit_kib=1)
+            await until_idle(plugin)
             seen.append(plugin.kills)
+        await rig.close()
         return seen
 
     assert aio.run(scenario()) == [1, 1, 2]
@@ -283,89 +290,116 @@ def test_the_cooldown_holds_at_low_but_not_at_critical(memcg: memcg_mod.Memcg,
     assert len([line for line in procs.lines() if line[0] == "TERM"]) == 2
 
 
-def test_low_kills_wait_for_an_absent_user_unless_the_domain_thrashes() -> None:
+def test_low_kills_wait_for_an_absent_user_unless_the_domain_thrashes(tmp_path: Any) -> None:
     # kill_at_low = idle: with nobody known to be away, LOW defers; a PSI
     # full stall at the thrash threshold makes it urgent (the 64 MB guest
-    # sat at LOW in a thrash for over 60 s while it deferred).
-    agent = Agent(parse_config("[agent]\nsocket =\n"), plugins=[], control=False)
+    # sat at LOW in a thrash for over 60 s while it deferred).  Dry run:
+    # a sequence that may go records its choice (here: no victim in the tree).
     plugin = KillBackground()
-    aio.run(plugin.on_start(agent=agent))
-    monitor = agent.monitor = Monitor(default_thresholds(100000))
-    assert agent.activity.state(0) == "unknown"
-    monitor.update(Reading(0, 100000, 15000, psi_full_avg10=2.0))
-    assert monitor.level == LOW and not plugin._low_allowed(0)
-    monitor.update(Reading(100, 100000, 15000, psi_full_avg10=12.5))
-    assert plugin._low_allowed(100)
-    monitor.update(Reading(200, 100000, 15000, psi_full_avg10=None))
-    assert not plugin._low_allowed(200)
-    agent.activity.start_feeding("test", 0)
-    assert plugin._low_allowed(10 ** 6)  # idle for longer than idle_after_ms
+    rig = Rig(str(tmp_path), "[kill_background]\ncooldown_ms = 0\n", plugins=[plugin])
+
+    async def at_low(psi_full: "Optional[float]") -> "Tuple[int, int]":
+        if psi_full is None:
+            rig.tree.load(avail_kib=15000)
+            os.unlink(os.path.join(rig.tree.root, "pressure", "memory"))
+            rig.sensor.read_now("test")
+        else:
+            rig.set_level(avail_kib=15000, psi_full=psi_full)
+        await plugin.on_pressure(level=LOW, notification=note(LOW, 15000))
+        await until_idle(plugin)
+        return plugin.deferred, plugin.sequences
+
+    async def scenario() -> "List[Tuple[int, int]]":
+        await rig.start()
+        services = rig.services(plugin)
+        seen = [await at_low(2.0)]
+        assert services.level == LOW and services.presence.state(aio.ticks_ms()) == "unknown"
+        seen += [await at_low(12.5), await at_low(None)]
+        rig.presence.configure(100, "")  # idle after 100 ms without input
+        rig.presence.start_feeding("test", aio.ticks_ms() - 1000)
+        seen.append(await at_low(2.0))
+        await rig.close()
+        return seen
+
+    assert aio.run(scenario()) == [(1, 0), (1, 1), (2, 1), (2, 2)]
+    assert plugin.no_victim == 2
 
 
-@pytest.mark.memcg
-def test_a_notification_already_answered_kills_nothing(memcg: memcg_mod.Memcg,
-                                                       procs: Procs) -> None:
+def test_a_thrash_at_low_kills_only_once_the_trims_free_nothing(tmp_path: Any) -> None:
+    # A streaming reader's page-cache churn keeps PSI full high at LOW: while
+    # the apps' trims still free memory, that alone is no reason to kill.
+    # The trims come in the results of the plugins before this one.
+    plugin = KillBackground()
+    rig = Rig(str(tmp_path), "[kill_background]\ncooldown_ms = 0\n", plugins=[plugin])
+
+    async def at_low(results: "Dict[str, Any]") -> int:
+        await plugin.on_pressure(level=LOW, notification=note(LOW, 15000), results=results)
+        await until_idle(plugin)
+        return plugin.deferred
+
+    async def scenario() -> "List[int]":
+        await rig.start()
+        rig.set_level(avail_kib=15000, psi_full=12.5)
+        trims = {"deficit_kib": 8000, "freed_kib": 2816, "asked": [], "ms": 40,
+                 "t_ms": aio.ticks_ms()}
+        renotify_ms = rig.services(plugin).thresholds.renotify_ms  # type: ignore[union-attr]
+        seen = [await at_low({}),  # no trim event yet: the thrash counts
+                await at_low({"release_caches": trims}),  # the trims pay: wait
+                await at_low({"other": "not a trim event"}),  # the newest event still pays
+                await at_low({"release_caches": dict(trims, freed_kib=0,
+                                                     t_ms=aio.ticks_ms())})]  # caches gone
+        old = dict(trims, t_ms=aio.ticks_ms() - 2 * renotify_ms - 2000)
+        plugin2 = KillBackground()  # a fresh one: only the old event known
+        await plugin2.on_start(services=rig.services(plugin2))
+        await plugin2.on_pressure(level=LOW, notification=note(LOW, 15000),
+                                  results={"release_caches": old})
+        await until_idle(plugin2)
+        seen.append(plugin2.deferred)  # an old event says nothing of now
+        await rig.close()
+        return seen
+
+    assert aio.run(scenario()) == [0, 1, 2, 2, 0]
+    assert plugin.sequences == 2
+
+
+def test_a_notification_already_answered_kills_nothing(memcg: memcg_mod.Memcg, procs: Procs,
+                                                       tmp_path: Any) -> None:
     # The notification says CRITICAL at 1000 KiB, but by the time the
-    # plugin runs (after release_caches' trims) the memcg has room: the
-    # re-measure before the first kill finds it and nobody is signalled.
-    conf = parse_config("[agent]\nmemcg = %s\nsocket =\n[plugins]\nenable = kill_background\n"
-                        "[kill_background]\ndry_run = no\n" % memcg.path)
+    # plugin runs (after release_caches' trims) the domain has room: the
+    # reading before the first kill finds it and nobody is signalled.
     plugin = KillBackground()
-    agent = Agent(conf, plugins=[plugin], control=False)
+    rig = Rig(str(tmp_path), "[kill_background]\ndry_run = no\n", plugins=[plugin])
     victim = procs.victim(memcg.spawn, "victim", 1000)
-    note = Notification(0, CRITICAL, CRITICAL, "still", 1000, 65536, None, 20000)
+    rig.tree.show(victim.pid)
 
     async def scenario() -> None:
-        task = aio.create_task(agent.run())
-        while agent.monitor is None or agent.monitor.last is None:
-            await aio.sleep_ms(20)
-        await plugin.on_pressure(level=CRITICAL, notification=note, deficit_kib=20000)
-        while plugin.running:
-            await aio.sleep_ms(20)
-        agent.stop()
-        await aio.wait_for_ms(task, 10000)
+        await rig.start()
+        rig.set_level(avail_kib=80000)
+        await plugin.on_pressure(level=CRITICAL, notification=note(CRITICAL, prev=CRITICAL),
+                                 deficit_kib=20000)
+        await until_idle(plugin)
+        await rig.close()
 
     aio.run(scenario())
     assert (plugin.sequences, plugin.relieved, plugin.kills) == (1, 1, 0)
     assert victim.poll() is None and procs.lines() == []
 
 
-def test_a_thrash_at_low_kills_only_once_the_trims_free_nothing() -> None:
-    # A streaming reader's page-cache churn keeps PSI full high at LOW: while
-    # the apps' trims still free memory, that alone is no reason to kill.
-    trims = ReleaseCaches()
-    plugin = KillBackground()
-    agent = Agent(parse_config("[agent]\nsocket =\n"), plugins=[trims, plugin], control=False)
-    aio.run(plugin.on_start(agent=agent))
-    monitor = agent.monitor = Monitor(default_thresholds(100000))
-    monitor.update(Reading(0, 100000, 15000, psi_full_avg10=12.5))
-    assert monitor.level == LOW and plugin._low_allowed(0)  # no trim event yet
-    now = aio.ticks_ms()
-    trims.last_event = {"deficit_kib": 8000, "freed_kib": 2816, "asked": [], "ms": 40,
-                        "t_ms": now}
-    assert not plugin._low_allowed(now)
-    trims.last_event["freed_kib"] = 0  # the caches are gone
-    assert plugin._low_allowed(now)
-    trims.last_event.update(freed_kib=2816, t_ms=now - 2 * monitor.thresholds.renotify_ms - 2000)
-    assert plugin._low_allowed(now)  # an old event says nothing of now
-
-
 def test_a_fake_proc_tree_never_leads_to_a_real_signal(procs: Procs, tmp_path: Any) -> None:
     # [agent] proc_root points at a test's tree that names a real child of
     # ours with a made-up start time: the kill checks the real /proc, skips.
     child = procs.victim(subprocess.Popen, "real", 0)
-    root = os.path.join(str(tmp_path), "proc")
-    os.makedirs(os.path.join(root, str(child.pid)))
+    plugin = KillBackground()
+    rig = Rig(str(tmp_path), "[kill_background]\ndry_run = no\n", plugins=[plugin])
+    fake = os.path.join(rig.tree.root, str(child.pid))
+    os.makedirs(fake)
     real_start = footprint.start_time(child.pid)
     assert real_start is not None
-    with open(os.path.join(root, str(child.pid), "stat"), "w") as f:
+    with open(os.path.join(fake, "stat"), "w") as f:
         f.write("%d (fake) S 1 %s%d 0 0\n" % (child.pid, "0 " * 17, real_start + 1))
-    with open(os.path.join(root, str(child.pid), "oom_score_adj"), "w") as f:
+    with open(os.path.join(fake, "oom_score_adj"), "w") as f:
         f.write("1000\n")
-    conf = parse_config("[agent]\nproc_root = %s\nsocket =\n[kill_background]\n"
-                        "dry_run = no\n" % root)
-    plugin = KillBackground()
-    aio.run(plugin.on_start(agent=Agent(conf, plugins=[], control=False)))
+    aio.run(plugin.on_start(services=rig.services(plugin)))
     chosen = plugin.pick(CRITICAL)
     assert chosen is not None and (chosen.pid, chosen.comm) == (child.pid, "fake")
     entry = aio.run(plugin.execute(chosen, CRITICAL, "CRITICAL test"))
@@ -375,19 +409,27 @@ def test_a_fake_proc_tree_never_leads_to_a_real_signal(procs: Procs, tmp_path: A
 @pytest.mark.parametrize("text, key", [
     ("low_class = bogus", "low_class"),
     ("low_class = foreground", "low_class"),
-    ("critical_class = cached\nlow_class = service", "critical_class"),
     ("kill_at_low = sometimes", "kill_at_low"),
     ("grace_ms = -1", "grace_ms"),
     ("max_kills = 0", "max_kills"),
+    ("critical_margin_pct = 101", "critical_margin_pct"),
 ])
-def test_a_bad_setting_leaves_the_plugin_idle(text: str, key: str, caplog: Any) -> None:
-    agent = Agent(parse_config("[kill_background]\ndry_run = no\n%s\n" % text),
-                  plugins=[], control=False)
+def test_a_bad_value_is_a_config_error_naming_its_line(text: str, key: str,
+                                                       tmp_path: Any) -> None:
+    # The section is checked against the plugin's schema when the plugins load.
+    with pytest.raises(ConfigError, match=r"test.conf:\d+: \[kill_background\] %s: " % key):
+        Rig(str(tmp_path), "[kill_background]\ndry_run = no\n%s\n" % text,
+            plugins=[KillBackground()])
+
+
+def test_contradicting_settings_leave_the_plugin_idle(tmp_path: Any, caplog: Any) -> None:
     plugin = KillBackground()
+    rig = Rig(str(tmp_path), "[kill_background]\ndry_run = no\ncritical_class = cached\n"
+              "low_class = service\n", plugins=[plugin])
     with caplog.at_level(logging.ERROR):
-        aio.run(plugin.on_start(agent=agent))
-    assert plugin.unavailable and key in plugin.unavailable
-    assert any("kill_background" in r.getMessage() and key in r.getMessage()
+        aio.run(plugin.on_start(services=rig.services(plugin)))
+    assert plugin.unavailable and "critical_class" in plugin.unavailable
+    assert any("kill_background" in r.getMessage() and "critical_class" in r.getMessage()
                for r in caplog.records), caplog.text
     assert plugin.status()["running"] is False and plugin.settings is None
 

@@ -64,15 +64,65 @@ def test_core_is_identical_under_micropython(micropython: str) -> None:
         ".jsonl" in n for n in fixture_names())
 
 
-def test_core_modules_avoid_cpython_only_imports() -> None:
-    # Importing them under MicroPython is the real check; this names the culprit.
-    for mod in ("procfs", "memstate", "reading", "levels", "trace", "config", "protocol",
-                "fairness", "activity", "victims"):
-        with open(os.path.join(ROOT, "agent", mod + ".py")) as f:
+# The modules that must import under MicroPython's unix port.  This list only
+# grows: a module leaves it only with a reason in the closing note of its change.
+MICROPYTHON_MODULES = (
+    # core: all of it
+    "memagent", "memagent.core", "memagent.core.reading", "memagent.core.levels",
+    "memagent.core.memstate", "memagent.core.procfs", "memagent.core.pidfs",
+    "memagent.core.classes", "memagent.core.config", "memagent.core.trace",
+    "memagent.core.wire", "memagent.core.protocol", "memagent.core.logs",
+    # the shim and what measures
+    "memagent.aio", "memagent.sense", "memagent.sense.domains", "memagent.sense.presence",
+    "memagent.sense.footprint", "memagent.sense.sources", "memagent.sense.sources.base",
+    "memagent.sense.sources.fdsource", "memagent.sense.sources.psi",
+    "memagent.sense.sources.poll", "memagent.sense.sources.mem_notify",
+    "memagent.sense.sources.cgroup2", "memagent.sense.sources.trace",
+    # the endpoints, the runtime and the client library
+    "memagent.ipc", "memagent.ipc.session", "memagent.ipc.registry", "memagent.ipc.control",
+    "memagent.runtime", "memagent.runtime.hooks", "memagent.runtime.dispatch",
+    "memagent.runtime.eventlog", "memagent.runtime.sensing", "memagent.runtime.services",
+    "memagent.runtime.status", "memagent.runtime.selfprotect",
+    "memagent.client", "memagent.client.base", "memagent.client.sync",
+    "memagent.client.async_client",
+    # the pure parts of the built-in plugins
+    "memagent.plugins", "memagent.plugins.release_caches",
+    "memagent.plugins.release_caches.scheduler", "memagent.plugins.kill_background",
+    "memagent.plugins.kill_background.settings", "memagent.plugins.kill_background.victims",
+)
+BANNED = ("import re\n", "import dataclasses", "from dataclasses", "from __future__",
+          "import typing\n", "\nfrom typing import")
+
+
+def module_path(name: str) -> str:
+    """Return: the source file of a module of the package, in the tree."""
+    parts = name.split(".")[1:]
+    top = os.path.join(ROOT, "plugins") if parts[:1] == ["plugins"] else os.path.join(ROOT, "agent")
+    parts = parts[1:] if parts[:1] == ["plugins"] else parts
+    base = os.path.join(top, *parts)
+    return os.path.join(base, "__init__.py") if os.path.isdir(base) else base + ".py"
+
+
+def test_the_listed_modules_avoid_cpython_only_imports() -> None:
+    # Importing them under MicroPython is the real check (below); this one
+    # runs without it and names the culprit: typing only inside try/except.
+    for name in MICROPYTHON_MODULES:
+        with open(module_path(name)) as f:
             text = f.read()
-        for banned in ("import re\n", "import dataclasses", "from dataclasses", "import asyncio",
-                       "from __future__"):
-            assert banned not in text, (mod, banned)
+        for banned in BANNED:
+            assert banned not in text, (name, banned)
+
+
+def test_the_listed_modules_import_under_micropython(micropython: str) -> None:
+    code = ("import sys\nfor name in sys.argv[1:]:\n    __import__(name)\n"
+            "    print('imported', name)\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        package_layout(tmp)
+        out = subprocess.run([micropython, "-c", code] + list(MICROPYTHON_MODULES),
+                             env=dict(os.environ, MICROPYPATH=".frozen:" + tmp),
+                             capture_output=True, text=True, timeout=60)
+    imported = [line.split()[1] for line in out.stdout.splitlines() if line.startswith("imported")]
+    assert imported == list(MICROPYTHON_MODULES), out.stderr
 
 
 def test_activity_runs_under_micropython(micropython: str, tmp_path: "os.PathLike[str]") -> None:

@@ -19,10 +19,10 @@ import time
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
+from plugrig import Rig
 
 from conftest import ALLOC
 from memagent import aio
-from memagent.core.config import Config
 from memagent.core.levels import CRITICAL, LOW, NORMAL, Notification
 from memagent.demo.memcg import Memcg
 from memagent.ipc import dbus
@@ -34,7 +34,6 @@ from memagent.plugins.notify_ui import (
     action_summary,
     lmm_level,
 )
-from memagent.runtime.agent import Agent
 from memagent.runtime.dispatch import Dispatcher
 from support import need
 
@@ -197,16 +196,13 @@ def note(level: int, prev: int, eta_ms: Optional[int] = None,
                         avail_kib, 131072, eta_ms)
 
 
-def agent_for(bus_setting: str) -> Agent:
-    """A real Agent (not running) whose config points notify_ui at a bus."""
-    return Agent(Config({"notify_ui": {"bus": bus_setting}}), plugins=[], control=False)
-
-
-async def started(agent: Agent) -> NotifyUi:
-    plugin = NotifyUi()
-    await plugin.on_start(agent=agent)
-    if plugin._connecting is not None:
-        await plugin._connecting
+async def started(tmp: Any, bus_setting: str, plugin: Optional[NotifyUi] = None) -> NotifyUi:
+    """The plugin started on its real services, their config pointing it at
+    ``bus_setting``; its first connection attempt done."""
+    plugin = plugin or NotifyUi()
+    rig = Rig(str(tmp), "[notify_ui]\nbus = %s\n" % bus_setting, plugins=[plugin])
+    await plugin.on_start(services=rig.services(plugin))
+    await plugin.wait_connected()
     return plugin
 
 
@@ -242,11 +238,11 @@ def test_levels_pacing_and_summary() -> None:
 # -- signals seen by real clients ---------------------------------------------------------
 
 
-def test_real_clients_see_the_signals(bus: str) -> None:
+def test_real_clients_see_the_signals(bus: str, tmp_path: Any) -> None:
     async def main() -> Any:
-        agent = agent_for(bus)
-        agent.record_action("kill", pid=123, name="browser", freed_kib=20480)
-        plugin = await started(agent)
+        plugin = await started(tmp_path, bus)
+        assert plugin.services is not None
+        plugin.services.record_action("kill", pid=123, name="browser", freed_kib=20480)
         assert plugin.unavailable is None and plugin.status()["names"] == {
             "org.freedesktop.LowMemoryMonitor": "owned", "org.memagent.Agent1": "owned"}
         watchers = await monitors(bus)
@@ -293,7 +289,7 @@ def test_gmemorymonitor_reacts_unchanged(bus: str, tmp_path: Any) -> None:
         f.write(GLIB_CLIENT)
 
     async def main() -> List[str]:
-        plugin = await started(agent_for(bus))
+        plugin = await started(tmp_path, bus)
         env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=bus)  # GMemoryMonitor: the system bus
         app = Watcher(["/usr/bin/python3", script], env=env)
         # Its GDBusProxy asks for the properties once it sees the name's owner.
@@ -323,8 +319,8 @@ def test_policy_file_on_a_system_like_bus(tmp_path: Any) -> None:
     bare, bare_address = start_bus(tmp, listen + "-bare", SYSTEM_POLICY, "bare.conf")
 
     async def main() -> Any:
-        refused = await started(agent_for(bare_address))  # no policy file: root refused too
-        plugin = await started(agent_for(address))
+        refused = await started(tmp_path / "a", bare_address)  # no policy file: root refused
+        plugin = await started(tmp_path / "b", address)
         watchers = await monitors(address, AS_NOBODY)
         await Dispatcher([plugin]).dispatch(note(CRITICAL, NORMAL))
         await until(lambda: gdbus_bytes(watchers[1].lines) == [255] and
@@ -371,9 +367,9 @@ async def _introspect(address: str) -> "subprocess.CompletedProcess[str]":
 # -- no bus, a lost bus, a hostile bus ----------------------------------------------------
 
 
-def test_no_bus_warns_once_and_stays_quiet(caplog: Any) -> None:
+def test_no_bus_warns_once_and_stays_quiet(caplog: Any, tmp_path: Any) -> None:
     async def main() -> NotifyUi:
-        plugin = await started(agent_for("unix:path=/nonexistent/memagent-bus"))
+        plugin = await started(tmp_path, "unix:path=/nonexistent/memagent-bus")
         dispatcher = Dispatcher([plugin])
         for n in [note(LOW, NORMAL), note(LOW, LOW), note(CRITICAL, LOW), note(NORMAL, CRITICAL)]:
             await dispatcher.dispatch(n)
@@ -433,8 +429,9 @@ def test_a_lost_bus_is_logged_once_and_reconnected(tmp_path: Any, caplog: Any) -
 
     async def main() -> Any:
         proc, address = start_bus(tmp, listen, OPEN_POLICY)
-        plugin = await started(agent_for(address))
+        plugin = NotifyUi()
         plugin.retry_first_ms = 50  # the backoff, shortened
+        plugin = await started(tmp_path, address, plugin)
         conn = plugin.conn
         stop(proc)
         assert conn is not None and await until(lambda: conn.closed, 3000)
@@ -534,8 +531,9 @@ def test_plugin_on_a_silent_bus_keeps_within_the_hook_timeout(tmp_path: Any) -> 
 
     async def main() -> Any:
         server = await aio.start_unix_server(lambda r, w: _hold(r), path)
-        plugin = await started(agent_for("unix:path=" + path))
-        plugin._next_try_ms = 0  # retry at once: the hook pays a whole connect timeout
+        plugin = NotifyUi()
+        plugin.retry_first_ms = 0  # retry at once: the hook pays a whole connect timeout
+        plugin = await started(tmp_path, "unix:path=" + path, plugin)
         start = time.monotonic()
         await Dispatcher([plugin], hook_timeout_ms=2000).dispatch(note(LOW, NORMAL))
         took = time.monotonic() - start

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import re
 import shutil
 import sys
 import textwrap
@@ -381,3 +382,17 @@ def test_the_builtin_plugins_load_by_default(tmp_path: Path) -> None:
     result = load_plugins(parse_config("[plugins]\ndisable = release_caches, notify_ui\n"),
                           dropin_dir=str(tmp_path / "none"), entry_points=[])
     assert result.names == ["user_activity", "kill_background", "device_watch"]
+
+
+def test_the_docs_hook_table_is_the_spec() -> None:
+    # docs/plugins.md lists each hook with exactly the arguments the agent passes
+    # (what a cell says in parentheses is explanation, not an argument).
+    text = (ROOT / "docs" / "plugins.md").read_text()
+    table = text.split("## Hooks", 1)[1].split("| hook |", 1)[1].split("\n\n", 1)[0]
+    documented = {}
+    for line in table.splitlines():
+        if line.startswith("| `on_"):
+            cells = line.split("|")
+            args = re.sub(r"\([^()]*\)", "", cells[2])
+            documented[cells[1].strip().strip("`")] = re.findall(r"`(\w+)`", args)
+    assert documented == {hook: list(args) for hook, (args, _when) in SPEC.items()}

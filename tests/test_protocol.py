@@ -488,7 +488,7 @@ def test_floats_round_trip_exactly() -> None:
 
 MP_SCRIPT = r"""
 import json, sys
-from memagent.core import protocol
+from memagent.core import classes, protocol
 for raw in sys.stdin.buffer.read().split(b"\0")[:-1]:
     try:
         out = {"ok": protocol.parse_request(raw)}
@@ -498,7 +498,7 @@ for raw in sys.stdin.buffer.read().split(b"\0")[:-1]:
           if sys.implementation.name != "micropython" else json.dumps(out))
 b = protocol.trim_request(1, "LOW", 2, 3)
 print(json.dumps(protocol.parse_server_message(b)["level"]))
-print(json.dumps(protocol.may_set_class("service", "cached", False)))
+print(json.dumps(classes.may_set_class("service", "cached", False)))
 """
 
 

@@ -15,12 +15,14 @@ import time
 from typing import Any, Dict, List
 
 import pytest
+from plugrig import Rig, wait_until
 
 from conftest import ALLOC
 from memagent import aio
-from memagent.core.levels import deficit_kib
+from memagent.core.levels import CRITICAL, LOW, NORMAL, Notification, deficit_kib
 from memagent.demo import memcg
 from memagent.ipc.control import query
+from memagent.plugins.release_caches.plugin import ReleaseCaches
 from support import need
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -125,3 +127,51 @@ def test_kernel_knobs_only_when_allowed(tmp_path: Any) -> None:
     for knob in ("drop_caches", "compact_memory"):
         with open(os.path.join(vm, knob)) as f:
             assert f.read() == "1\n"
+
+
+# -- the plugin on its services: real apps, a captured /proc tree for the level ----------
+
+CACHE_APP_MODULE = [sys.executable, "-u", "-m", "memagent.demo.cacheapp"]
+
+
+def test_a_trim_event_asks_the_apps_and_measures_what_they_freed(tmp_path: Any) -> None:
+    plugin = ReleaseCaches()
+    rig = Rig(str(tmp_path), plugins=[plugin])
+    services = rig.services(plugin)
+    apps: List["subprocess.Popen[str]"] = []
+
+    async def main() -> Any:
+        await rig.start()
+        for i in range(3):  # each holds 4 MiB of real cache it can give back
+            app = subprocess.Popen(CACHE_APP_MODULE + ["--socket", rig.socket, "--name",
+                                                       "app%d" % i, "--cache-mib", "4"],
+                                   stdout=subprocess.DEVNULL)
+            apps.append(app)
+            rig.tree.show(app.pid)  # their identity and footprint, as /proc says
+        assert await wait_until(lambda: len(services.apps()) == 3, 15000)
+        rig.set_level(avail_kib=20000)  # LOW: LOW is at 22244 KiB of 111220
+        note = Notification(0, LOW, NORMAL, "avail", 20000, 111220, None, 5024)
+        low = await plugin.on_pressure(level=LOW, notification=note, deficit_kib=5024)
+        crit = Notification(0, CRITICAL, LOW, "avail", 9000, 111220, None, 16024)
+        before_critical = await plugin.on_pressure(level=CRITICAL, notification=crit)
+        again = await plugin.on_pressure(level=CRITICAL, notification=crit)  # one at a time
+        await wait_until(lambda: plugin.events == 2)
+        snapshot = rig.registry.snapshot()
+        await rig.close()
+        return low, before_critical, again, snapshot
+
+    try:
+        low, before_critical, again, snapshot = aio.run(main())
+    finally:
+        for app in apps:
+            app.terminate()
+            app.wait(10)
+    # The deficit went to two apps (3 MiB each expected), measured, not claimed.
+    assert low is not None and low["deficit_kib"] == 5024 and len(low["asked"]) == 2
+    assert low["freed_kib"] >= 4096, low
+    measured = {a["name"]: a["compliance"]["measured_kib"] for a in snapshot["apps"]}
+    assert sum(1 for kib in measured.values() if kib > 0) >= 2, measured
+    # CRITICAL: started beside the plugins after this one; the hook returns the
+    # newest finished event (for kill_background's results) and never waits.
+    assert before_critical is low and again is low and plugin.busy == 1
+    assert plugin.last_event is not None and plugin.last_event["deficit_kib"] == 16024

@@ -20,9 +20,9 @@ import time
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional
 
 import pytest
+from plugrig import Rig
 
 from memagent import aio
-from memagent.core.config import parse_config
 from memagent.core.levels import LOW, NORMAL, Notification
 from memagent.ipc.control import query
 from memagent.plugins.user_activity import (
@@ -35,7 +35,6 @@ from memagent.plugins.user_activity import (
     drain,
     quiet_ms_for,
 )
-from memagent.runtime.agent import Agent
 from memagent.sense.presence import ACTIVE, IDLE, SCREEN_OFF, UNKNOWN, Activity, expand_star
 
 EVENT = struct.Struct("llHHi")  # struct input_event on this host: timeval, type, code, value
@@ -102,20 +101,10 @@ def unix_socket_file(path: str) -> socket.socket:
     return s
 
 
-def agent_with(plugin: UserActivity, tmp: str, idle_after_ms: int) -> Agent:
-    text = ("[agent]\nsource = poll\nsocket =\noom_score_adj = 0\n"
-            "[user_activity]\ndevices = %s/event*\nidle_after_ms = %d\n"
-            "backlight = %s/backlight/*/bl_power\n" % (tmp, idle_after_ms, tmp))
-    return Agent(parse_config(text), plugins=[plugin], control=False)
-
-
-async def started(agent: Agent, plugin: UserActivity) -> "Any":
-    task = aio.create_task(agent.run())
-    deadline = aio.ticks_ms() + 10000
-    while plugin.agent is None:
-        assert aio.ticks_ms() < deadline and not task.done(), "the agent did not start"
-        await aio.sleep_ms(10)
-    return task
+def rig_with(plugin: UserActivity, tmp: str, idle_after_ms: int) -> Rig:
+    return Rig(tmp, "[user_activity]\ndevices = %s/event*\nidle_after_ms = %d\n"
+               "backlight = %s/backlight/*/bl_power\n" % (tmp, idle_after_ms, tmp),
+               plugins=[plugin])
 
 
 async def until(cond: "Any", timeout_ms: int = 3000) -> int:
@@ -247,12 +236,13 @@ def test_reads_input_goes_idle_follows_devices(tmp_path: Any) -> None:
     dead = unix_socket_file(os.path.join(tmp, "event9"))
     FifoDevice.opened = []
     plugin = UserActivity(opener=FifoDevice)
-    agent = agent_with(plugin, tmp, idle_after_ms=400)  # quiet period 40 ms
+    rig = rig_with(plugin, tmp, idle_after_ms=400)  # quiet period 40 ms
     facts: Dict[str, Any] = {}
 
     async def main() -> None:
-        task = await started(agent, plugin)
-        act = agent.activity
+        await rig.start()
+        act = rig.services(plugin).presence
+        assert act is rig.presence and act.idle_after_ms == 400  # set up from the config
         now = aio.ticks_ms
         st = plugin.status()
         assert st["devices"] == [{"path": ev0, "name": "fifo event0"}]
@@ -292,9 +282,11 @@ def test_reads_input_goes_idle_follows_devices(tmp_path: Any) -> None:
         assert plugin.unavailable == "no input device readable: %s: %s" % (
             dead.getsockname(), "No such device or address")
 
-        # A new device: rescan (what device_watch calls) opens it.
+        # A new device: its uevent (published by device_watch) opens it.
         os.mkfifo(ev1)
-        assert plugin.rescan() == ([ev1], [])
+        rig.services(plugin).device_event("add", "input", "input/event1", 0)
+        await rig.flush()
+        assert plugin.rescans == 1 and sorted(plugin.devices) == [ev1]
         assert act.feeder == "evdev" and plugin.unavailable is None
         w1 = writer(ev1)
         inputs = act.inputs
@@ -309,19 +301,17 @@ def test_reads_input_goes_idle_follows_devices(tmp_path: Any) -> None:
 
         # Without pyudev: on_pressure rescans, through the real dispatcher.
         os.mkfifo(ev2)
-        await agent.dispatcher.dispatch(Notification(now(), LOW, NORMAL, "avail", 1, 100, None))
+        await rig.dispatcher.dispatch(Notification(now(), LOW, NORMAL, "avail", 1, 100, None))
         assert sorted(plugin.devices) == [ev1, ev2]
-        assert agent.dispatcher.hook_errors == 0
-
-        agent.stop()
-        assert await aio.wait_for_ms(task, 10000) == 0
+        assert rig.dispatcher.hook_errors == 0
+        await rig.close()
 
     try:
         aio.run(main())
     finally:
         dead.close()
     assert all(dev.closed for dev in FifoDevice.opened)
-    assert agent.activity.feeder is None and plugin.devices == {}
+    assert rig.presence.feeder is None and plugin.devices == {}
     print("facts:", facts)
     assert 300 <= facts["to_idle_ms"] < 2000
     assert facts["input_to_active_ms"] < 500
@@ -340,20 +330,19 @@ def test_a_device_that_raises_is_dropped_and_the_agent_runs_on(tmp_path: Any) ->
             yield  # a generator, like evdev's
 
     plugin = UserActivity(opener=Hostile)
-    agent = agent_with(plugin, tmp, idle_after_ms=400)
+    rig = rig_with(plugin, tmp, idle_after_ms=400)
     w: "Optional[int]" = None
 
     async def main() -> None:
         nonlocal w
-        task = await started(agent, plugin)
+        await rig.start()
         w = writer(os.path.join(tmp, "event0"))
         os.write(w, KEY_RELEASE)
         await until(lambda: plugin.dropped == 1)
-        assert not task.done() and agent.activity.feeder is None
+        assert rig.presence.feeder is None and rig.sensor.task is not None
         assert plugin.unavailable == "no input device open (dropped %s/event0: %s)" % (
             tmp, "ValueError: garbage from the driver")
-        agent.stop()
-        assert await aio.wait_for_ms(task, 10000) == 0
+        await rig.close()
 
     try:
         aio.run(main())

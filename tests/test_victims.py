@@ -18,7 +18,7 @@ import pytest
 from memagent.plugins.kill_background import victims
 from memagent.plugins.kill_background.victims import Candidate, class_of_adj, parse_stat, why_not
 from memagent.sense import footprint
-from support import need
+from support import need, package_layout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLEEPER = "import sys, time\nsys.stdout.write('ready\\n'); sys.stdout.flush(); time.sleep(60)"
@@ -273,7 +273,7 @@ def test_the_policy_is_identical_under_micropython() -> None:
     script = MPY_SCRIPT % {"stat": stat_line(77, ") R 2 (x", ppid=5, started=999)}
     outs: Dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        os.symlink(os.path.join(ROOT, "agent"), os.path.join(tmp, "memagent"))
+        package_layout(tmp)
         for name, cmd, env in (("mpy", [str(exe), "-c", script], {"MICROPYPATH": tmp}),
                                ("cpy", [sys.executable, "-c", script], {"PYTHONPATH": tmp})):
             outs[name] = subprocess.run(cmd, env=dict(os.environ, **env), check=True,

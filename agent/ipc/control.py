@@ -41,6 +41,7 @@ except ImportError:  # MicroPython
 log = get_logger("memagent.control")
 
 CLOSE_WAIT_MS = 1000  # for the connection handlers to see EOF at close()
+LINGER_MS = 200  # a refused client's time to read the reply and close
 
 __all__ = ["MAX_ERRORS", "MAX_LINE_BYTES", "PROTOCOL_VERSION", "ControlServer", "answer",
            "handle_request", "query"]
@@ -150,11 +151,7 @@ class ControlServer:
 
     async def _admit(self, reader: "Any", writer: "Any") -> None:
         if len(self._clients) >= self.max_clients:
-            try:
-                await self._send(writer, reply_error(None, "busy", "busy: too many clients"))
-            except (OSError, aio.TimeoutError):
-                pass
-            await self._close(writer)
+            await self._refuse(reader, writer)
             return
         self._clients.add(writer)
         session = self.registry.open_session(writer)
@@ -166,6 +163,22 @@ class ControlServer:
             self.registry.close_session(session)
             self._clients.discard(writer)
             await self._close(writer)
+
+    async def _refuse(self, reader: "Any", writer: "Any") -> None:
+        """Say "busy" and hang up without losing the reply: half-close, then
+        read and drop what the client sent (at most MAX_LINE_BYTES, for at
+        most LINGER_MS).  A socket closed with unread data makes the kernel
+        reset the connection, and the client's read of the reply then fails
+        with ECONNRESET instead (seen on every run once the reply went out
+        faster)."""
+        try:
+            await self._send(writer, reply_error(None, "busy", "busy: too many clients"))
+            if writer.can_write_eof():
+                writer.write_eof()
+            await aio.wait_for_ms(reader.read(MAX_LINE_BYTES), LINGER_MS)
+        except (OSError, ValueError, aio.TimeoutError):
+            pass
+        await self._close(writer)
 
     async def _read_line(self, reader: "Any", session: Session) -> bytes:
         """Return: the next line (b"" at EOF).  Raises: TimeoutError when an

@@ -88,6 +88,12 @@ class Dispatcher:
         self._events.append((hook, kwargs))
         self._wakeup()
 
+    @property
+    def backlog(self) -> int:
+        """What waits for the plugins: the pending notification (0 or 1) plus
+        the queued events."""
+        return (self._pending is not None) + len(self._events)
+
     def _wakeup(self) -> None:
         if self._wake is not None:
             self._wake.set()

@@ -10,7 +10,6 @@ tests/test_services.py calls each.
 """
 
 import os
-import warnings
 
 from ..core.config import Config, Section
 from ..core.levels import NORMAL, Thresholds
@@ -60,7 +59,7 @@ class Services:
     def __init__(self, name: str, config: "Callable[[], Config]", sensor: Sensor,
                  registry: AppRegistry, presence: Activity, events: EventLog,
                  dispatcher: Dispatcher) -> None:
-        self.name = name
+        self._name = name
         self._config = config
         self._sensor = sensor
         self._registry = registry
@@ -71,11 +70,16 @@ class Services:
     # -- configuration -----------------------------------------------------------------
 
     @property
+    def name(self) -> str:
+        """The plugin's name: its section in the config."""
+        return self._name
+
+    @property
     def config(self) -> Section:
         """The plugin's own section (``[name]``), checked against its
         ``config_schema``: ``get``, ``get_int``, ``get_str``, ``get_bool``,
         ``get_float``.  Follows a reload (SIGHUP)."""
-        return Section(self._config(), self.name)
+        return Section(self._config(), self._name)
 
     @property
     def proc_root(self) -> str:
@@ -233,6 +237,8 @@ class Deprecated:
             message = ("plugin %s: on_start(agent=...) is deprecated and goes in memagent "
                        "0.3: use on_start(services=...) (docs/plugins.md); it used agent.%s"
                        % (self._plugin, attr))
+            import warnings
+
             warnings.warn(message, DeprecationWarning, stacklevel=2)
             log.warning("%s", message)
         return getattr(self._target, attr)

@@ -8,7 +8,11 @@ A wake where nothing it knows grew is not reported (it waits again).
 """
 
 import os
-from typing import Dict, Optional
+
+try:
+    from typing import Dict, Optional
+except ImportError:  # MicroPython
+    pass
 
 from ...core import procfs
 from .base import Domain, SourceOptions, SourceUnavailable, domain_path

@@ -8,7 +8,11 @@ sets ``urgent`` when the kernel reports with POLLPRI (PSI triggers, kernfs).
 
 import errno
 import os
-from typing import Optional
+
+try:
+    from typing import Optional
+except ImportError:  # MicroPython
+    pass
 
 from ... import aio
 from .base import Domain, Source, SourceOptions

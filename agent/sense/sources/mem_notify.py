@@ -16,14 +16,19 @@ away makes :meth:`wait` raise OSError, and the agent falls back.
 
 import errno
 import os
-import stat
-from typing import Optional
+
+try:
+    from typing import Optional
+except ImportError:  # MicroPython
+    pass
 
 from ... import aio
 from .base import Domain, SourceOptions, SourceUnavailable
 from .fdsource import FdSource
 
 MIN_GAP_MS = 100
+# File types of st_mode (MicroPython has no stat module): the device, or a FIFO.
+S_IFMT, S_IFCHR, S_IFIFO = 0o170000, 0o020000, 0o010000
 _DRAIN_READS = 64  # bound the drain of a stand-in FIFO that someone keeps filling
 
 
@@ -48,7 +53,7 @@ class MemNotifySource(FdSource):
                                     "mem_notify patch)" % path) from None
         except OSError as e:
             raise SourceUnavailable("mem_notify: cannot stat %s: %s" % (path, e.strerror)) from e
-        if not (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):
+        if (mode & S_IFMT) not in (S_IFCHR, S_IFIFO):
             raise SourceUnavailable("mem_notify: %s is not a character device" % path)
         try:
             self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)

@@ -6,7 +6,10 @@ reads the domain and tags the reading ``"poll"``.  Not event-driven: it wakes
 every ``calm_interval_ms`` (or the timeout it is given) even when calm.
 """
 
-from typing import Optional
+try:
+    from typing import Optional
+except ImportError:  # MicroPython
+    pass
 
 from ... import aio
 from .base import Source, SourceUnavailable

@@ -13,7 +13,11 @@ EINVAL.  Unprivileged triggers also need a window that is a multiple of 2 s
 
 import errno
 import os
-from typing import Optional
+
+try:
+    from typing import Optional
+except ImportError:  # MicroPython
+    pass
 
 from .base import Domain, SourceOptions, SourceUnavailable, domain_path
 from .fdsource import FdSource
@@ -24,13 +28,15 @@ _REASONS = {
     errno.ENOENT: "no such file (ENOENT): kernel without CONFIG_PSI, or booted with psi=0",
     errno.EACCES: "permission denied (EACCES)",
     errno.EPERM: "not permitted (EPERM)",
-    errno.EBUSY: "a trigger is already set on this fd (EBUSY)",
+    getattr(errno, "EBUSY", 16): "a trigger is already set on this fd (EBUSY)",
 }
 
 
 def _reason(e: OSError) -> str:
-    known = _REASONS.get(e.errno or 0)
-    return known if known else "%s (%s)" % (e.strerror, errno.errorcode.get(e.errno or 0, "?"))
+    """Return: why the kernel refused, for the log."""
+    code = e.errno or 0
+    known = _REASONS.get(code)
+    return known if known else "%s (%s)" % (e.strerror, errno.errorcode.get(code, "?"))
 
 
 class PsiSource(FdSource):

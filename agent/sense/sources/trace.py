@@ -8,7 +8,10 @@ for a trace of the poller) and read() returns that reading with ``t_ms``
 moved to now.  After the last reading wait() raises EOFError.
 """
 
-from typing import List, Optional
+try:
+    from typing import List, Optional
+except ImportError:  # MicroPython
+    pass
 
 from ... import aio
 from ...core.reading import Reading, reading_from_dict

@@ -12,7 +12,7 @@ PYTHON_MEMAGENT_SITE_METHOD = local
 # pyproject.toml only (no setup.py): Buildroot's setuptools type builds
 # it through PEP 517 ("python -m build -n -w" with host-python-setuptools).
 PYTHON_MEMAGENT_SETUP_TYPE = setuptools
-# pyproject.toml: license = {text = "GPL-2.0-or-later"}; the repository has no
+# pyproject.toml: license = "GPL-2.0-or-later"; the repository has no
 # LICENSE file yet, so there is no PYTHON_MEMAGENT_LICENSE_FILES.
 PYTHON_MEMAGENT_LICENSE = GPL-2.0+
 
@@ -36,6 +36,13 @@ $(error python-memagent: no board profile $(PYTHON_MEMAGENT_SITE)/board/$(PYTHON
 endif
 endif
 endif
+
+# memagent.demo (the demo and the scenario tools) is for workstations and
+# tests: a device never runs it, and `memagent demo` there says so.
+define PYTHON_MEMAGENT_REMOVE_DEMO
+	rm -rf $(TARGET_DIR)/usr/lib/python$(PYTHON3_VERSION_MAJOR)/site-packages/memagent/demo
+endef
+PYTHON_MEMAGENT_POST_INSTALL_TARGET_HOOKS += PYTHON_MEMAGENT_REMOVE_DEMO
 
 define PYTHON_MEMAGENT_INSTALL_CONFIG
 	$(INSTALL) -D -m 0644 $(PYTHON_MEMAGENT_CONF) \
