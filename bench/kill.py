@@ -58,7 +58,8 @@ from memagent.sense import domains  # noqa: E402
 Result = Dict[str, Any]
 HOST_CONTESTANTS = ("none", "memagent")
 GUEST_CONTESTANTS = ("none", "memagent", "earlyoom")
-SIGNALLED = ("exited", "killed", "stuck")  # memagent.pidkill outcomes that sent a signal
+# outcomes of memagent.plugins.kill_background.pidkill that sent a signal
+SIGNALLED = ("exited", "killed", "stuck")
 EARLYOOM_NA = "n/a: earlyoom reads /proc/meminfo, it cannot see a memcg limit"
 
 

@@ -9,16 +9,19 @@ or ship it in a package with an entry point (pyproject.toml)::
     [project.entry-points."memagent.plugins"]
     vendor_plugin = "vendor_plugin:VendorPlugin"
 
-The file the level goes to: $VENDOR_LEVEL_FILE, default
-/run/memagent-level.  Run this file to see the plugin loaded and called
-once, as the agent would: ``python3 examples/vendor_plugin.py``.
+Its one setting, the file the level goes to, is ``[vendor_plugin] path``
+(default /run/memagent-level; $VENDOR_LEVEL_FILE overrides it, for the
+demo below).  Run this file to see the plugin loaded and called once, as the
+agent would: ``python3 examples/vendor_plugin.py``.
 """
 
 import logging
 import os
 from typing import Any, Dict, Optional
 
+from memagent.core.config import Key
 from memagent.core.levels import Notification, level_name
+from memagent.runtime.services import Services
 
 log = logging.getLogger("memagent.plugin.vendor_plugin")
 
@@ -27,12 +30,18 @@ class VendorPlugin:
     """Logs every level change and writes the new level's name to a file."""
 
     name = "vendor_plugin"
+    # The settings of [vendor_plugin]: checked by the agent at start, naming the line.
+    config_schema = {"path": Key("str", "/run/memagent-level", doc="where the level goes")}
 
-    def __init__(self, path: Optional[str] = None) -> None:
-        self.path = path or os.environ.get("VENDOR_LEVEL_FILE", "/run/memagent-level")
+    def __init__(self) -> None:
+        self.path = os.environ.get("VENDOR_LEVEL_FILE", "")
 
-    async def on_start(self, agent_status: Dict[str, Any], **kwargs: Any) -> None:
-        log.info("vendor_plugin: agent %s started", agent_status.get("version", "?"))
+    async def on_start(self, services: Optional[Services] = None,
+                       agent_status: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
+        if not self.path:
+            self.path = services.config.get_str("path") if services else "/run/memagent-level"
+        log.info("vendor_plugin: agent %s started; the level goes to %s",
+                 (agent_status or {}).get("version", "?"), self.path)
 
     async def on_level_change(self, level: int, prev_level: int,
                               notification: Notification, **kwargs: Any) -> None:
@@ -59,18 +68,21 @@ def _demo() -> None:
     import tempfile
 
     from memagent import aio
-    from memagent.core.config import Config
+    from memagent.core.config import parse_config
     from memagent.core.levels import LOW, NORMAL
     from memagent.runtime.pluginload import load_plugins
 
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("VENDOR_LEVEL_FILE", os.path.join(tmp, "level"))
-        result = load_plugins(Config({}), dropin_dir=os.path.dirname(os.path.abspath(__file__)),
+        result = load_plugins(parse_config("[plugins]\nenable = vendor_plugin\n"),
+                              dropin_dir=os.path.dirname(os.path.abspath(__file__)),
                               entry_points=[])
         result.log(log)
+        dispatcher = result.dispatcher()
+        aio.run(dispatcher.start(lambda p: {"agent_status": {"version": "example"}}))
         note = Notification(0, LOW, NORMAL, "avail", 20000, 131072, None)
-        aio.run(result.dispatcher().dispatch(note))
+        aio.run(dispatcher.dispatch(note))
         with open(os.environ["VENDOR_LEVEL_FILE"]) as f:
             print("level file says:", f.read().strip())
 

@@ -2,7 +2,7 @@
 through the monitor on the trace's own clock.
 
 A trace is one optional header line ``{"memagent_trace": 1, ...}`` followed
-by one reading per line (:meth:`memagent.reading.Reading.to_dict`).  Replay is
+by one reading per line (:meth:`memagent.core.reading.Reading.to_dict`).  Replay is
 deterministic: it never looks at the wall clock.
 
 MicroPython-clean.

@@ -1,6 +1,6 @@
 """Memory load generator for the demo, the bench, the tests and the qemu guest.
 
-Run as ``python3 -m memagent.loadgen MODE ...``, or by path (``python3 -S
+Run as ``python3 -m memagent.demo.loadgen MODE ...``, or by path (``python3 -S
 .../loadgen.py``, which keeps the child's interpreter small): stdlib only,
 Python 3.9+, no asyncio, no memagent imports.  MB here are MiB (1 << 20).
 It imports neither typing nor argparse, whose ~2.4 MB (measured) would be
@@ -48,9 +48,9 @@ PACED = ("--rate", "--chunk", "--max-mb", "--hold")
 OPTIONS = {"anon": PACED, "cache": PACED, "read": ("--seconds",)}
 DEFAULTS: Dict[str, Optional[float]] = {"--rate": 10.0, "--chunk": 1.0, "--max-mb": None,
                                         "--hold": 0.0, "--seconds": 0.0}
-USAGE = ("usage: python3 -m memagent.loadgen anon [--rate MB/s] [--chunk MB] [--max-mb MB]"
-         " [--hold S]\n       python3 -m memagent.loadgen cache FILE [same options]\n"
-         "       python3 -m memagent.loadgen read FILE [--seconds S]")
+USAGE = ("usage: python3 -m memagent.demo.loadgen anon [--rate MB/s] [--chunk MB] [--max-mb MB]"
+         " [--hold S]\n       python3 -m memagent.demo.loadgen cache FILE [same options]\n"
+         "       python3 -m memagent.demo.loadgen read FILE [--seconds S]")
 
 
 class UsageError(ValueError):

@@ -43,7 +43,7 @@ _SCRATCH_ENV = "MEMAGENT_SCRATCH"
 # Page cache on these is shmem: without swap it cannot be reclaimed at all.
 _RAM_FILESYSTEMS = ("tmpfs", "ramfs", "devtmpfs", "hugetlbfs")
 
-# The children run memagent.loadgen by path under -S: no site, no memagent
+# The children run memagent.demo.loadgen by path under -S: no site, no memagent
 # import, so that little beyond their load is charged to the memcg.
 LOADGEN_ARGV = (sys.executable, "-S", os.path.abspath(loadgen.__file__))
 
@@ -122,7 +122,7 @@ class Progress:
         self._partial = b""
 
     def feed(self, data: bytes) -> None:
-        """Take a chunk of the child's stdout (:mod:`memagent.loadgen` lines)."""
+        """Take a chunk of the child's stdout (:mod:`memagent.demo.loadgen` lines)."""
         lines = (self._partial + data).split(b"\n")
         self._partial = lines.pop()
         for line in lines:
@@ -169,7 +169,7 @@ class Watch:
     """memagent's sensing of one memcg, in this process: a source wakes it
     (or SAMPLE_MS passes), it reads the domain and feeds a Monitor.
 
-    ``source_name``: a source of :mod:`memagent.sources`, or "poll-only" to
+    ``source_name``: a source of :mod:`memagent.sense.sources`, or "poll-only" to
     read on the timer alone.  ``on_note`` is called with each notification.
     """
 
@@ -309,7 +309,7 @@ class Handset:
         return self._files[size_mib]
 
     def _spawn(self, args: Tuple[object, ...]) -> "Any":
-        """Start memagent.loadgen ``args`` in the memcg.  Returns: the Popen."""
+        """Start memagent.demo.loadgen ``args`` in the memcg.  Returns: the Popen."""
         import subprocess
 
         argv = list(LOADGEN_ARGV) + [str(a) for a in args]
@@ -317,7 +317,7 @@ class Handset:
 
     async def _run(self, args: Tuple[object, ...], progress: Progress,
                    stop: Optional[Callable[[], bool]] = None) -> ChildEnd:
-        """Run memagent.loadgen ``args`` in the memcg, following its progress.
+        """Run memagent.demo.loadgen ``args`` in the memcg, following its progress.
         Returns: how it ended."""
         kills0 = self.memcg.oom_kill_count()
         child = self._spawn(args)

@@ -1,9 +1,9 @@
 """Thin readers: open the /proc and cgroup files of one memory domain and turn
-them into a :class:`~memagent.reading.Reading`.
+them into a :class:`~memagent.core.reading.Reading`.
 
 A domain is the whole system (``/proc``, under a ``proc_root`` tests can
 point elsewhere) or one memcg (cgroup v1 or v2 directory).  All parsing is in
-:mod:`memagent.procfs` and :mod:`memagent.memstate`.
+:mod:`memagent.core.procfs` and :mod:`memagent.core.memstate`.
 """
 
 try:

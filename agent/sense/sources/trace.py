@@ -1,6 +1,6 @@
 """Play a recorded trace (JSON lines of readings) as if it were the kernel.
 
-The whole file is parsed at open (:func:`memagent.trace.load_trace`), so a
+The whole file is parsed at open (:func:`memagent.core.trace.load_trace`), so a
 bad line is reported before anything runs, with its line number.  Readings
 are then due at their own pace divided by ``opts.trace_speed``, counted from
 the first wait(); each wait() returns the reading's recorded event (``"poll"``

@@ -97,7 +97,7 @@ def step_input():
                      .get("input", 0) >= before + 2, 5)
     state = plugin_state(st or status()).get("state", {})
     fact("input_events", state.get("by_kind", {}).get("input", 0) - before)
-    fact("rescans", state.get("rescans"))
+    fact("published", state.get("published"))  # to every plugin's on_device
     check(st is not None, "a uinput device added and removed: two input events")
 
 

@@ -538,7 +538,8 @@ def read_pid() -> Optional[int]:
 # -- what a run shows (bench/board.py uses the same) ------------------------------------
 
 RANK = {"foreground": 0, "visible": 1, "perceptible": 2, "service": 3, "cached": 4}
-SIGNALLED = ("exited", "killed", "stuck")  # memagent.pidkill outcomes that sent a signal
+# outcomes of memagent.plugins.kill_background.pidkill that sent a signal
+SIGNALLED = ("exited", "killed", "stuck")
 
 
 def killer(proc: Result, entries: List[Result]) -> str:

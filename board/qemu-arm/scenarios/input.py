@@ -97,7 +97,7 @@ async def phase_states():
     check(list(plugins) == ["user_activity"], "plugins loaded: %s" % list(plugins))
     plugin = plugins["user_activity"]
     task = aio.create_task(agent.run())
-    check(await until(lambda: plugin.agent is not None and os.path.exists(sock)) is not None,
+    check(await until(lambda: plugin.presence is not None and os.path.exists(sock)) is not None,
           "agent started")
     state = lambda: agent.activity.state(aio.ticks_ms())  # noqa: E731
     st = (await query(sock))["status"]
