@@ -1,4 +1,4 @@
-"""memagent.activity: the user's presence from input times and the backlight."""
+"""memagent.sense.presence: the user's presence from input times and the backlight."""
 
 import os
 from typing import Any

@@ -1,5 +1,5 @@
 """memagent.client on real Unix sockets: a threaded in-test agent that speaks
-the protocol with memagent.protocol, the example app as a child process, and
+the protocol with memagent.core.protocol, the example app as a child process, and
 end to end against ``memagent run``."""
 
 import json

@@ -1,4 +1,4 @@
-"""Who kill_background may kill, and in which order (memagent.victims).
+"""Who kill_background may kill, and in which order (memagent.plugins.kill_background.victims).
 
 Pure policy on constructed candidates; the parsers on hostile text; the scan
 on a /proc tree built in tmp_path (missing files, garbage) and on real
