@@ -30,6 +30,7 @@ from rigguest import Checks, fact
 from memagent import aio
 from memagent.core.config import load_config, thresholds_from_config
 from memagent.ipc import control
+from memagent.plugins.kill_background.settings import SCHEMA as KILL_SCHEMA
 
 SCRIPT = "/etc/init.d/S60memagent"
 PIDFILE = "/var/run/memagent.pid"
@@ -182,7 +183,11 @@ def check_status(check, pid, st):
             fact("plugin_unavailable_" + name, p["unavailable"])
     kb = (plugins.get("kill_background") or {}).get("state") or {}
     fact("kill_background_dry_run", kb.get("dry_run"))
-    want_dry = load_config(CONFIG).get("kill_background", "dry_run")
+    # The plugin owns its section: check the profile against its schema, as the agent does.
+    config = load_config(CONFIG)
+    config.claim({"kill_background": KILL_SCHEMA},
+                 {s: "not checked here" for s in config.unclaimed() if s != "kill_background"})
+    want_dry = config.get("kill_background", "dry_run")
     check(kb.get("dry_run") == want_dry,
           "kill_background dry_run %r, the profile says %r" % (kb.get("dry_run"), want_dry))
 
