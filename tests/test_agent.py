@@ -126,6 +126,20 @@ def test_a_dropin_plugin_sees_the_levels(memcg: Memcg, tmp_path: Any) -> None:
     assert "vendor_plugin: NORMAL -> LOW" in err
 
 
+def start_with_dropin(memcg: Memcg, tmp: str, name: str, source: str,
+                      plugins_conf: str = "") -> "subprocess.Popen[str]":
+    """Return: ``memagent run`` in ``memcg`` with the drop-in plugin ``name``
+    (``source``, written to tmp/plugins.d/) as its only plugin."""
+    plugins = os.path.join(tmp, "plugins.d")
+    os.makedirs(plugins)
+    with open(os.path.join(plugins, name + ".py"), "w") as f:
+        f.write(source)
+    conf = os.path.join(tmp, "m.conf")
+    with open(conf, "w") as f:
+        f.write("[plugins]\nenable = %s\ndir = %s\n%s" % (name, plugins, plugins_conf))
+    return start_agent(memcg, tmp, "--config", conf)
+
+
 SLOW_START = """
 import time
 from memagent import aio
@@ -149,15 +163,9 @@ def test_sensing_does_not_wait_for_the_plugins_to_start(memcg: Memcg, tmp_path: 
     # kill).  The agent senses from its first reading: LOW comes while the
     # plugin is still starting, and the plugin's hooks only after its on_start.
     tmp = str(tmp_path)
-    plugins = os.path.join(tmp, "plugins.d")
-    os.makedirs(plugins)
     log = os.path.join(tmp, "slow.log")
-    with open(os.path.join(plugins, "slow.py"), "w") as f:
-        f.write(SLOW_START % (log, 8000))
-    conf = os.path.join(tmp, "m.conf")
-    with open(conf, "w") as f:
-        f.write("[plugins]\nenable = slow\ndir = %s\nhook_timeout_ms = 20000\n" % plugins)
-    agent = start_agent(memcg, tmp, "--config", conf)
+    agent = start_with_dropin(memcg, tmp, "slow", SLOW_START % (log, 8000),
+                              "hook_timeout_ms = 20000\n")
     try:
         hog = memcg.spawn(ALLOC + ["--rate", "20"], stdout=subprocess.DEVNULL)
         hog.wait(timeout=60)
@@ -297,15 +305,8 @@ def test_a_dropin_plugin_hears_apps_come_and_go(memcg: Memcg, tmp_path: Any) -> 
     from memagent.client import Client
 
     tmp = str(tmp_path)
-    plugins = os.path.join(tmp, "plugins.d")
-    os.makedirs(plugins)
     log = os.path.join(tmp, "apps.log")
-    with open(os.path.join(plugins, "counter.py"), "w") as f:
-        f.write(COUNTER % log)
-    conf = os.path.join(tmp, "m.conf")
-    with open(conf, "w") as f:
-        f.write("[plugins]\nenable = counter\ndir = %s\n" % plugins)
-    agent = start_agent(memcg, tmp, "--config", conf)
+    agent = start_with_dropin(memcg, tmp, "counter", COUNTER % log)
     try:
         clients = [Client("app%d" % i, "cached", socket_path=os.path.join(tmp, "ctl.sock"))
                    for i in range(20)]
