@@ -20,7 +20,7 @@ from memagent.ipc.control import ControlServer
 from memagent.ipc.registry import AppRegistry
 from memagent.runtime.dispatch import Dispatcher
 from memagent.runtime.eventlog import EventLog
-from memagent.runtime.hooks import plugin_name
+from memagent.runtime.hooks import config_schemas, plugin_name
 from memagent.runtime.sensing import Sensor
 from memagent.runtime.services import AppView, Services
 from memagent.sense.footprint import footprint_kib
@@ -87,8 +87,7 @@ class Rig:
         self.config = parse_config("[agent]\n%ssocket = %s\n%s" % (domain, self.socket, conf),
                                    "test.conf")
         self.plugins = list(plugins or [])
-        self.config.claim({plugin_name(p): dict(getattr(p, "config_schema", None) or {})
-                           for p in self.plugins})
+        self.config.claim(config_schemas(self.plugins))
         self.events_out = io.StringIO()
         self.events = EventLog(self.events_out)
         self.presence = Activity(backlight="")

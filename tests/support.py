@@ -2,7 +2,10 @@
 
 import json
 import os
+import signal
 import socket
+import subprocess
+import time
 from typing import Any, Dict, List, NoReturn
 
 import pytest
@@ -15,6 +18,23 @@ def need(reason: str) -> NoReturn:
         pytest.fail("prerequisite missing in CI: " + reason)
     pytest.skip(reason)
 
+
+
+def stop_agent(agent: "subprocess.Popen[str]", timeout_s: float = 15) -> str:
+    """SIGTERM ``agent`` (a ``memagent run`` with stderr piped) and wait.
+    Returns: its stderr.  Fails if it exits non-zero, or, with its stacks
+    (SIGUSR1 dumps them) and after a SIGKILL, if it is still running after
+    ``timeout_s``: a failing test never leaves an agent behind."""
+    agent.send_signal(signal.SIGTERM)
+    try:
+        err = agent.communicate(timeout=timeout_s)[1]
+    except subprocess.TimeoutExpired:
+        agent.send_signal(signal.SIGUSR1)
+        time.sleep(1)
+        agent.kill()
+        pytest.fail("the agent did not stop on SIGTERM:\n" + agent.communicate()[1][-6000:])
+    assert agent.returncode == 0, err[-6000:]
+    return err
 
 def exchange(s: socket.socket, data: bytes) -> "List[Dict[str, Any]]":
     """Send ``data`` on a connected control socket and close our side.

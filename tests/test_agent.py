@@ -17,7 +17,7 @@ from conftest import ALLOC
 from memagent import aio
 from memagent.demo.memcg import Memcg
 from memagent.ipc.control import query
-from support import need
+from support import need, stop_agent
 
 
 def start_agent(group: Memcg, tmp: str, *extra: str) -> "subprocess.Popen[str]":
@@ -31,13 +31,6 @@ def start_agent(group: Memcg, tmp: str, *extra: str) -> "subprocess.Popen[str]":
         assert time.monotonic() < deadline, "agent did not start"
         time.sleep(0.05)
     return proc
-
-
-def stop_agent(proc: "subprocess.Popen[str]") -> str:
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=10)
-    assert proc.returncode == 0, err
-    return err
 
 
 def events(tmp: str) -> "List[Dict[str, Any]]":

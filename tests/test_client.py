@@ -27,6 +27,7 @@ from memagent.core.protocol import (
     trim_request,
 )
 from memagent.demo.memcg import Memcg
+from support import stop_agent
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE_APP = os.path.join(ROOT, "examples", "cache_app.py")
@@ -421,12 +422,6 @@ def start_agent(group: Memcg, path: str) -> "subprocess.Popen[str]":
         assert time.monotonic() < deadline, "agent did not start"
         time.sleep(0.05)
     return proc
-
-
-def stop_agent(proc: "subprocess.Popen[str]") -> None:
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=10)
-    assert proc.returncode == 0, err
 
 
 def apps_in_status(path: str) -> "List[Dict[str, Any]]":

@@ -4,7 +4,7 @@ from typing import Any, List
 
 from memagent import aio
 from memagent.core.levels import CRITICAL, LOW, NORMAL, Notification
-from memagent.runtime.dispatch import Dispatcher
+from memagent.runtime.dispatch import MAX_EVENTS, Dispatcher
 
 
 def note(level: int, prev: int, t_ms: int = 0) -> Notification:
@@ -64,3 +64,74 @@ def test_reminders_coalesce_but_changes_are_kept() -> None:
     aio.run(main())
     assert rec.calls == [("change", CRITICAL, LOW), ("pressure", CRITICAL)]
     assert d.coalesced == 2
+
+
+class Devices:
+    """Hears devices (slowly) but not apps."""
+
+    name = "devices"
+
+    def __init__(self) -> None:
+        self.seen: List[str] = []
+
+    async def on_device(self, devnode: str, **_: Any) -> None:
+        await aio.sleep_ms(20)
+        self.seen.append(devnode)
+
+
+class Apps:
+    name = "apps"
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    async def on_app_registered(self, **_: Any) -> None:
+        self.seen += 1
+
+
+def test_events_no_plugin_hears_are_not_queued() -> None:
+    d = Dispatcher([Devices()])
+    d.post("on_app_registered", app=None)
+    d.post("on_app_gone", app=None)
+    assert d.backlog == 0 and d.events_dropped == 0
+    d.post("on_device", action="add", subsystem="input", devnode="/dev/input/event0")
+    assert d.backlog == 1
+
+
+def test_an_app_flood_cannot_push_out_a_device_event() -> None:
+    # Any local user can connect and hang up in a loop: each is an app event.
+    devices, apps = Devices(), Apps()
+    d = Dispatcher([devices, apps])
+    d.post("on_device", action="add", subsystem="input", devnode="/dev/input/event3")
+    for _ in range(MAX_EVENTS * 3):
+        d.post("on_app_registered", app=None)
+    assert d.backlog == MAX_EVENTS and d.events_dropped == MAX_EVENTS * 2 + 1
+
+    async def main() -> None:
+        task = aio.create_task(d.run())
+        while d.backlog:
+            await aio.sleep_ms(5)
+        await aio.cancel_and_wait(task)
+
+    aio.run(main())
+    assert devices.seen == ["/dev/input/event3"] and apps.seen == MAX_EVENTS - 1
+
+
+def test_the_backlog_counts_the_hook_still_running() -> None:
+    # What waits includes what runs: a test (or the agent) that waits for
+    # backlog 0 does not cut a hook short.
+    devices = Devices()
+    d = Dispatcher([devices])
+
+    async def main() -> List[int]:
+        task = aio.create_task(d.run())
+        d.post("on_device", action="add", subsystem="input", devnode="/dev/input/event1")
+        seen = []
+        while d.backlog:
+            seen.append(d.backlog)
+            await aio.sleep_ms(2)
+        await aio.cancel_and_wait(task)
+        return seen
+
+    seen = aio.run(main())
+    assert devices.seen == ["/dev/input/event1"] and len(seen) > 3 and set(seen) == {1}

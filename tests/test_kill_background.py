@@ -32,7 +32,7 @@ from memagent.ipc.control import query
 from memagent.plugins.kill_background import pidkill, victims
 from memagent.plugins.kill_background.plugin import KillBackground
 from memagent.sense import domains, footprint
-from support import exchange, need, package_layout
+from support import exchange, need, package_layout, stop_agent
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Victims run on Debian's python3 without site (3.4 MiB charged each, against
@@ -469,17 +469,6 @@ def start_agent(group: memcg_mod.Memcg, tmp: str, conf_text: str) -> "subprocess
         assert agent.poll() is None and time.monotonic() < deadline, "agent did not start"
         time.sleep(0.05)
     return agent
-
-
-def stop_agent(agent: "subprocess.Popen[str]") -> str:
-    agent.send_signal(signal.SIGTERM)
-    try:
-        err = agent.communicate(timeout=15)[1]
-    except subprocess.TimeoutExpired:
-        agent.kill()
-        pytest.fail("the agent did not stop:\n" + agent.communicate()[1][-4000:])
-    assert agent.returncode == 0, err[-4000:]
-    return err
 
 
 def actions(tmp: str) -> List[Dict[str, Any]]:

@@ -188,6 +188,15 @@ def test_a_bad_config_schema_is_refused_naming_the_plugin(tmp_path: Path) -> Non
     assert result.absent == {"s": "it failed its checks"}
 
 
+
+def test_a_plugin_named_like_a_core_section_is_refused(tmp_path: Path) -> None:
+    # Its [levels] settings would be the agent's own: refused, not ignored.
+    result = load(tmp_path, {"levels.py": RECORDER})
+    assert result.plugins == []
+    assert result.errors == ["plugin levels (%s): name 'levels' is the agent's own config "
+                             "section [levels]; choose another"
+                             % (tmp_path / "plugins.d" / "levels.py")]
+
 # -- broken files ---------------------------------------------------------------------
 
 

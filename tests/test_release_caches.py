@@ -23,7 +23,7 @@ from memagent.core.levels import CRITICAL, LOW, NORMAL, Notification, deficit_ki
 from memagent.demo import memcg
 from memagent.ipc.control import query
 from memagent.plugins.release_caches.plugin import ReleaseCaches
-from support import need
+from support import need, stop_agent
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE_APP = [sys.executable, "-u", os.path.join(ROOT, "examples", "cache_app.py")]
@@ -32,18 +32,6 @@ CACHE_APP = [sys.executable, "-u", os.path.join(ROOT, "examples", "cache_app.py"
 def test_deficit_gets_back_above_low_with_a_margin() -> None:
     assert deficit_kib(avail_kib=10000, low_kib=20000) == 10000 + 2500
     assert deficit_kib(avail_kib=30000, low_kib=20000) == 2500  # lead-time LOW: the margin
-
-
-def stop_or_dump(agent: "subprocess.Popen[str]") -> str:
-    """Wait for the agent to exit after SIGTERM.  Returns: its stderr.
-    Fails with its stacks (SIGUSR1: faulthandler) if it does not stop."""
-    try:
-        return agent.communicate(timeout=15)[1]
-    except subprocess.TimeoutExpired:
-        agent.send_signal(signal.SIGUSR1)
-        time.sleep(1)
-        agent.kill()
-        pytest.fail("the agent did not stop on SIGTERM:\n" + agent.communicate()[1][-6000:])
 
 
 def apps_of(sock: str) -> "List[Dict[str, Any]]":
@@ -86,8 +74,7 @@ def test_cooperative_apps_absorb_the_ramp_without_a_kill(tmp_path: Any) -> None:
         finally:
             for app in apps:
                 app.send_signal(signal.SIGTERM)
-            agent.send_signal(signal.SIGTERM)
-            err = stop_or_dump(agent)
+            err = stop_agent(agent)
     asked = [a for a in registered if a["compliance"]["asked"] > 0]
     measured_kib = sum(a["compliance"]["measured_kib"] for a in registered)
     assert hog.returncode == 0 and kills == 0, err[-2000:]
@@ -111,9 +98,8 @@ def run_critical_agent(tmp: str, conf_text: str) -> str:
                               "--proc-root", root, "--no-socket", "-c", conf],
                              stderr=subprocess.PIPE, text=True)
     time.sleep(2.5)
-    agent.send_signal(signal.SIGTERM)
-    _, err = agent.communicate(timeout=15)
-    assert agent.returncode == 0 and "level CRITICAL" in err, err
+    err = stop_agent(agent)
+    assert "level CRITICAL" in err, err
     return vm
 
 

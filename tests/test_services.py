@@ -16,7 +16,7 @@ from plugrig import Rig, wait_until
 
 from memagent import aio
 from memagent.client import AsyncClient
-from memagent.core.config import Key, parse_config
+from memagent.core.config import Key, load_config, parse_config
 from memagent.core.levels import CRITICAL, LOW, NORMAL, Notification
 from memagent.demo.memcg import Memcg
 from memagent.runtime.agent import Agent
@@ -308,3 +308,21 @@ def test_the_agent_argument_still_works_and_warns_once(memcg: Memcg, caplog: Any
     warned = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
     assert warned == ["plugin oldstyle: on_start(agent=...) is deprecated and goes in memagent "
                       "0.3: use on_start(services=...) (docs/plugins.md); it used agent.monitor"]
+
+
+def test_a_reload_keeps_the_command_line(tmp_path: Any) -> None:
+    # `memagent run --memcg X` and a SIGHUP: the file has no memcg, and the
+    # plugins (kill_background picks victims in services.memcg) and the source
+    # fallback must go on seeing X, not the whole system.
+    conf = os.path.join(str(tmp_path), "memagent.conf")
+    with open(conf, "w") as f:
+        f.write("[levels]\nlow_pct = 20\n")
+    config = load_config(conf)
+    config.set("agent", "memcg", "/sys/fs/cgroup/memory/handset")  # as cli.py does
+    agent = Agent(config, config_path=conf, plugins=[], control=False)
+    with open(conf, "w") as f:
+        f.write("[levels]\nlow_pct = 30\n")
+    agent.reload()
+    services = agent.services(OldStyle())
+    assert agent.config.get_float("levels", "low_pct") == 30.0
+    assert services.memcg == "/sys/fs/cgroup/memory/handset"

@@ -154,6 +154,7 @@ class Config:
         self.origin = origin
         self.lines = lines or {}
         self.schemas: "Dict[str, Schema]" = dict(CORE_SCHEMA)
+        self.overrides: "Dict[Tuple[str, str], str]" = {}  # set(): the command line's
 
     def _key(self, section: str, key: str) -> Key:
         spec = self.schemas.get(section, {}).get(key)
@@ -196,9 +197,19 @@ class Config:
         return value if isinstance(value, str) else ""
 
     def set(self, section: str, key: str, value: str) -> None:
-        """Override a setting (command-line flags).  Raises: ConfigError."""
+        """Override a setting (command-line flags); :meth:`overridden` keeps
+        it for a reloaded file.  Raises: ConfigError."""
         self._key(section, key).convert(value, "[%s] %s" % (section, key))
         self.values.setdefault(section, {})[key] = value
+        self.overrides[(section, key)] = value
+
+    def overridden(self, config: "Config") -> "Config":
+        """Return: ``config`` (a reloaded file) with this config's overrides
+        set on it: ``--memcg`` and the other flags outlive a SIGHUP.
+        Raises: ConfigError."""
+        for (section, key), value in self.overrides.items():
+            config.set(section, key, value)
+        return config
 
     def unclaimed(self) -> "List[str]":
         """Return: the sections the file names (with settings or not) that no

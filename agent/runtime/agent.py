@@ -20,16 +20,16 @@ from ..ipc.control import ControlServer
 from ..ipc.registry import App, AppRegistry
 from ..sense.footprint import footprint_kib
 from ..sense.presence import Activity
-from . import pluginload, selfprotect
+from . import selfprotect
 from .dispatch import Dispatcher
 from .eventlog import EventLog
-from .hooks import plugin_name
+from .hooks import DEFAULT_HOOK_TIMEOUT_MS, config_schemas, plugin_name
 from .sensing import Sensor
 from .services import AppView, Deprecated, Services
 from .status import status_view
 
 try:
-    from typing import IO, Any, Dict, List, Optional
+    from typing import IO, Any, Callable, Dict, List, Optional
 except ImportError:  # MicroPython
     pass
 
@@ -59,9 +59,7 @@ class Agent:
         self.presence = Activity()
         self._absent: "Dict[str, str]" = {}
         self.dispatcher = self._load_plugins(plugins)
-        self._schemas: "Dict[str, Dict[str, Any]]" = {
-            plugin_name(p): dict(getattr(p, "config_schema", None) or {})
-            for p in self.dispatcher.plugins}
+        self._schemas = config_schemas(self.dispatcher.plugins)
         for warning in config.claim(self._schemas, self._absent):
             log.warning("%s", warning)
         proc_root = config.get_str("agent", "proc_root")
@@ -78,8 +76,11 @@ class Agent:
         self._exit_code = 0
 
     def _load_plugins(self, plugins: "Optional[List[Any]]") -> Dispatcher:
-        if plugins is not None:
-            return Dispatcher(plugins, self.config.get_int("plugins", "hook_timeout_ms") or 2000)
+        if plugins is not None:  # as pluginload would, without importing it
+            timeout_ms = self.config.get_int("plugins", "hook_timeout_ms")
+            return Dispatcher(plugins, timeout_ms if timeout_ms > 0 else DEFAULT_HOOK_TIMEOUT_MS)
+        from . import pluginload  # CPython only: finding and importing plugins
+
         result = pluginload.load_plugins(self.config)
         result.log(log)
         self._absent = result.absent
@@ -95,9 +96,11 @@ class Agent:
         return Services(plugin_name(plugin), lambda: self.config, self.sensor, self.apps,
                         self.presence, self.events, self.dispatcher)
 
-    def _start_kwargs(self, plugin: "Any") -> "Dict[str, Any]":
-        return {"services": self.services(plugin), "agent_status": self.status(),
-                "agent": Deprecated(self, plugin_name(plugin))}
+    def _start_kwargs(self) -> "Callable[[Any], Dict[str, Any]]":
+        """Return: each plugin's ``on_start`` arguments (one status view for all)."""
+        status = self.status()
+        return lambda plugin: {"services": self.services(plugin), "agent_status": status,
+                               "agent": Deprecated(self, plugin_name(plugin))}
 
     # -- views and control ------------------------------------------------------------
 
@@ -107,10 +110,11 @@ class Agent:
                            self.dispatcher, self.started_ms)
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config file and apply new thresholds; a bad
-        file is logged and the running config kept."""
+        """SIGHUP: re-read the config file (the command line's overrides
+        kept) and apply new thresholds; a bad file is logged and the running
+        config kept."""
         try:
-            config = load_config(self.config_path)
+            config = self.config.overridden(load_config(self.config_path))
             for warning in config.claim(self._schemas, self._absent):
                 log.warning("%s", warning)
             self.sensor.set_config(config)
@@ -160,7 +164,7 @@ class Agent:
             # Notes made meanwhile reach the views at once and wait in the
             # dispatcher for the plugins (coalesced, an escalation kept).
             self.sensor.start()
-            await self.dispatcher.start(self._start_kwargs)
+            await self.dispatcher.start(self._start_kwargs())
             dispatch_task = aio.create_task(self.dispatcher.run())
             await self._stop.wait()
             await self.sensor.stop()

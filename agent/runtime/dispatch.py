@@ -25,7 +25,7 @@ plugin's name is in every error.  Plugins get no hook before their
 from .. import aio
 from ..core.levels import Notification
 from ..core.logs import get_logger
-from .hooks import plugin_name
+from .hooks import DEFAULT_HOOK_TIMEOUT_MS, plugin_name
 
 try:
     from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -42,13 +42,14 @@ MAX_EVENTS = 256  # app and device events waiting for the plugins
 class Dispatcher:
     """Calls views at once and plugin hooks one at a time, off the sensing path."""
 
-    def __init__(self, plugins: "Optional[List[Any]]" = None, hook_timeout_ms: int = 2000,
-                 views: "Optional[List[View]]" = None) -> None:
+    def __init__(self, plugins: "Optional[List[Any]]" = None,
+                 hook_timeout_ms: int = DEFAULT_HOOK_TIMEOUT_MS) -> None:
         self.plugins = list(plugins or [])
         self.hook_timeout_ms = hook_timeout_ms
-        self.views: "List[View]" = list(views or [])
+        self.views: "List[View]" = []  # the runtime adds the built-in ones
         self._pending: "Optional[Notification]" = None
         self._events: "List[Tuple[str, Dict[str, Any]]]" = []
+        self._running = 0  # a notification or event whose hooks are being called
         # Made in run(): on Python 3.9 an Event binds the loop current at
         # its creation, and the dispatcher is built before the loop runs.
         self._wake: "Optional[Any]" = None
@@ -76,11 +77,17 @@ class Dispatcher:
         self._wakeup()
 
     def post(self, hook: str, **kwargs: "Any") -> None:
-        """Queue a call of ``hook`` on every plugin (``on_app_registered``,
-        ``on_app_gone``, ``on_device``), after the pending notification.
-        Never blocks; past MAX_EVENTS waiting, the oldest is dropped."""
+        """Queue a call of ``hook`` on every plugin that has it
+        (``on_app_registered``, ``on_app_gone``, ``on_device``), after the
+        pending notification.  Never blocks.  Nothing is queued when no plugin
+        has the hook.  Past MAX_EVENTS waiting, the oldest event of the same
+        hook is dropped (else the oldest): a flood of app connections cannot
+        push a device event out."""
+        if not any(getattr(p, hook, None) is not None for p in self.plugins):
+            return
         if len(self._events) >= MAX_EVENTS:
-            dropped = self._events.pop(0)
+            same = [i for i, (h, _) in enumerate(self._events) if h == hook]
+            dropped = self._events.pop(same[0] if same else 0)
             self.events_dropped += 1
             if self.events_dropped == 1 or self.events_dropped % 100 == 0:
                 log.warning("plugins are behind: dropped %s (%d events dropped so far)",
@@ -90,9 +97,9 @@ class Dispatcher:
 
     @property
     def backlog(self) -> int:
-        """What waits for the plugins: the pending notification (0 or 1) plus
-        the queued events."""
-        return (self._pending is not None) + len(self._events)
+        """What the plugins have not finished: the pending notification (0 or
+        1), the queued events, and the one whose hooks are running (0 or 1)."""
+        return (self._pending is not None) + len(self._events) + self._running
 
     def _wakeup(self) -> None:
         if self._wake is not None:
@@ -113,15 +120,17 @@ class Dispatcher:
         while True:
             await wake.wait()
             wake.clear()
-            while True:
+            while self._pending is not None or self._events:
                 note, self._pending = self._pending, None
-                if note is not None:
-                    await self.dispatch(note)
-                elif self._events:
-                    hook, kwargs = self._events.pop(0)
-                    await self.broadcast(hook, **kwargs)
-                else:
-                    break
+                self._running = 1
+                try:
+                    if note is not None:
+                        await self.dispatch(note)
+                    else:
+                        hook, kwargs = self._events.pop(0)
+                        await self.broadcast(hook, **kwargs)
+                finally:
+                    self._running = 0
 
     async def broadcast(self, hook: str, **kwargs: "Any") -> None:
         """Call ``hook`` on every plugin, in order (on_stop, events...)."""

@@ -15,7 +15,7 @@ non-empty str; ``config_schema``, if any, maps setting names to
 imports on MicroPython); the checks need CPython's ``inspect``.
 """
 
-from ..core.config import Key
+from ..core.config import CORE_SCHEMA, Key
 
 try:
     from typing import Any, Dict, List, Tuple
@@ -39,6 +39,9 @@ SPEC: "Dict[str, Tuple[Tuple[str, ...], str]]" = {
 }
 HOOKS: "Tuple[str, ...]" = tuple(SPEC)
 # Hooks of earlier releases: a plugin that has one still loads, with a warning.
+# [plugins] hook_timeout_ms when unset or bad: the schema's default.
+DEFAULT_HOOK_TIMEOUT_MS = int(str(CORE_SCHEMA["plugins"]["hook_timeout_ms"].default))
+
 RETIRED = {
     "on_tick": "on_tick was never called and is retired; while a level holds, "
                "on_pressure comes again every [levels] renotify_ms",
@@ -131,6 +134,9 @@ def check(plugin: object) -> "Tuple[List[str], List[str]]":
     problems, warnings = [], []
     if not isinstance(name, str) or not name.strip():
         problems.append("name must be a non-empty str, got %r" % (name,))
+    elif name in CORE_SCHEMA:  # its settings would be the agent's own section
+        problems.append("name %r is the agent's own config section [%s]; choose another"
+                        % (name, name))
     defined = 0
     for attr in sorted(a for a in dir(plugin) if a.startswith("on_")):
         fn = getattr(plugin, attr, None)
@@ -157,7 +163,7 @@ def validate(plugin: object) -> "List[str]":
     return ["plugin %s: %s" % (plugin_name(plugin), p) for p in check(plugin)[0]]
 
 
-def kwargs_for(hook: str, **available: "Any") -> "Dict[str, Any]":
-    """Return: the keyword arguments of ``hook`` among ``available`` (the
-    dispatcher passes exactly the spec's arguments)."""
-    return {k: v for k, v in available.items() if k in SPEC[hook][0]}
+def config_schemas(plugins: "List[Any]") -> "Dict[str, Dict[str, Key]]":
+    """Return: plugin name -> its ``config_schema`` (an empty one for a
+    plugin without settings), for ``Config.claim``."""
+    return {plugin_name(p): dict(getattr(p, "config_schema", None) or {}) for p in plugins}

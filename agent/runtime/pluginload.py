@@ -25,12 +25,11 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from ..core.config import Config, ConfigError, Schema
 from . import dispatch
-from .hooks import check, plugin_name
+from .hooks import DEFAULT_HOOK_TIMEOUT_MS, check, config_schemas, plugin_name
 
 GROUP = "memagent.plugins"
 BUILTIN_PACKAGE = "memagent.plugins"
 DEFAULT_DIR = "/etc/memagent/plugins.d"
-DEFAULT_HOOK_TIMEOUT_MS = 2000
 
 __all__ = ["GROUP", "LoadResult", "discover_entry_points", "load_plugins", "plugin_name"]
 
@@ -67,8 +66,7 @@ class LoadResult:
     def schemas(self) -> "Dict[str, Schema]":
         """Return: plugin name -> its config schema, for the loaded plugins
         (an empty one for a plugin without settings)."""
-        return {plugin_name(p): dict(getattr(p, "config_schema", None) or {})
-                for p in self.plugins}
+        return config_schemas(self.plugins)
 
     def log(self, logger: logging.Logger) -> None:
         """Log the errors (error), the warnings, the skipped plugins (info)
