@@ -5,20 +5,20 @@ Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.
 """
 
 import argparse
-import faulthandler
 import json
 import logging
-import logging.handlers
-import signal
 import sys
 
-from . import __version__, aio
+from . import __version__
 from .core import procfs, trace
 from .core.config import Config, ConfigError, load_config, thresholds_from_config
 from .core.levels import Monitor, level_name
-from .ipc import control
-from .runtime.agent import Agent
+from .ipc.ask import ask
 from .sense import domains, sources
+
+# asyncio (memagent.aio) and the agent are imported only by the commands that
+# run them: `memagent status` stays without, for a handset at pressure
+# (memagent.ipc.ask).
 
 try:
     from typing import Any, Dict, List, Optional
@@ -44,8 +44,10 @@ def setup_logging(config: Config, verbose: int) -> None:
     level = LOG_LEVELS[name]
     handler: "Optional[logging.Handler]" = None
     if target == "syslog":
+        from logging.handlers import SysLogHandler
+
         try:
-            handler = logging.handlers.SysLogHandler(address="/dev/log")
+            handler = SysLogHandler(address="/dev/log")
             handler.setFormatter(logging.Formatter("memagent[%(process)d]: %(message)s"))
         except OSError:
             handler = None
@@ -85,6 +87,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """``memagent run``: the agent, until SIGTERM (SIGUSR1 dumps its stacks
     to stderr, for a support engineer facing a stuck agent)."""
+    import faulthandler
+    import signal
+
+    from . import aio
+    from .runtime.agent import Agent
+
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     config = _config(args)
     setup_logging(config, args.verbose)
@@ -100,6 +108,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _local_status(args: argparse.Namespace) -> "Dict[str, Any]":
+    from . import aio  # its clock; only when no agent runs
+
     config = _config(args)
     memcg = config.get("agent", "memcg")
     domain = domains.open_domain(str(memcg) if memcg else None,
@@ -146,11 +156,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     config = _config(args)
     path = config.get_str("agent", "socket")
     try:
-        reply = aio.run(control.query(path, "status"))
+        reply = ask(path, "status")
         st = reply.get("status") if reply.get("ok") else None
         if not isinstance(st, dict):
             raise ValueError(reply.get("error", "bad reply"))
-    except (OSError, ValueError, aio.TimeoutError) as e:
+    except (OSError, ValueError) as e:
         st = _local_status(args)
         st["agent"] = "not running at %s (%s); computed from /proc now" % (path, e)
     if args.json:
@@ -162,6 +172,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_record(args: argparse.Namespace) -> int:
     """``memagent record``: write readings as a trace until SIGTERM/SIGINT or --duration-s."""
+    from . import aio
+    from .runtime.agent import Agent
+
     config = _config(args)
     setup_logging(config, args.verbose)
     config.set("agent", "socket", "")

@@ -5,6 +5,7 @@ Everything it acts on is started here, inside the test's own memcg.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -113,6 +114,7 @@ def test_a_dropin_plugin_sees_the_levels(memcg: Memcg, tmp_path: Any) -> None:
         err = stop_agent(agent)
     assert ("plugins: release_caches, user_activity, kill_background, notify_ui, "
             "device_watch, broken, vendor_plugin") in err
+    assert re.search(r"plugins started in \d+ ms", err), err[-3000:]  # the boot test waits for it
     assert "plugin broken: on_level_change raised RuntimeError" in err
     with open(level_file) as f:
         assert f.read().strip() in ("LOW", "CRITICAL", "NORMAL")

@@ -164,7 +164,9 @@ class Agent:
             # Notes made meanwhile reach the views at once and wait in the
             # dispatcher for the plugins (coalesced, an escalation kept).
             self.sensor.start()
+            t0_ms = aio.ticks_ms()
             await self.dispatcher.start(self._start_kwargs())
+            log.info("plugins started in %d ms", aio.ticks_ms() - t0_ms)
             dispatch_task = aio.create_task(self.dispatcher.run())
             await self._stop.wait()
             await self.sensor.stop()

@@ -723,7 +723,8 @@ def guest_kernel(console_text):
 
 def explain(console_text, tail=40):
     """Return: a short account of a run for a failure message, facts first:
-    the guest kernel, the FACT, CHECK FAILED, RESULT and RIG-EXIT lines,
+    the guest kernel, the FACT, CHECK FAILED, RESULT and RIG-EXIT lines (and
+    who killed a killed scenario: RIG-SIGNAL, RIG-OOM, RIG-LOG),
     then the last ``tail`` console lines outside handed-back files (the
     base64 of a trace says nothing to a reader)."""
     head, rest, inside = [], [], False
@@ -736,7 +737,8 @@ def explain(console_text, tail=40):
         if inside:
             inside = not line.startswith("=====END FILE ")
             continue
-        if line.startswith(("FACT ", "CHECK FAILED", "RESULT ", "RIG-EXIT", "RIG-KERNEL")):
+        if line.startswith(("FACT ", "CHECK FAILED", "RESULT ", "RIG-EXIT", "RIG-KERNEL",
+                            "RIG-SIGNAL", "RIG-OOM", "RIG-LOG")):
             head.append(line)
         else:
             rest.append(line)
