@@ -1,11 +1,13 @@
 """The asyncio shim: the only module of memagent that imports asyncio.
 
 It re-exports the subset of asyncio that MicroPython's ``asyncio`` also has
-(run, create_task, sleep, sleep_ms, wait_for, gather, Event, Lock and
+(create_task, sleep, sleep_ms, wait_for, gather, Event, Lock and
 streams/servers), so that the rest of the code can be moved to MicroPython
-without edits, and it adds one helper: :class:`FdWatch`, which waits until a
-file descriptor is readable (POLLIN) or has urgent data (POLLPRI, as PSI
-trigger fds and cgroup v1 eventfds report).
+without edits, and it adds helpers: :func:`run` (bounded at the end),
+:func:`within_ms` (a wait that never waits on a cancelled task), and
+:class:`FdWatch`, which waits until a file descriptor is readable (POLLIN)
+or has urgent data (POLLPRI, as PSI trigger fds and cgroup v1 eventfds
+report).
 
 On CPython the helper is built on ``loop.add_reader``.  For POLLPRI an epoll
 object is registered for EPOLLPRI on the watched fd and the *epoll fd* is
@@ -17,7 +19,7 @@ import asyncio
 import sys
 
 try:
-    from typing import Any, Awaitable, Callable, Optional, TypeVar
+    from typing import Any, Awaitable, Callable, Coroutine, List, Optional, TypeVar
 
     T = TypeVar("T")
 except ImportError:  # MicroPython has no typing module; annotations are not evaluated there
@@ -25,7 +27,6 @@ except ImportError:  # MicroPython has no typing module; annotations are not eva
 
 MICROPYTHON = sys.implementation.name == "micropython"
 
-run = asyncio.run
 create_task = asyncio.create_task
 sleep = asyncio.sleep
 gather = asyncio.gather
@@ -60,6 +61,78 @@ else:
         return int(_time.monotonic() * 1000)
 
 
+LEFTOVER_GRACE_MS = 200  # run(): for the tasks still running when main returns
+# The tasks that outlived run()'s end (they ignored their cancellation),
+# kept referenced: garbage-collected, such a coroutine may loop for ever
+# (a plugin's ``except BaseException`` around an await did, at exit).  A
+# program that finds any here must end with os._exit (see leave()).
+LEFTOVERS = []  # type: List[Any]
+
+
+def run(main: "Coroutine[Any, Any, T]") -> "T":
+    """Run ``main`` in a new event loop and close it, as ``asyncio.run``,
+    except that the tasks still running at the end are cancelled and given
+    LEFTOVER_GRACE_MS to end, never more: ``asyncio.run`` waits for them
+    without bound, and one that swallows its cancellation (a plugin's hook
+    abandoned at its timeout) kept the agent alive after SIGTERM.
+
+    Returns: ``main``'s result.  Raises: what ``main`` raised.
+    """
+    if MICROPYTHON:  # pragma: no cover - its run() ends with main
+        return asyncio.run(main)
+    loop = asyncio.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        return loop.run_until_complete(main)
+    finally:
+        try:
+            _end_leftovers(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+def _end_leftovers(loop: "Any") -> None:
+    """Cancel the loop's remaining tasks and wait LEFTOVER_GRACE_MS for
+    them; the ones still running then are left, and not reported again
+    when they are garbage-collected."""
+    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    if not tasks:
+        return
+    for task in tasks:
+        task.cancel()
+    loop.run_until_complete(asyncio.wait(tasks, timeout=LEFTOVER_GRACE_MS / 1000.0))
+    for task in tasks:
+        if not task.done():
+            LEFTOVERS.append(task)
+        elif not task.cancelled() and task.exception() is not None:
+            loop.call_exception_handler({"message": "unhandled exception at exit",
+                                         "exception": task.exception(), "task": task})
+
+
+def leave(code: int) -> int:
+    """End the program with ``code`` now if :data:`LEFTOVERS` holds tasks
+    that ignored their cancellation (flushing the logs and the standard
+    streams first, skipping the interpreter's teardown, which would collect
+    them); else return ``code``."""
+    if not LEFTOVERS:
+        return code
+    import logging
+    import os
+
+    logging.getLogger("memagent").error("%d task(s) ignored their cancellation; "
+                                        "exiting without the interpreter's teardown",
+                                        len(LEFTOVERS))
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 async def wait_for_ms(aw: "Awaitable[T]", timeout_ms: int) -> "T":
     """Await ``aw`` for at most ``timeout_ms``.
 
@@ -80,6 +153,57 @@ async def wait_for_ms(aw: "Awaitable[T]", timeout_ms: int) -> "T":
 
 
 _TIMEOUT = getattr(asyncio, "timeout", None)  # CPython 3.11+
+
+
+class Abandoned(TimeoutError):
+    """:func:`within_ms` ran out of time: the task was cancelled and left
+    to end on its own; ``task`` is it (keep a reference while it lives)."""
+
+    def __init__(self, task: "Any", timeout_ms: int) -> None:
+        super().__init__("abandoned after %d ms" % timeout_ms)
+        self.task = task
+
+
+async def within_ms(aw: "Awaitable[T]", timeout_ms: int) -> "T":
+    """Run ``aw`` as its own task and wait for it at most ``timeout_ms``,
+    never longer, whatever it does with its cancellation.
+
+    Returns: its result.  Raises: what it raised (a CancelledError of its
+    own as RuntimeError: only the caller's cancellation is CancelledError);
+    :class:`Abandoned` when the time runs out (the task is
+    cancelled, not waited for: one that swallows its cancellation runs
+    on, and ``task.done()`` tells); CancelledError when the caller is
+    cancelled (the task is cancelled too).  ``wait_for`` and
+    ``asyncio.timeout`` wait for the cancelled awaitable to finish: a
+    plugin hook that caught CancelledError in a loop held the dispatcher,
+    and the agent after SIGTERM, for good.
+    """
+    box = []  # type: List[Any]
+    done = Event()
+
+    async def runner() -> None:
+        try:
+            box.append((True, await aw))
+        except (Exception, CancelledError) as e:  # noqa: B036 - handed to the caller
+            box.append((False, e))
+        finally:
+            done.set()
+
+    task = create_task(runner())
+    try:
+        await wait_for_ms(done.wait(), timeout_ms)
+    except TimeoutError:
+        task.cancel()
+        raise Abandoned(task, timeout_ms) from None
+    except CancelledError:
+        task.cancel()
+        raise
+    ok, value = box[0]
+    if ok:
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, CancelledError):
+        raise RuntimeError("it raised CancelledError")
+    raise value
 
 
 async def start_unix_server(

@@ -101,7 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     agent = Agent(config, config_path=args.config, events_out=events)
     log.info("memagent %s starting", __version__)
     try:
-        return aio.run(agent.run())
+        return aio.leave(aio.run(agent.run()))
     except sources.SourceUnavailable as e:
         print("memagent: source unavailable: %s" % e, file=sys.stderr)
         return 2

@@ -135,3 +135,129 @@ def test_the_backlog_counts_the_hook_still_running() -> None:
 
     seen = aio.run(main())
     assert devices.seen == ["/dev/input/event1"] and len(seen) > 3 and set(seen) == {1}
+
+
+class Swallows:
+    """A hook that catches its cancellation and carries on (hostile; not
+    GeneratorExit, so that the test process can still collect it: the
+    live agent's test swallows that too, tests/test_hostile.py)."""
+
+    name = "swallows"
+
+    def __init__(self) -> None:
+        self.ran = 0
+
+    async def on_pressure(self, **_: Any) -> None:
+        self.ran += 1
+        while True:
+            try:
+                await aio.sleep_ms(10**6)
+            except aio.CancelledError:
+                pass
+
+
+class CancelsItself:
+    name = "cancels"
+
+    async def on_pressure(self, **_: Any) -> None:
+        raise aio.CancelledError()
+
+
+def test_a_hook_that_swallows_its_cancellation_is_abandoned_then_disabled() -> None:
+    rec, bad = Recorder(), Swallows()
+    d = Dispatcher([bad, rec], hook_timeout_ms=50)
+
+    async def main() -> float:
+        t0 = aio.ticks_ms()
+        for i in range(4):
+            await d.dispatch(note(LOW, LOW, i))
+        elapsed = aio.ticks_ms() - t0
+        await d.stop(budget_ms=100)
+        return elapsed
+
+    elapsed_ms = aio.run(main())
+    assert elapsed_ms < 1000, elapsed_ms  # one timeout, then skips: never waits on it
+    assert bad.ran == 1  # never called again while its abandoned hook runs
+    assert rec.calls == [("pressure", LOW)] * 4
+    assert d.hooks_abandoned == 1 and d.hooks_skipped == 2
+    assert "ignored its cancellation), 3 times in a row" in d.disabled["swallows"]
+    described = {p["name"]: p for p in d.describe()}
+    assert described["swallows"]["disabled"] == d.disabled["swallows"]
+    assert "disabled" not in described["recorder"]
+    assert aio.LEFTOVERS  # it outlived the loop; `memagent run` exits by aio.leave
+    aio.LEFTOVERS.clear()  # collectable: it lets GeneratorExit through
+
+
+class SlowOnce:
+    name = "slow_once"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def on_pressure(self, **_: Any) -> str:
+        self.calls += 1
+        if self.calls in (1, 2, 4, 5):
+            await aio.sleep_ms(10**6)  # cancelled at the timeout, as it should be
+        return "ok"
+
+
+def test_strikes_count_in_a_row_and_a_timely_return_clears_them() -> None:
+    slow = SlowOnce()
+    d = Dispatcher([slow], hook_timeout_ms=30)
+
+    async def main() -> List[Any]:
+        return [await d.dispatch(note(CRITICAL, CRITICAL, i)) for i in range(5)]
+
+    results = aio.run(main())
+    assert [r.get("slow_once") for r in results] == [None, None, "ok", None, None]
+    assert d.hooks_abandoned == 4 and d.hooks_skipped == 0
+    assert d.disabled == {}  # 2 in a row, cleared, 2 in a row
+
+
+def test_a_hook_raising_cancelled_error_does_not_stop_the_dispatcher(caplog: Any) -> None:
+    rec = Recorder()
+    d = Dispatcher([CancelsItself(), rec], hook_timeout_ms=100)
+    aio.run(d.dispatch(note(LOW, NORMAL)))
+    assert rec.calls == [("change", LOW, NORMAL), ("pressure", LOW)]
+    assert ("plugin cancels: on_pressure raised RuntimeError: it raised CancelledError"
+            in caplog.text)
+
+
+class StopsSlowly:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.stopped = False
+
+    async def on_stop(self, **_: Any) -> None:
+        await aio.sleep_ms(400)
+        self.stopped = True
+
+
+def test_on_stop_has_one_budget_for_all_plugins(caplog: Any) -> None:
+    plugins = [StopsSlowly("a"), StopsSlowly("b"), StopsSlowly("c")]
+    d = Dispatcher(plugins, hook_timeout_ms=5000)
+
+    async def main() -> int:
+        t0 = aio.ticks_ms()
+        await d.stop(budget_ms=600)
+        return aio.ticks_ms() - t0
+
+    elapsed_ms = aio.run(main())
+    assert 500 <= elapsed_ms < 1500, elapsed_ms
+    assert [p.stopped for p in plugins] == [True, False, False]
+    assert "plugin b: on_stop timed out after" in caplog.text
+    assert "plugin c: on_stop not called: the 600 ms for stopping are spent" in caplog.text
+
+
+def test_the_dispatcher_cancelled_mid_hook_stops_at_once() -> None:
+    d = Dispatcher([Swallows()], hook_timeout_ms=10**6)
+
+    async def main() -> int:
+        task = aio.create_task(d.dispatch(note(LOW, NORMAL)))
+        await aio.sleep_ms(50)
+        t0 = aio.ticks_ms()
+        await aio.cancel_and_wait(task)
+        return aio.ticks_ms() - t0
+
+    assert aio.run(main()) < 500
+    aio.LEFTOVERS.clear()

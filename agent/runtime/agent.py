@@ -171,7 +171,7 @@ class Agent:
             await self._stop.wait()
             await self.sensor.stop()
             await aio.cancel_and_wait(dispatch_task)
-            await self.dispatcher.broadcast("on_stop")
+            await self.dispatcher.stop()
             if server is not None:
                 await server.close()
         finally:

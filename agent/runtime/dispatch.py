@@ -37,6 +37,12 @@ except ImportError:  # MicroPython
 log = get_logger("memagent.dispatch")
 
 MAX_EVENTS = 256  # app and device events waiting for the plugins
+# Hooks in a row that time out (or are skipped: an abandoned one still runs)
+# before the plugin is disabled; a hook that returns in time clears them.
+MAX_STRIKES = 3
+# All the plugins' on_stop together: with the control server's close
+# (ipc.control.CLOSE_WAIT_MS at worst) and aio.run's end, within 2 s of SIGTERM.
+STOP_BUDGET_MS = 700
 
 
 class Dispatcher:
@@ -56,7 +62,12 @@ class Dispatcher:
         self.dispatched = 0
         self.coalesced = 0
         self.hook_errors = 0
+        self.hooks_abandoned = 0  # cancelled at their timeout and not waited for
+        self.hooks_skipped = 0
         self.events_dropped = 0
+        self.disabled: "Dict[str, str]" = {}  # plugin name -> why it is no longer called
+        self._strikes: "Dict[str, int]" = {}
+        self._abandoned: "Dict[str, Any]" = {}  # plugin name -> its hook's task, still running
 
     def submit(self, note: Notification) -> None:
         """Show ``note`` to every view now; queue it for the plugins, never
@@ -132,6 +143,21 @@ class Dispatcher:
                 finally:
                     self._running = 0
 
+    async def stop(self, budget_ms: int = STOP_BUDGET_MS) -> None:
+        """Call every plugin's ``on_stop``, in order, within ``budget_ms``
+        in all (each at most the hook timeout): the agent must exit soon
+        after SIGTERM whatever its plugins do.  Plugins past the budget are
+        not called (logged)."""
+        end_ms = aio.ticks_ms() + budget_ms
+        for plugin in self.plugins:
+            left_ms = end_ms - aio.ticks_ms()
+            if left_ms <= 0:
+                if getattr(plugin, "on_stop", None) is not None:
+                    log.error("plugin %s: on_stop not called: the %d ms for stopping "
+                              "are spent", plugin_name(plugin), budget_ms)
+                continue
+            await self.call(plugin, "on_stop", budget_ms=min(self.hook_timeout_ms, left_ms))
+
     async def broadcast(self, hook: str, **kwargs: "Any") -> None:
         """Call ``hook`` on every plugin, in order (on_stop, events...)."""
         for plugin in self.plugins:
@@ -168,8 +194,11 @@ class Dispatcher:
         error there is reported in place, never raised)."""
         out = []
         for plugin in self.plugins:
-            entry: "Dict[str, Any]" = {"name": plugin_name(plugin),
+            name = plugin_name(plugin)
+            entry: "Dict[str, Any]" = {"name": name,
                                        "unavailable": getattr(plugin, "unavailable", None)}
+            if name in self.disabled:
+                entry["disabled"] = self.disabled[name]
             fn = getattr(plugin, "status", None)
             if callable(fn):
                 try:
@@ -179,22 +208,62 @@ class Dispatcher:
             out.append(entry)
         return out
 
-    async def call(self, plugin: "Any", hook: str, **kwargs: "Any") -> "Any":
-        """Call one hook by keyword, if the plugin has it.
+    async def _blocked(self, name: str, hook: str) -> bool:
+        """Return: True if ``name`` must not be called now: it is disabled,
+        or a hook of it that was abandoned still runs (it swallowed its
+        cancellation; that is a strike, and MAX_STRIKES disable it)."""
+        if name in self.disabled:
+            return True
+        task = self._abandoned.get(name)
+        if task is None:
+            return False
+        if not task.done():
+            await aio.sleep_ms(0)  # a cancel lands at the task's next step
+        if task.done():
+            del self._abandoned[name]
+            return False
+        self.hooks_skipped += 1
+        self._strike(name, "%s skipped: an abandoned hook still runs "
+                     "(it ignored its cancellation)" % hook)
+        return True
 
-        Returns: the hook's result, or None if absent, raised or timed out
-        (logged with the plugin's name; the agent carries on).
+    def _strike(self, name: str, why: str) -> None:
+        """Count a strike against ``name``; at MAX_STRIKES in a row disable it."""
+        strikes = self._strikes[name] = self._strikes.get(name, 0) + 1
+        if strikes < MAX_STRIKES:
+            log.error("plugin %s: %s (strike %d of %d)", name, why, strikes, MAX_STRIKES)
+            return
+        self.disabled[name] = "%s, %d times in a row" % (why, strikes)
+        log.error("plugin %s disabled: %s", name, self.disabled[name])
+
+    async def call(self, plugin: "Any", hook: str, budget_ms: "Optional[int]" = None,
+                   **kwargs: "Any") -> "Any":
+        """Call one hook by keyword, if the plugin has it, for at most
+        ``budget_ms`` (default: the hook timeout).  A hook past its time is
+        cancelled and abandoned: never waited for (see aio.within_ms).
+
+        Returns: the hook's result, or None if absent, raised, timed out or
+        skipped (a disabled plugin, or one whose abandoned hook still runs);
+        each is logged with the plugin's name and counted; the agent carries on.
         """
         fn = getattr(plugin, hook, None)
         if fn is None:
             return None
         name = plugin_name(plugin)
+        if await self._blocked(name, hook):
+            return None
+        timeout_ms = self.hook_timeout_ms if budget_ms is None else budget_ms
         try:
-            return await aio.wait_for_ms(fn(**kwargs), self.hook_timeout_ms)
-        except aio.TimeoutError:
+            result = await aio.within_ms(fn(**kwargs), timeout_ms)
+        except aio.Abandoned as e:
             self.hook_errors += 1
-            log.error("plugin %s: %s timed out after %d ms", name, hook, self.hook_timeout_ms)
+            self.hooks_abandoned += 1
+            self._abandoned[name] = e.task
+            self._strike(name, "%s timed out after %d ms, abandoned" % (hook, timeout_ms))
+            return None
         except Exception as e:  # isolation: a plugin's bug must not stop the agent
             self.hook_errors += 1
             log.error("plugin %s: %s raised %s: %s", name, hook, type(e).__name__, e)
-        return None
+            return None
+        self._strikes.pop(name, None)
+        return result
