@@ -66,7 +66,7 @@ LEFTOVER_GRACE_MS = 200  # run(): for the tasks still running when main returns
 # kept referenced: garbage-collected, such a coroutine may loop for ever
 # (a plugin's ``except BaseException`` around an await did, at exit).  A
 # program that finds any here must end with os._exit (see leave()).
-LEFTOVERS = []  # type: List[Any]
+LEFTOVERS: "List[Any]" = []
 
 
 def run(main: "Coroutine[Any, Any, T]") -> "T":
@@ -178,7 +178,7 @@ async def within_ms(aw: "Awaitable[T]", timeout_ms: int) -> "T":
     plugin hook that caught CancelledError in a loop held the dispatcher,
     and the agent after SIGTERM, for good.
     """
-    box = []  # type: List[Any]
+    box: "List[Any]" = []
     done = Event()
 
     async def runner() -> None:

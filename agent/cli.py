@@ -33,8 +33,9 @@ LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.W
 
 
 def setup_logging(config: Config, verbose: int) -> None:
-    """Log to stderr or syslog (falling back to stderr if /dev/log is absent),
-    at the config's log_level, or debug with -v.
+    """Log to stderr or syslog (when nobody listens on /dev/log: to stderr,
+    or /dev/kmsg if stderr is /dev/null; said once, see
+    runtime/logsetup.py), at the config's log_level, or debug with -v.
     Raises: ConfigError for an unknown log_level."""
     target = config.get_str("agent", "log")
     name = "debug" if verbose else config.get_str("agent", "log_level").lower()
@@ -42,21 +43,14 @@ def setup_logging(config: Config, verbose: int) -> None:
         raise ConfigError("[agent] log_level: %r is not one of %s"
                           % (name, ", ".join(LOG_LEVELS)))
     level = LOG_LEVELS[name]
-    handler: "Optional[logging.Handler]" = None
-    if target == "syslog":
-        from logging.handlers import SysLogHandler
+    from .runtime.logsetup import open_log
 
-        try:
-            handler = SysLogHandler(address="/dev/log")
-            handler.setFormatter(logging.Formatter("memagent[%(process)d]: %(message)s"))
-        except OSError:
-            handler = None
-    if handler is None:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("memagent: %(levelname)s %(message)s"))
+    handler, notes = open_log(target, sys.stderr)
     root = logging.getLogger("memagent")
     root.handlers[:] = [handler]
     root.setLevel(level)
+    for line in notes:
+        log.warning("%s", line)
 
 
 def _config(args: argparse.Namespace) -> Config:
