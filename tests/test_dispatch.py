@@ -62,7 +62,8 @@ def test_reminders_coalesce_but_changes_are_kept() -> None:
         task.cancel()
 
     aio.run(main())
-    assert rec.calls == [("change", CRITICAL, LOW), ("pressure", CRITICAL)]
+    # The plugin never saw LOW: its prev_level is the NORMAL it was last given.
+    assert rec.calls == [("change", CRITICAL, NORMAL), ("pressure", CRITICAL)]
     assert d.coalesced == 2
 
 
@@ -178,7 +179,7 @@ def test_a_hook_that_swallows_its_cancellation_is_abandoned_then_disabled() -> N
     elapsed_ms = aio.run(main())
     assert elapsed_ms < 1000, elapsed_ms  # one timeout, then skips: never waits on it
     assert bad.ran == 1  # never called again while its abandoned hook runs
-    assert rec.calls == [("pressure", LOW)] * 4
+    assert rec.calls == [("change", LOW, NORMAL)] + [("pressure", LOW)] * 4
     assert d.hooks_abandoned == 1 and d.hooks_skipped == 2
     assert "ignored its cancellation), 3 times in a row" in d.disabled["swallows"]
     described = {p["name"]: p for p in d.describe()}
@@ -261,3 +262,63 @@ def test_the_dispatcher_cancelled_mid_hook_stops_at_once() -> None:
 
     assert aio.run(main()) < 500
     aio.LEFTOVERS.clear()
+
+
+class Slow:
+    """Takes ``delay_ms`` in each hook, long enough for the agent to move on."""
+
+    name = "slow"
+
+    def __init__(self, delay_ms: int) -> None:
+        self.delay_ms = delay_ms
+
+    async def on_pressure(self, **_: Any) -> None:
+        await aio.sleep_ms(self.delay_ms)
+
+
+class Watcher:
+    """Records each call with the agent's level at that moment."""
+
+    name = "watcher"
+
+    def __init__(self, agent_level: List[int]) -> None:
+        self.agent_level = agent_level
+        self.calls: List[Any] = []
+
+    async def on_level_change(self, level: int, prev_level: int, notification: Any,
+                              **_: Any) -> None:
+        assert notification.prev_level == prev_level and notification.level == level
+        self.calls.append(("change", prev_level, level, self.agent_level[-1]))
+
+    async def on_pressure(self, level: int, **_: Any) -> None:
+        self.calls.append(("pressure", level, self.agent_level[-1]))
+
+
+def test_each_plugin_sees_a_consistent_level_sequence() -> None:
+    # Seen live: plugins got LOW->CRITICAL, then LOW->NORMAL (CRITICAL->LOW
+    # never came), and a stale CRITICAL on_pressure after the agent had
+    # logged NORMAL.
+    agent_level: List[int] = [NORMAL]
+    watcher = Watcher(agent_level)
+    d = Dispatcher([Slow(100), watcher], hook_timeout_ms=1000)
+    d.views = [lambda n: agent_level.append(n.level)]
+
+    async def main() -> None:
+        task = aio.create_task(d.run())
+        d.submit(note(LOW, NORMAL, 0))
+        await aio.sleep_ms(250)  # LOW reaches both
+        d.submit(note(CRITICAL, LOW, 1))
+        await aio.sleep_ms(20)  # slow is in its CRITICAL on_pressure
+        d.submit(note(LOW, CRITICAL, 2))
+        d.submit(note(NORMAL, LOW, 3))
+        await aio.sleep_ms(400)
+        await aio.cancel_and_wait(task)
+
+    aio.run(main())
+    changes = [c for c in watcher.calls if c[0] == "change"]
+    assert [c[1:3] for c in changes] == [(NORMAL, LOW), (LOW, NORMAL)], watcher.calls
+    for prev_change, change in zip(changes, changes[1:]):
+        assert change[1] == prev_change[2]  # prev_level is what it was last given
+    stale = [c for c in watcher.calls if c[0] == "pressure" and c[1] != c[2]]
+    assert not stale, watcher.calls
+    assert d.superseded == 1

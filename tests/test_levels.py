@@ -188,3 +188,24 @@ def test_next_sample_shortens_as_the_threshold_nears() -> None:
     feed(m, [(1000 + i * 100, 90000 - i * 1024) for i in range(50)])
     near = m.next_sample_ms(6000)
     assert far is not None and near is not None and near <= far
+
+
+def test_a_level_held_by_the_hysteresis_is_reminded_every_remind_ms() -> None:
+    # With cgroup1, LOW held 11 s of unchanging memory with no reminder: the
+    # reading called for NORMAL, only the hysteresis held LOW.
+    th = default_thresholds(TOTAL)
+    m = Monitor(th)
+    band = (th.low_kib + th.recover_kib) // 2
+    notes = feed(m, [(0, th.low_kib - 10)] + steady(1000, band, 12, step_ms=1000))
+    assert [(n.t_ms, n.level, n.reason) for n in notes] == [
+        (0, LOW, "avail"), (5000, LOW, "still"), (10000, LOW, "still")]
+    assert th.remind_ms == 5000
+    # Never while NORMAL.
+    notes = feed(m, steady(20000, th.recover_kib + 10, 20, step_ms=1000))
+    assert [(n.level, n.reason) for n in notes] == [(NORMAL, "recovered")]
+
+
+def test_remind_ms_is_never_below_renotify_ms() -> None:
+    th = Thresholds(TOTAL // 5, TOTAL // 10, renotify_ms=3000, remind_ms=1000,
+                    total_kib=TOTAL)
+    assert th.remind_ms == 3000

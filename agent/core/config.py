@@ -123,7 +123,7 @@ CORE_SCHEMA: "Dict[str, Schema]" = {
         trace_speed=Key("float", "1.0")),
     "levels": dict(
         _keys("int", "low_kib critical_kib recover_kib critical_recover_kib lead_ms "
-                     "renotify_ms rate_window_ms active_hold_ms quiet_ms"),
+                     "renotify_ms rate_window_ms active_hold_ms quiet_ms remind_ms"),
         **_keys("float", "low_pct critical_pct thrash_full_pct thrash_critical_pct")),
     "sources": dict(
         _keys("int", "psi_stall_us psi_window_us calm_interval_ms max_fill_kib_s event_gap_ms",

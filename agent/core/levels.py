@@ -67,7 +67,8 @@ class Thresholds:
                  lead_ms: int = 2000, renotify_ms: int = 2000,
                  rate_window_ms: int = 2000, active_hold_ms: int = 2000,
                  thrash_full_pct: float = 10.0, thrash_critical_pct: float = 40.0,
-                 quiet_ms: int = 5000, total_kib: "Optional[int]" = None) -> None:
+                 quiet_ms: int = 5000, remind_ms: int = 5000,
+                 total_kib: "Optional[int]" = None) -> None:
         if not 0 < critical_kib < low_kib:
             raise ValueError("need 0 < critical_kib (%d) < low_kib (%d)"
                              % (critical_kib, low_kib))
@@ -86,13 +87,19 @@ class Thresholds:
         self.thrash_full_pct = thrash_full_pct
         self.thrash_critical_pct = thrash_critical_pct
         self.quiet_ms = quiet_ms
+        # The longest gap between notifications while a level above NORMAL
+        # holds, even when the hysteresis alone holds it: plugins and apps
+        # that wait for the pressure to end hear, at least this often, that
+        # it has not (ChromeOS and B2G re-check every 5 s while low).  With
+        # cgroup1, LOW held 11 s of unchanging memory with no word before.
+        self.remind_ms = max(remind_ms, renotify_ms)
 
     def as_dict(self) -> "Dict[str, Any]":
         """Return: the thresholds as a plain dict (for status and traces)."""
         return {k: getattr(self, k) for k in (
             "low_kib", "critical_kib", "recover_kib", "critical_recover_kib", "lead_ms",
             "renotify_ms", "rate_window_ms", "active_hold_ms", "thrash_full_pct",
-            "thrash_critical_pct", "quiet_ms")}
+            "thrash_critical_pct", "quiet_ms", "remind_ms")}
 
 
 def default_thresholds(total_kib: int) -> Thresholds:
@@ -138,6 +145,15 @@ class Notification:
         self.total_kib = total_kib
         self.eta_ms = eta_ms
         self.deficit_kib = deficit_kib
+
+    def seen_from(self, prev_level: int) -> "Notification":
+        """Return: this notification as told to someone whose last level was
+        ``prev_level`` (self if that is its own prev_level): coalescing may
+        have hidden the levels in between."""
+        if prev_level == self.prev_level:
+            return self
+        return Notification(self.t_ms, self.level, prev_level, self.reason, self.avail_kib,
+                            self.total_kib, self.eta_ms, self.deficit_kib)
 
     def as_dict(self) -> "Dict[str, Any]":
         """Return: a JSON-ready dict of the notification."""
@@ -271,13 +287,17 @@ class Monitor:
         if new != prev:
             self.level = new
             return self._notify(reading, prev, reason if new == target else "recovered")
-        if new > NORMAL and target == new and self._renotify_due(reading.t_ms):
+        if new > NORMAL and self._renotify_due(reading.t_ms, target == new):
             return self._notify(reading, prev, "still")
         return None
 
-    def _renotify_due(self, t_ms: int) -> bool:
+    def _renotify_due(self, t_ms: int, called_for: bool) -> bool:
+        """Return: True if a reminder is due: ``renotify_ms`` after the last
+        notification while the reading calls for the level (``called_for``),
+        ``remind_ms`` after it while only the hysteresis holds the level."""
         last = self.last_notified_ms
-        return last is None or t_ms - last >= self.thresholds.renotify_ms
+        th = self.thresholds
+        return last is None or t_ms - last >= (th.renotify_ms if called_for else th.remind_ms)
 
     def _notify(self, r: Reading, prev: int, reason: str) -> Notification:
         self.last_notified_ms = r.t_ms

@@ -58,7 +58,9 @@ class TrimResult:
     ``claimed_kib``: the app's ``freed_kib``, None without an answer.
     ``before_kib``/``after_kib``: footprints (smaps.py); ``after_kib`` None
     when the process is gone.  ``measured_kib``: before - after (after taken
-    as 0 for a process that is gone), None when ``before_kib`` is.
+    as 0 for a process that is gone), never below 0, None when
+    ``before_kib`` is; ``grew_kib``: how much the footprint grew instead
+    (the app allocated meanwhile: the log showed ``(2, 8686, -4)``), else 0.
     """
 
     def __init__(self, app: "App", trim_id: int, level: str, target_kib: int,
@@ -71,13 +73,15 @@ class TrimResult:
         self.before_kib = before_kib
         self.after_kib: "Optional[int]" = None
         self.measured_kib: "Optional[int]" = None
+        self.grew_kib = 0
         self.waited_ms = 0
 
     def finish(self, after_kib: "Optional[int]", waited_ms: int) -> None:
         """Set the after-footprint and what it says was freed."""
         self.after_kib, self.waited_ms = after_kib, waited_ms
         if self.before_kib is not None:
-            self.measured_kib = self.before_kib - (after_kib or 0)
+            freed_kib = self.before_kib - (after_kib or 0)
+            self.measured_kib, self.grew_kib = max(freed_kib, 0), max(-freed_kib, 0)
 
     def as_dict(self) -> "Dict[str, Any]":
         """Return: the result, JSON-ready."""

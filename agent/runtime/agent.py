@@ -36,6 +36,9 @@ except ImportError:  # MicroPython
 log = get_logger("memagent")
 
 SPARE_CLIENTS = 8  # connections beyond [apps] max_apps, for the shell and status
+# A status request older than this re-reads the domain (at most once per
+# STATUS_STALE_MS, however often status is asked).
+STATUS_STALE_MS = 1000
 
 
 class Agent:
@@ -105,7 +108,14 @@ class Agent:
     # -- views and control ------------------------------------------------------------
 
     def status(self) -> "Dict[str, Any]":
-        """Return: the agent's state for ``memagent status``."""
+        """Return: the agent's state for ``memagent status``, its reading
+        taken anew when older than STATUS_STALE_MS (a calm event-driven
+        source does not read: status showed the same avail_kib 6 s after a
+        60 MiB change)."""
+        m = self.sensor.monitor
+        if m is not None and m.last is not None and \
+                aio.ticks_ms() - m.last.t_ms > STATUS_STALE_MS:
+            self.sensor.read_now("status")
         return status_view(self.sensor, self.apps, self.presence, self.events,
                            self.dispatcher, self.started_ms)
 

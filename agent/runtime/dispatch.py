@@ -23,7 +23,7 @@ plugin's name is in every error.  Plugins get no hook before their
 """
 
 from .. import aio
-from ..core.levels import Notification
+from ..core.levels import NORMAL, Notification
 from ..core.logs import get_logger
 from .hooks import DEFAULT_HOOK_TIMEOUT_MS, plugin_name
 
@@ -61,6 +61,8 @@ class Dispatcher:
         self._wake: "Optional[Any]" = None
         self.dispatched = 0
         self.coalesced = 0
+        self.superseded = 0  # notes cut short by a newer one of another level
+        self._seen: "Dict[str, int]" = {}  # plugin name -> the last level it was given
         self.hook_errors = 0
         self.hooks_abandoned = 0  # cancelled at their timeout and not waited for
         self.hooks_skipped = 0
@@ -164,26 +166,40 @@ class Dispatcher:
             await self.call(plugin, hook, **kwargs)
 
     async def dispatch(self, note: Notification) -> "Dict[str, Any]":
-        """Call every plugin's hooks for ``note``, in plugin order: on a
-        change ``on_level_change``, at LOW and CRITICAL ``on_pressure``.
+        """Call every plugin's hooks for ``note``, in plugin order: when its
+        level differs from the last one that plugin was given,
+        ``on_level_change`` (``prev_level`` is that last level: each plugin
+        sees a consistent sequence, whatever coalescing hid), and at LOW and
+        CRITICAL ``on_pressure``.  A newer note of another level, pending
+        meanwhile, cuts this one short: the plugins not yet called get that
+        one instead, never a pressure call for a level the agent has left.
+
         Returns: the results, plugin name -> what its hook returned (the
         later hook's, when both returned something); each hook was given
         those of the plugins before it."""
         self.dispatched += 1
         results: "Dict[str, Any]" = {}
         for plugin in self.plugins:
+            pending = self._pending
+            if pending is not None and pending.level != note.level:
+                self.superseded += 1
+                break
+            name = plugin_name(plugin)
+            prev = self._seen.get(name, NORMAL)
+            seen = note.seen_from(prev)
+            self._seen[name] = note.level
             got = None
-            if note.level != note.prev_level:
+            if note.level != prev:
                 got = await self.call(plugin, "on_level_change", level=note.level,
-                                      prev_level=note.prev_level, notification=note,
+                                      prev_level=prev, notification=seen,
                                       results=dict(results))
-            if note.level > 0:
+            if note.level > NORMAL:
                 now = await self.call(plugin, "on_pressure", level=note.level,
-                                      notification=note, deficit_kib=note.deficit_kib,
+                                      notification=seen, deficit_kib=note.deficit_kib,
                                       results=dict(results))
                 got = got if now is None else now
             if got is not None:
-                results[plugin_name(plugin)] = got
+                results[name] = got
         return results
 
     def describe(self) -> "List[Dict[str, Any]]":
