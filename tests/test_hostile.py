@@ -11,6 +11,7 @@ import pwd
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,10 +22,14 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import pytest
 
 from memagent import aio
+from memagent.core import pidfs
 from memagent.demo import loadgen
 from memagent.demo.memcg import Memcg
+from memagent.ipc import session
 from memagent.ipc.control import query
+from memagent.plugins.kill_background import pidkill
 from memagent.sense import domains
+from memagent.sense.footprint import footprint_kib
 from support import need, stop_agent
 
 # -- defect 2: identity bound at connect --------------------------------------------------
@@ -467,3 +472,85 @@ def test_pidfds_are_closed_with_their_sessions(memcg: Memcg, tmp_path: Any,
     assert {a["identity"] for a in st["apps"]["apps"]} == {"SO_PEERPIDFD"}
     assert during >= baseline + 2 * 12  # a socket and a pidfd each
     assert after == baseline, (baseline, during, after)
+
+
+def id_accept(peer_argv: "List[str]", sockdir: str) -> "Tuple[Any, subprocess.Popen[Any]]":
+    """Return: (our accepted socket, the peer process) for a real connection
+    from a child that runs ``peer_argv`` + the socket path and stays."""
+    path = os.path.join(sockdir, "pair.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+    peer = subprocess.Popen(peer_argv + [path], stdout=subprocess.PIPE)
+    try:
+        server.settimeout(10)
+        conn, _ = server.accept()
+    finally:
+        server.close()
+    return conn, peer
+
+
+ID_PEER = ["-S", "-c", "import socket, sys, time; s = socket.socket(socket.AF_UNIX); "
+           "s.connect(sys.argv[1]); print('in', flush=True); time.sleep(1000)"]
+
+
+@pytest.mark.parametrize("peerpidfd, via", [(True, "SO_PEERPIDFD"), (False, "pidfd_open")])
+def test_a_bound_process_is_acted_on_only_while_it_lives(
+        peerpidfd: bool, via: str, id_sockdir: str, monkeypatch: Any) -> None:
+    # Both ways of binding, on real connections and a real pid reuse: once
+    # the bound process is gone its pid's new owner is never measured or
+    # signalled through the app.
+
+    if os.geteuid() != 0:
+        need("needs root (ns_last_pid)")
+    monkeypatch.setattr(session, "PEERPIDFD", peerpidfd)
+    conn, peer = id_accept([ID_PY] + ID_PEER, id_sockdir)
+    try:
+        assert peer.stdout is not None and peer.stdout.readline() == b"in\n"
+        creds, process, why = session.identify(conn)
+        assert process is not None and creds is not None and why == "", why
+        assert (process.pid, process.uid, process.via) == (peer.pid, 0, via)
+        assert process.started == pidfs.start_time(peer.pid)
+        assert process.alive() and process.changed() is None
+        assert (footprint_kib(peer.pid, process=process) or 0) > 0
+        peer.kill()
+        peer.wait()
+        root = take_pid(peer.pid, lambda argv: subprocess.Popen(argv))
+        try:
+            assert not process.alive() and process.changed() == "exited"
+            assert process.dup() is None
+            assert footprint_kib(peer.pid, process=process) is None
+            result = aio.run(pidkill.kill(peer.pid, None, process=process))
+            assert result.outcome == pidkill.GONE and not result.signalled
+            assert root.poll() is None
+        finally:
+            root.kill()
+            root.wait()
+    finally:
+        conn.close()
+        if peer.poll() is None:
+            peer.kill()
+            peer.wait()
+        if process is not None:
+            process.close()
+    assert process.closed and not process.alive()
+
+
+def test_a_registered_app_is_killed_through_its_bound_pidfd(id_sockdir: str) -> None:
+
+    conn, peer = id_accept([ID_PY] + ID_PEER, id_sockdir)
+    try:
+        assert peer.stdout is not None and peer.stdout.readline() == b"in\n"
+        _, process, _ = session.identify(conn)
+        assert process is not None
+        fds_before = len(os.listdir("/proc/self/fd"))
+        result = aio.run(pidkill.kill(peer.pid, None, grace_ms=3000, process=process))
+        assert result.outcome == pidkill.EXITED and peer.wait(5) == -signal.SIGTERM
+        assert len(os.listdir("/proc/self/fd")) == fds_before  # the dup was closed
+        assert not process.alive()
+        process.close()
+    finally:
+        conn.close()
+        if peer.poll() is None:
+            peer.kill()
+            peer.wait()
