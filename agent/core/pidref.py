@@ -18,9 +18,10 @@ proc_root`` tree): a pidfd names a real process.  MicroPython-clean (it
 imports there; the pidfd calls are absent and the start time is used).
 """
 
+import errno
 import os
 
-from .pidfs import effective_uid, read_stat, start_time
+from .pidfs import effective_uid, start_time
 
 try:
     import select
@@ -48,7 +49,7 @@ def pidfd_open(pid: int) -> "Optional[int]":
     except OSError as e:
         if isinstance(e, ProcessLookupError):
             raise
-        if e.args and e.args[0] == 38:  # ENOSYS: a kernel before 5.3
+        if e.args and e.args[0] == errno.ENOSYS:  # a kernel before 5.3
             return None
         raise
     return fd
@@ -150,10 +151,9 @@ def bind(pid: int, uid: int, pidfd: "Optional[int]" = None,
             return None, EXITED
         if pidfd is None:
             via = "start time"
-    st = read_stat(pid, PROC)
-    ref = ProcessRef(pid, uid, st.started if st is not None else -1, pidfd, via)
-    why = EXITED if st is None else _differs(ref.started, ref.started, uid,
-                                             effective_uid(pid, PROC))
+    started, euid = start_time(pid, PROC), effective_uid(pid, PROC)
+    ref = ProcessRef(pid, uid, -1 if started is None else started, pidfd, via)
+    why = _differs(ref.started, started, uid, euid)
     if why is None and pidfd is not None and exited(pidfd):
         why = EXITED  # the reads may have been of a reused pid
     if why is not None:

@@ -330,8 +330,8 @@ class AppRegistry:
         result = TrimResult(app, trim_id, level_text.upper(), target_kib, deadline_ms,
                             self._measure(app))
         self.trims += 1
-        if app.session.app is not app:
-            result.outcome = "gone"
+        if app.session.app is not app or not app.process.alive():
+            result.outcome = "gone"  # never a trim for a connection outliving its process
         elif app.session.send(line):
             await self._await_answer(app, trim_id, deadline_ms, result)
         result.finish(self._measure(app),
