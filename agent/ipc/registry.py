@@ -90,7 +90,9 @@ class AppRegistry:
 
     def open_session(self, writer: "Any") -> Session:
         """Return: a new session for a connection, its identity bound now
-        (:func:`memagent.ipc.session.identify`).  Raises: OSError (EMFILE)."""
+        (:func:`memagent.ipc.session.identify`); a peer that cannot be bound
+        (gone, another uid, the agent out of fds) gets a session whose
+        ``changed`` says why, and no app.  Never raises."""
         try:
             peer, process, why = identify(writer.get_extra_info("socket"))
         except OSError as e:  # EMFILE from pidfd_open: no identity, no app

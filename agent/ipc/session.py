@@ -147,4 +147,3 @@ class Session:
         read loop then sees EOF and closes the session."""
         self.dropped = True
         self.writer.transport.abort()
-
