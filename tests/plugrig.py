@@ -97,7 +97,7 @@ class Rig:
         self.registry = AppRegistry(
             ui_uid=self.config.get_int("apps", "ui_uid"),
             max_apps=self.config.get_int("apps", "max_apps"), proc_root=proc_root,
-            measure=lambda pid, started: footprint_kib(pid, proc_root, started),
+            measure=lambda process: footprint_kib(process.pid, proc_root, process=process),
             on_change=self._app_changed)
         self.sensor = Sensor(self.config, self.dispatcher.submit, self.events.record_action,
                              lambda code: None)

@@ -90,7 +90,8 @@ Scenario = Callable[[str, AppRegistry], Awaitable[Any]]
 def audited(**kw: Any) -> AppRegistry:
     """Return: a registry whose trims are audited against real footprints,
     as the agent builds it."""
-    return AppRegistry(measure=lambda pid, started: footprint_kib(pid, "/proc", started), **kw)
+    return AppRegistry(
+        measure=lambda process: footprint_kib(process.pid, "/proc", process=process), **kw)
 
 
 def serve(world: str, scenario: Scenario, registry: "Optional[AppRegistry]" = None,

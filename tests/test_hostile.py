@@ -1,25 +1,40 @@
 """Hostile plugins and clients against a real agent (issue: hardening).
 
-Each test reproduces one defect found from outside, with the docs only, as
-an app vendor or an attacker would; every one failed on the code before
-its fix.  Everything acted on is started here: the agent, its memcg, the
-loads and the users made for a test (removed after).
+Each section reproduces one defect found from outside, with the docs only,
+as an app vendor or an attacker would, against a real ``memagent run``
+process, in a real memcg where the scenario needs memory levels; every test
+failed on the code before its fix.  Everything acted on is started here:
+the agent, its memcg, the loads and the users made for a test (removed
+after).
 """
 
 import json
 import os
+import pwd
+import select
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
-from typing import Any, Dict, List
+import uuid
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
 from conftest import ALLOC
 from memagent import aio
+from memagent.core import pidfs
+from memagent.demo import loadgen
 from memagent.demo.memcg import Memcg
+from memagent.ipc import session
 from memagent.ipc.control import query
-from support import stop_agent
+from memagent.plugins.kill_background import pidkill
+from memagent.sense import domains
+from memagent.sense.footprint import footprint_kib
+from support import need, stop_agent
 
 # -- shared: an agent in the test's memcg, with drop-in plugins --------------------------
 
@@ -287,3 +302,527 @@ def test_each_plugin_sees_a_consistent_level_sequence(memcg: Memcg, tmp_path: An
         assert prev == last, calls  # prev_level is the level it was last given
     stale = [c for c in calls if c[0] == "pressure" and int(c[2]) < int(c[1])]
     assert not stale, calls
+
+
+# -- defect 2: identity bound at connect --------------------------------------------------
+#
+# An app's identity must be bound when its connection is accepted.  The
+# attack: an unprivileged user connects, forks, lets the parent exit and
+# keeps the socket in the child; a root process takes the parent's pid
+# (forced through /proc/sys/kernel/ns_last_pid), and the child sends
+# ``register cached``.  On the code before the fix, ``status`` showed the
+# root process as the user's app, the kill_background dry run chose it at
+# CRITICAL, and trims were audited against its memory.
+
+ID_PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+NS_LAST_PID = "/proc/sys/kernel/ns_last_pid"
+
+# A client driven line by line from stdin, answering one JSON line per
+# command on stdout: ``connect PATH``, ``ask JSON`` (a request; events that
+# arrive before its reply are returned with it), ``euid N`` (setresuid(-1,
+# N, -1): the saved uid stays, so it can go back), ``fork`` (the parent
+# prints both pids and exits at once; the child carries on with the
+# socket), ``listen`` (print every line the agent sends until it hangs up).
+ID_DRIVER = r"""
+import json, os, socket, sys
+sock, buf = None, b""
+def out(obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+def line():
+    global buf
+    while b"\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return {"eof": True}
+        buf += chunk
+    one, buf = buf.split(b"\n", 1)
+    return json.loads(one)
+while True:
+    cmd, _, arg = sys.stdin.readline().strip().partition(" ")
+    if cmd == "connect":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(arg)
+        out({"pid": os.getpid(), "euid": os.geteuid()})
+    elif cmd == "ask":
+        sock.sendall(arg.encode() + b"\n")
+        events = []
+        reply = line()
+        while "cmd" in reply:
+            events.append(reply)
+            reply = line()
+        out({"reply": reply, "events": events})
+    elif cmd == "euid":
+        os.setresuid(-1, int(arg), -1)
+        out({"euid": os.geteuid()})
+    elif cmd == "fork":
+        child = os.fork()
+        if child:
+            out({"parent": os.getpid(), "child": child})
+            os._exit(0)
+    elif cmd == "listen":
+        while True:
+            event = line()
+            out(event)
+            if event.get("eof"):
+                break
+    else:
+        break
+"""
+
+# The attacker's registration: an estimate makes release_caches trim it.
+INNOCENT = {"name": "innocent", "class": "cached", "estimate_kib": 8192}
+
+ID_CONF = """
+[plugins]
+enable = release_caches, kill_background
+[levels]
+renotify_ms = 500
+[kill_background]
+dry_run = yes
+kill_at_low = always
+low_class = cached
+critical_class = cached
+"""
+
+
+class IdDriver:
+    """A running :data:`ID_DRIVER`: ``do`` a command, get its JSON answer."""
+
+    def __init__(self, proc: "subprocess.Popen[bytes]") -> None:
+        self.proc = proc
+        self.buf = b""
+        assert proc.stdin is not None and proc.stdout is not None
+        self.out_fd = proc.stdout.fileno()
+
+    def read(self, timeout_s: float = 10) -> "Dict[str, Any]":
+        """Return: the next JSON line of the driver.  Fails after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            assert left > 0, "the driver said nothing: %r" % self.buf
+            if select.select([self.out_fd], [], [], left)[0]:
+                chunk = os.read(self.out_fd, 65536)
+                assert chunk, "the driver hung up: %r" % self.buf
+                self.buf += chunk
+        one, self.buf = self.buf.split(b"\n", 1)
+        obj: Dict[str, Any] = json.loads(one)
+        return obj
+
+    def send(self, command: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def do(self, command: str) -> "Dict[str, Any]":
+        self.send(command)
+        return self.read()
+
+    def ask(self, **request: Any) -> "Dict[str, Any]":
+        """Return: the agent's reply to ``request`` (events before it dropped)."""
+        reply: Dict[str, Any] = self.do("ask " + json.dumps(request))["reply"]
+        return reply
+
+    def rest(self) -> "List[Dict[str, Any]]":
+        """Return: every line still to come, once whoever holds the pipe is gone."""
+        os.set_blocking(self.out_fd, True)
+        data = self.buf
+        while True:
+            chunk = os.read(self.out_fd, 65536)
+            if not chunk:
+                break
+            data += chunk
+        return [json.loads(one) for one in data.splitlines() if one.strip()]
+
+
+@pytest.fixture(scope="module")
+def id_user() -> "Iterator[Tuple[str, int, int]]":
+    """Yield: (name, uid, gid) of an unprivileged user made for these tests;
+    it is removed afterwards."""
+    if os.geteuid() != 0:
+        need("needs root (useradd, ns_last_pid, setuid)")
+    if shutil.which("useradd") is None:
+        need("needs useradd")
+    name = "memagent-hostile-%s" % uuid.uuid4().hex[:6]
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                    name], check=True, capture_output=True)
+    try:
+        entry = pwd.getpwnam(name)
+        yield name, entry.pw_uid, entry.pw_gid
+    finally:
+        subprocess.run(["userdel", name], check=False, capture_output=True)
+
+
+@pytest.fixture
+def id_sockdir() -> "Iterator[str]":
+    """Yield: a directory every user can reach (the test's tmp_path is
+    root's alone), for the control socket."""
+    path = tempfile.mkdtemp(prefix="memagent-hostile-")
+    os.chmod(path, 0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def id_start_agent(group: Memcg, tmp: str, sock: str, peerpidfd: bool = True,
+                   conf_text: str = ID_CONF) -> "subprocess.Popen[str]":
+    """Return: ``memagent run`` on ``group``, listening on ``sock``, its event
+    log in ``tmp``.  ``peerpidfd`` False starts it with SO_PEERPIDFD turned
+    off (``memagent.ipc.session.PEERPIDFD``): the pidfd_open fallback of a
+    kernel before 6.5, the kernel calls themselves real."""
+    conf = os.path.join(tmp, "hostile.conf")
+    with open(conf, "w") as f:
+        f.write(conf_text)
+    launch = ("import sys; import memagent.ipc.session as s; s.PEERPIDFD = %r; "
+              "from memagent.cli import main; sys.exit(main(sys.argv[1:]))" % peerpidfd)
+    agent = subprocess.Popen([sys.executable, "-c", launch, "run", "--memcg", group.path,
+                              "--socket", sock, "--events-json",
+                              os.path.join(tmp, "ev.jsonl"), "-c", conf],
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 15
+    while not os.path.exists(sock):
+        assert agent.poll() is None, agent.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "agent did not start"
+        time.sleep(0.05)
+    return agent
+
+
+def id_driver(group: Memcg, user: "Optional[Tuple[str, int, int]]") -> IdDriver:
+    """Return: a client driver in ``group``, running as ``user`` (None: root)."""
+    def drop() -> None:
+        if user is not None:
+            os.setgroups([])
+            os.setresgid(user[2], user[2], user[2])
+            os.setresuid(user[1], user[1], user[1])
+
+    proc = group.spawn([ID_PY, "-S", "-c", ID_DRIVER], stdin=subprocess.PIPE,
+                       stdout=subprocess.PIPE, bufsize=0, preexec_fn=drop)
+    return IdDriver(proc)
+
+
+def id_status(sock: str) -> "Dict[str, Any]":
+    reply = aio.run(query(sock))
+    assert reply["ok"], reply
+    st: Dict[str, Any] = reply["status"]
+    return st
+
+
+def take_pid(target: int, spawn: "Callable[[List[str]], subprocess.Popen[Any]]",
+             tries: int = 50) -> "subprocess.Popen[Any]":
+    """Return: a root ``sleep`` that took pid ``target`` (free now): write
+    ``target - 1`` to ns_last_pid, fork, retry when another process won the
+    race.  Fails after ``tries``."""
+    for _ in range(tries):
+        with open(NS_LAST_PID, "w") as f:
+            f.write(str(target - 1))
+        proc = spawn(["sleep", "1000"])
+        if proc.pid == target:
+            return proc
+        proc.kill()
+        proc.wait()
+    pytest.fail("could not take pid %d in %d tries" % (target, tries))
+
+
+def id_avail_mib(group: Memcg) -> int:
+    return domains.MemcgDomain(group.path).read(0).avail_kib // 1024
+
+
+def id_kill_state(sock: str) -> "Dict[str, Any]":
+    (entry,) = [p for p in id_status(sock)["plugins"] if p["name"] == "kill_background"]
+    assert entry["unavailable"] is None, entry
+    state: Dict[str, Any] = entry["state"]
+    return state
+
+
+def id_actions(tmp: str) -> "List[Dict[str, Any]]":
+    path = os.path.join(tmp, "ev.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [e for e in (json.loads(one) for one in f) if "action" in e]
+
+
+def to_critical(group: Memcg, sock: str) -> "subprocess.Popen[Any]":
+    """Fill ``group`` into CRITICAL and hold it there until kill_background
+    has looked for a victim (chosen one, or found none).  Returns: the
+    allocator (adj 0: never a victim itself)."""
+    hog = group.spawn([ID_PY, "-S", loadgen.__file__, "anon", "--rate", "0", "--max-mb",
+                       str(max(id_avail_mib(group) - 8, 1)), "--hold", "-1"],
+                      stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        state = id_kill_state(sock)
+        if state["no_victim"] + state["dry_run_choices"] >= 1:
+            return hog
+        assert time.monotonic() < deadline, ("no kill decision at CRITICAL", state)
+        time.sleep(0.1)
+
+
+def id_user_apps(st: "Dict[str, Any]", pid: int) -> "List[Dict[str, Any]]":
+    """Return: the apps (or their last trims) that ``status`` ties to ``pid``."""
+    apps = st["apps"]["apps"]
+    return [a for a in apps if a["pid"] == pid or (a["last_trim"] or {}).get("pid") == pid]
+
+
+def reuse_attack(group: Memcg, tmp: str, sock: str, user: "Tuple[str, int, int]",
+                 register_first: bool) -> "Dict[str, Any]":
+    """Run the attack on the agent at ``sock``: the user connects (and, with
+    ``register_first``, registers as "innocent"), forks, the parent exits,
+    a root sleep takes its pid, the child registers "innocent" (unless it
+    did), then the memcg goes to CRITICAL while the child listens.
+    Returns: what happened, for the caller's assertions."""
+    attacker = id_driver(group, user)
+    assert attacker.do("connect " + sock)["euid"] == user[1]
+    assert attacker.ask(cmd="ping")["ok"]  # accepted: the identity is bound
+    if register_first:
+        early = attacker.ask(cmd="register", **INNOCENT)
+        assert early["ok"], early
+    pids = attacker.do("fork")
+    parent, child = pids["parent"], pids["child"]
+    attacker.proc.wait(10)  # the parent is reaped: its pid is free
+    try:
+        root = take_pid(parent, group.spawn)
+        late = None if register_first else attacker.ask(
+            cmd="register", **INNOCENT)
+        st_before = id_status(sock)
+        attacker.send("listen")
+        hog = to_critical(group, sock)
+        time.sleep(1.5)  # reminders at CRITICAL: more trims and kill decisions
+        st_after = id_status(sock)
+        alive = root.poll() is None and hog.poll() is None
+    finally:
+        os.kill(child, signal.SIGKILL)  # the one holding the socket and the pipe
+    return {"root": root.pid, "late": late, "status": [st_before, st_after],
+            "heard": attacker.rest(), "actions": id_actions(tmp), "alive": alive}
+
+
+def assert_root_untouched(seen: "Dict[str, Any]") -> None:
+    """The root process was never the user's app: not in ``status``, no
+    trim sent to the attacker's connection, no kill choice on it."""
+    root = seen["root"]
+    for st in seen["status"]:
+        assert id_user_apps(st, root) == [], st["apps"]
+    assert [e for e in seen["heard"] if e.get("cmd") == "trim"] == []
+    assert [a for a in seen["actions"] if a.get("pid") == root] == []
+    assert seen["alive"]
+
+
+@pytest.mark.memcg
+@pytest.mark.slow
+def test_a_reused_pid_registered_later_is_refused(memcg: Memcg, tmp_path: Any,
+                                                   id_user: Tuple[str, int, int],
+                                                   id_sockdir: str) -> None:
+    tmp, sock = str(tmp_path), os.path.join(id_sockdir, "ctl.sock")
+    agent = id_start_agent(memcg, tmp, sock)
+    try:
+        seen = reuse_attack(memcg, tmp, sock, id_user, register_first=False)
+    finally:
+        err = stop_agent(agent)
+    assert seen["late"]["ok"] is False and seen["late"]["code"] == "peer_changed", seen["late"]
+    assert "exited" in seen["late"]["error"]
+    assert_root_untouched(seen)
+    assert seen["status"][1]["apps"]["peers_changed"] >= 1
+    assert "Traceback" not in err
+
+
+@pytest.mark.memcg
+@pytest.mark.slow
+def test_an_app_whose_process_exited_is_not_its_reused_pid(memcg: Memcg, tmp_path: Any,
+                                                           id_user: Tuple[str, int, int],
+                                                           id_sockdir: str) -> None:
+    # The app registered while its process was there; the process exits,
+    # a child keeps the connection, root takes the pid: the app is gone.
+    tmp, sock = str(tmp_path), os.path.join(id_sockdir, "ctl.sock")
+    agent = id_start_agent(memcg, tmp, sock)
+    try:
+        seen = reuse_attack(memcg, tmp, sock, id_user, register_first=True)
+    finally:
+        stop_agent(agent)
+    assert_root_untouched(seen)
+
+
+@pytest.mark.memcg
+@pytest.mark.slow
+def test_the_pidfd_open_fallback_refuses_a_reused_pid(memcg: Memcg, tmp_path: Any,
+                                                      id_user: Tuple[str, int, int],
+                                                      id_sockdir: str) -> None:
+    # The 6.1 guest has no SO_PEERPIDFD: the agent pins the peer with
+    # pidfd_open(SO_PEERCRED pid) at accept.  Forced here, the kernel real.
+    tmp, sock = str(tmp_path), os.path.join(id_sockdir, "ctl.sock")
+    agent = id_start_agent(memcg, tmp, sock, peerpidfd=False)
+    try:
+        honest = id_driver(memcg, id_user)
+        honest.do("connect " + sock)
+        assert honest.ask(cmd="register", **{"name": "honest", "class": "cached"})["ok"]
+        (app,) = id_status(sock)["apps"]["apps"]
+        seen = reuse_attack(memcg, tmp, sock, id_user, register_first=False)
+    finally:
+        stop_agent(agent)
+    assert seen["late"]["code"] == "peer_changed", seen["late"]
+    assert_root_untouched(seen)
+    assert (app["name"], app["identity"], app["uid"]) == ("honest", "pidfd_open", id_user[1])
+
+
+@pytest.mark.memcg
+def test_a_uid_changed_since_connect_is_refused(memcg: Memcg, tmp_path: Any,
+                                                id_user: Tuple[str, int, int],
+                                                id_sockdir: str) -> None:
+    # A root client connects, then runs as the user: SO_PEERCRED still says
+    # uid 0, but the process is not root any more and gets no root trust.
+    tmp, sock = str(tmp_path), os.path.join(id_sockdir, "ctl.sock")
+    agent = id_start_agent(memcg, tmp, sock)
+    try:
+        client = id_driver(memcg, None)
+        assert client.do("connect " + sock)["euid"] == 0
+        assert client.ask(cmd="ping")["ok"]
+        assert client.do("euid %d" % id_user[1])["euid"] == id_user[1]
+        refused = [client.ask(cmd="register", **{"name": "sneaky", "class": "perceptible"}),
+                   client.ask(cmd="foreground", pid=os.getpid())]
+        # Changed before the accept: bound as changed, even once it is root again.
+        os.kill(agent.pid, signal.SIGSTOP)
+        try:
+            late = id_driver(memcg, None)
+            late.do("connect " + sock)
+            late.do("euid %d" % id_user[1])
+        finally:
+            os.kill(agent.pid, signal.SIGCONT)
+        assert late.ask(cmd="ping")["ok"]
+        assert late.do("euid 0")["euid"] == 0
+        refused.append(late.ask(cmd="register", **{"name": "sneaky", "class": "perceptible"}))
+        st = id_status(sock)
+        client.proc.kill()
+        late.proc.kill()
+    finally:
+        err = stop_agent(agent)
+    assert [r.get("code") for r in refused] == ["peer_changed"] * 3, refused
+    assert "uid %d, not 0" % id_user[1] in refused[0]["error"]
+    assert st["apps"]["apps"] == [] and st["apps"]["peers_changed"] == 3
+    assert "changed before its connection was accepted" in err
+
+
+def settled_fds(path: str, timeout_s: float = 10) -> int:
+    """Return: the number of entries of ``path`` (a /proc/PID/fd) once it
+    held still for 300 ms (a status query's connection is closed by then)."""
+    deadline = time.monotonic() + timeout_s
+    counts = [len(os.listdir(path))]
+    while time.monotonic() < deadline and (len(counts) < 4 or len(set(counts[-4:])) > 1):
+        time.sleep(0.1)
+        counts.append(len(os.listdir(path)))
+    return counts[-1]
+
+
+@pytest.mark.memcg
+def test_pidfds_are_closed_with_their_sessions(memcg: Memcg, tmp_path: Any,
+                                               id_user: Tuple[str, int, int],
+                                               id_sockdir: str) -> None:
+    # Every session holds a pidfd from accept to close: none may outlive it.
+    tmp, sock = str(tmp_path), os.path.join(id_sockdir, "ctl.sock")
+    agent = id_start_agent(memcg, tmp, sock)
+    fds = "/proc/%d/fd" % agent.pid
+    try:
+        id_status(sock)
+        baseline = settled_fds(fds)
+        clients = [id_driver(memcg, id_user if i % 2 else None) for i in range(12)]
+        for i, client in enumerate(clients):
+            client.do("connect " + sock)
+            if i % 3:
+                assert client.ask(cmd="register", **{"name": "app%d" % i,
+                                                      "class": "cached"})["ok"]
+        st = id_status(sock)
+        during = settled_fds(fds)
+        for client in clients:
+            client.proc.kill()
+            client.proc.wait()
+        deadline = time.monotonic() + 10
+        while id_status(sock)["apps"]["connections"] > 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        after = settled_fds(fds)
+    finally:
+        stop_agent(agent)
+    assert len(st["apps"]["apps"]) == 8
+    assert {a["identity"] for a in st["apps"]["apps"]} == {"SO_PEERPIDFD"}
+    assert during >= baseline + 2 * 12  # a socket and a pidfd each
+    assert after == baseline, (baseline, during, after)
+
+
+def id_accept(peer_argv: "List[str]", sockdir: str) -> "Tuple[Any, subprocess.Popen[Any]]":
+    """Return: (our accepted socket, the peer process) for a real connection
+    from a child that runs ``peer_argv`` + the socket path and stays."""
+    path = os.path.join(sockdir, "pair.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+    peer = subprocess.Popen(peer_argv + [path], stdout=subprocess.PIPE)
+    try:
+        server.settimeout(10)
+        conn, _ = server.accept()
+    finally:
+        server.close()
+    return conn, peer
+
+
+ID_PEER = ["-S", "-c", "import socket, sys, time; s = socket.socket(socket.AF_UNIX); "
+           "s.connect(sys.argv[1]); print('in', flush=True); time.sleep(1000)"]
+
+
+@pytest.mark.parametrize("peerpidfd, via", [(True, "SO_PEERPIDFD"), (False, "pidfd_open")])
+def test_a_bound_process_is_acted_on_only_while_it_lives(
+        peerpidfd: bool, via: str, id_sockdir: str, monkeypatch: Any) -> None:
+    # Both ways of binding, on real connections and a real pid reuse: once
+    # the bound process is gone its pid's new owner is never measured or
+    # signalled through the app.
+
+    if os.geteuid() != 0:
+        need("needs root (ns_last_pid)")
+    monkeypatch.setattr(session, "PEERPIDFD", peerpidfd)
+    conn, peer = id_accept([ID_PY] + ID_PEER, id_sockdir)
+    try:
+        assert peer.stdout is not None and peer.stdout.readline() == b"in\n"
+        creds, process, why = session.identify(conn)
+        assert process is not None and creds is not None and why == "", why
+        assert (process.pid, process.uid, process.via) == (peer.pid, 0, via)
+        assert process.started == pidfs.start_time(peer.pid)
+        assert process.alive() and process.changed() is None
+        assert (footprint_kib(peer.pid, process=process) or 0) > 0
+        peer.kill()
+        peer.wait()
+        root = take_pid(peer.pid, lambda argv: subprocess.Popen(argv))
+        try:
+            assert not process.alive() and process.changed() == "exited"
+            assert process.dup() is None
+            assert footprint_kib(peer.pid, process=process) is None
+            result = aio.run(pidkill.kill(peer.pid, None, process=process))
+            assert result.outcome == pidkill.GONE and not result.signalled
+            assert root.poll() is None
+        finally:
+            root.kill()
+            root.wait()
+    finally:
+        conn.close()
+        if peer.poll() is None:
+            peer.kill()
+            peer.wait()
+        if process is not None:
+            process.close()
+    assert process.closed and not process.alive()
+
+
+def test_a_registered_app_is_killed_through_its_bound_pidfd(id_sockdir: str) -> None:
+
+    conn, peer = id_accept([ID_PY] + ID_PEER, id_sockdir)
+    try:
+        assert peer.stdout is not None and peer.stdout.readline() == b"in\n"
+        _, process, _ = session.identify(conn)
+        assert process is not None
+        fds_before = len(os.listdir("/proc/self/fd"))
+        result = aio.run(pidkill.kill(peer.pid, None, grace_ms=3000, process=process))
+        assert result.outcome == pidkill.EXITED and peer.wait(5) == -signal.SIGTERM
+        assert len(os.listdir("/proc/self/fd")) == fds_before  # the dup was closed
+        assert not process.alive()
+        process.close()
+    finally:
+        conn.close()
+        if peer.poll() is None:
+            peer.kill()
+            peer.wait()

@@ -23,6 +23,7 @@ import pytest
 from plugrig import Rig
 
 from memagent import aio
+from memagent.core import pidfs
 from memagent.core.config import ConfigError
 from memagent.core.levels import CRITICAL, LOW, Notification
 from memagent.core.protocol import PROTOCOL_VERSION
@@ -31,7 +32,7 @@ from memagent.demo import memcg as memcg_mod
 from memagent.ipc.control import query
 from memagent.plugins.kill_background import pidkill, victims
 from memagent.plugins.kill_background.plugin import KillBackground
-from memagent.sense import domains, footprint
+from memagent.sense import domains
 from support import exchange, need, package_layout, stop_agent
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -136,7 +137,7 @@ def kill(pid: int, started: Optional[int], grace_ms: int, wait_ms: int = 3000) -
 
 def test_sigterm_obeyed_within_the_grace(procs: Procs) -> None:
     child = procs.victim(subprocess.Popen, "obeys", 0)
-    result = kill(child.pid, footprint.start_time(child.pid), grace_ms=3000)
+    result = kill(child.pid, pidfs.start_time(child.pid), grace_ms=3000)
     assert (result.outcome, result.sigkill, result.mrelease) == ("exited", False, None)
     assert result.ms < 2000 and child.wait(5) == 0
     assert [line[0] for line in procs.lines()] == ["TERM", "EXIT"]
@@ -144,7 +145,7 @@ def test_sigterm_obeyed_within_the_grace(procs: Procs) -> None:
 
 def test_slow_exit_is_waited_for_not_killed(procs: Procs) -> None:
     child = procs.victim(subprocess.Popen, "slow", 0, mode="slow")
-    result = kill(child.pid, footprint.start_time(child.pid), grace_ms=3000)
+    result = kill(child.pid, pidfs.start_time(child.pid), grace_ms=3000)
     assert (result.outcome, result.sigkill) == ("exited", False)
     assert 900 <= result.ms < 3000 and child.wait(5) == 0
 
@@ -152,7 +153,7 @@ def test_slow_exit_is_waited_for_not_killed(procs: Procs) -> None:
 def test_sigterm_ignored_gets_sigkill_after_the_grace(procs: Procs) -> None:
     child = procs.victim(subprocess.Popen, "ignores", 0, mode="ignore", extra_mib=64)
     t0 = time.monotonic()
-    result = kill(child.pid, footprint.start_time(child.pid), grace_ms=500)
+    result = kill(child.pid, pidfs.start_time(child.pid), grace_ms=500)
     took_ms = (time.monotonic() - t0) * 1000
     assert (result.outcome, result.sigkill) == ("killed", True)
     assert 500 <= result.ms <= took_ms < 3000, (result.ms, took_ms)
@@ -164,7 +165,7 @@ def test_sigterm_ignored_gets_sigkill_after_the_grace(procs: Procs) -> None:
 
 def test_an_exited_pid_is_never_signalled(procs: Procs) -> None:
     child = procs.victim(subprocess.Popen, "gone", 0)
-    started = footprint.start_time(child.pid)
+    started = pidfs.start_time(child.pid)
     child.kill()
     child.wait()
     # Either the pid is free (gone) or something else took it (reused): no signal.
@@ -393,7 +394,7 @@ def test_a_fake_proc_tree_never_leads_to_a_real_signal(procs: Procs, tmp_path: A
     rig = Rig(str(tmp_path), "[kill_background]\ndry_run = no\n", plugins=[plugin])
     fake = os.path.join(rig.tree.root, str(child.pid))
     os.makedirs(fake)
-    real_start = footprint.start_time(child.pid)
+    real_start = pidfs.start_time(child.pid)
     assert real_start is not None
     with open(os.path.join(fake, "stat"), "w") as f:
         f.write("%d (fake) S 1 %s%d 0 0\n" % (child.pid, "0 " * 17, real_start + 1))

@@ -70,6 +70,7 @@ MICROPYTHON_MODULES = (
     # core: all of it
     "memagent", "memagent.core", "memagent.core.reading", "memagent.core.levels",
     "memagent.core.memstate", "memagent.core.procfs", "memagent.core.pidfs",
+    "memagent.core.pidref",
     "memagent.core.classes", "memagent.core.config", "memagent.core.trace",
     "memagent.core.wire", "memagent.core.protocol", "memagent.core.logs",
     # the shim and what measures
@@ -79,7 +80,8 @@ MICROPYTHON_MODULES = (
     "memagent.sense.sources.poll", "memagent.sense.sources.mem_notify",
     "memagent.sense.sources.cgroup2", "memagent.sense.sources.trace",
     # the endpoints, the runtime and the client library
-    "memagent.ipc", "memagent.ipc.session", "memagent.ipc.registry", "memagent.ipc.control",
+    "memagent.ipc", "memagent.ipc.session", "memagent.ipc.app", "memagent.ipc.registry",
+    "memagent.ipc.control",
     "memagent.runtime", "memagent.runtime.hooks", "memagent.runtime.dispatch",
     "memagent.runtime.eventlog", "memagent.runtime.sensing", "memagent.runtime.services",
     "memagent.runtime.status", "memagent.runtime.selfprotect",

@@ -15,9 +15,10 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
+from memagent.core import pidfs
+from memagent.core.pidfs import parse_stat
 from memagent.plugins.kill_background import victims
-from memagent.plugins.kill_background.victims import Candidate, class_of_adj, parse_stat, why_not
-from memagent.sense import footprint
+from memagent.plugins.kill_background.victims import Candidate, class_of_adj, why_not
 from support import need, package_layout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,10 +66,10 @@ def test_stat_of_a_real_process_with_a_hostile_name() -> None:
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None and child.stdout.readline() == "ready\n"
-        st = victims.read_stat(child.pid)
+        st = pidfs.read_stat(child.pid)
         assert st is not None
         assert (st.comm, st.ppid) == (hostile, os.getpid()) and st.state in ("S", "R")
-        assert st.started == footprint.start_time(child.pid)
+        assert st.started == pidfs.start_time(child.pid)
         c = victims.read_candidate(child.pid)  # adj 0: foreground, not a zombie kthread
         assert c is not None and c.cls == "foreground" and why_not(c, 0) == "foreground"
     finally:
@@ -121,9 +122,9 @@ def test_order_lowest_standing_then_lru_then_largest() -> None:
 
 
 def test_merge_apps_keeps_the_highest_standing() -> None:
-    merged = victims.merge_apps([(7, "cached", 100, 55), (7, "visible", 50, 55),
-                                 (8, "service", 10, None)])
-    assert merged == {7: ("visible", 100, 55), 8: ("service", 10, None)}
+    merged = victims.merge_apps([(7, "cached", 100, 55, None), (7, "visible", 50, 55, None),
+                                 (8, "service", 10, None, None)])
+    assert merged == {7: ("visible", 100, 55, None), 8: ("service", 10, None, None)}
     never = victims.never_map([30, 20, 1], 99)
     assert never[30] == never[1] and never[99] == "foreground pid" and 31 not in never
 
@@ -170,7 +171,7 @@ def test_scan_of_a_hostile_proc_tree(tmp_path: Any) -> None:
     root = str(tmp_path)
     fake_proc(root)
     assert victims.list_pids(root) == [1, 2, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109]
-    apps = {106: ("service", 4000, 706), 107: ("cached", 10, 1)}  # 107: a reused pid
+    apps = {106: ("service", 4000, 706, None), 107: ("cached", 10, 1, None)}  # 107: reused pid
     found = {c.pid: c for c in victims.scan(root, apps=apps)}
     assert sorted(found) == [1, 2, 100, 101, 103, 105, 106, 107]
     c = found[100]
@@ -229,13 +230,13 @@ def test_real_scan_of_our_own_processes(sleepers: List["subprocess.Popen[str]"])
         negative = f.read().strip() == "-100"
     registered_pid = pids[3]
     apps = victims.merge_apps([(registered_pid, "perceptible", 123,
-                                footprint.start_time(registered_pid))])
+                                pidfs.start_time(registered_pid), None)])
     found = {c.pid: c for c in victims.scan("/proc", pids=pids + [os.getpid()], apps=apps)}
     assert [found[p].cls for p in pids] == [
         "cached", "service", None if negative else "foreground", "perceptible"]
     assert found[registered_pid].registered and found[registered_pid].adj == 950
     assert all((found[p].rss_kib or 0) > 1000 for p in pids)  # a Python: MBs
-    assert all(found[p].started == footprint.start_time(p) for p in pids)
+    assert all(found[p].started == pidfs.start_time(p) for p in pids)
     never = victims.never_map(victims.ancestors(os.getpid()), None)
     assert os.getppid() in never
     assert victims.choose(found.values(), victims.rank("perceptible"), (), never) is found[pids[0]]
@@ -253,7 +254,8 @@ from memagent.plugins.kill_background.victims import Candidate
 out = []
 for adj in (-1000, -1, 0, 99, 100, 250, 300, 899, 900, 1000):
     out.append(str(victims.class_of_adj(adj)))
-st = victims.parse_stat(%(stat)r)
+from memagent.core.pidfs import parse_stat
+st = parse_stat(%(stat)r)
 out.append("%%s|%%s|%%s|%%s" %% (st.pid, st.comm, st.ppid, st.started))
 cs = [Candidate(10, "a", "service", 1, 900, 100), Candidate(11, "b", "cached", 1, 50, 5000),
       Candidate(13, "c", "cached", 1, 20), Candidate(14, "d", "cached", 1, 800),

@@ -1,11 +1,13 @@
-"""Pure parsers of one process's /proc files: ``stat``, ``status`` and
-``smaps_rollup``.
+"""Parsers of one process's /proc files: ``stat``, ``status`` and
+``smaps_rollup``, and the one reader of them (:func:`read_text`,
+:func:`read_stat`, :func:`start_time`, :func:`effective_uid`).
 
-One place for each, used by the registry (an app's start time: its
-identity), the trim audit (what an app really holds) and the kill policy
-(candidates, their RSS).  Whole-system and cgroup files are
-:mod:`memagent.core.procfs`.  Nothing here raises for hostile text: a file
-that is not what it should be gives None or an empty dict.
+One place for each, used by the app identity (:mod:`memagent.core.pidref`:
+an app's start time and uid), the trim audit (what an app really holds) and
+the kill policy (candidates, their RSS).  Whole-system and cgroup files are
+:mod:`memagent.core.procfs`.  Nothing here raises for hostile text or a
+vanished process: a file that is not what it should be, or cannot be read,
+gives None or an empty dict.
 
 MicroPython-clean.
 """
@@ -63,6 +65,48 @@ def parse_stat(text: str) -> "Optional[Stat]":
             return None
     return Stat(int(head), text[open_at + 1:close_at], rest[0], int(rest[1]),
                 int(rest[6]), int(rest[19]))
+
+
+def parse_euid(text: str) -> "Optional[int]":
+    """Return: the effective uid of a ``/proc/PID/status`` text (the second
+    number of its ``Uid:`` line: the uid SO_PEERCRED reports), or None."""
+    for line in text.split("\n"):
+        if line.startswith("Uid:"):
+            words = line[4:].split()
+            return int(words[1]) if len(words) >= 2 and words[1].isdigit() else None
+    return None
+
+
+def read_text(path: str) -> "Optional[str]":
+    """Return: the text of the file at ``path``, or None if it cannot be
+    read (gone, ESRCH, EACCES, not UTF-8)."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except (OSError, UnicodeError):
+        return None
+
+
+def read_stat(pid: int, proc_root: str = "/proc") -> "Optional[Stat]":
+    """Return: the Stat of process ``pid``, or None if it is gone or its
+    stat is unreadable or not a stat line."""
+    text = read_text("%s/%d/stat" % (proc_root, pid))
+    return None if text is None else parse_stat(text)
+
+
+def start_time(pid: int, proc_root: str = "/proc") -> "Optional[int]":
+    """Return: the start time of process ``pid`` (clock ticks since boot,
+    field 22 of its stat), or None if it is gone or unreadable.  With the
+    pid it names one process (pids are reused)."""
+    st = read_stat(pid, proc_root)
+    return None if st is None else st.started
+
+
+def effective_uid(pid: int, proc_root: str = "/proc") -> "Optional[int]":
+    """Return: the effective uid of process ``pid`` (its status), or None
+    if it is gone or unreadable."""
+    text = read_text("%s/%d/status" % (proc_root, pid))
+    return None if text is None else parse_euid(text)
 
 
 def parse_kib_fields(text: str) -> "Dict[str, int]":

@@ -5,7 +5,8 @@ Every line goes through :func:`protocol.parse_request`; replies are built by
 ``status`` read the agent's state and never feed the sensing path; the app
 requests (register, set_class, trimmed, foreground, subscribe, unregister)
 go to the :class:`~memagent.ipc.registry.AppRegistry` with the connection's
-SO_PEERCRED, read once at connect.
+identity, bound once when it is accepted (SO_PEERCRED and a pidfd:
+:mod:`memagent.ipc.session`).
 
 Bounds: lines up to ``MAX_LINE_BYTES`` (a longer one is answered
 ``too_long`` and the connection closed), at most ``max_clients``
@@ -136,7 +137,7 @@ class ControlServer:
             pass
         self._server = await aio.start_unix_server(self._client, self.path,
                                                    limit=MAX_LINE_BYTES)
-        os.chmod(self.path, 0o666)  # anyone may ask for status; identity is SO_PEERCRED
+        os.chmod(self.path, 0o666)  # anyone may ask for status; identity is the kernel's
 
     async def _client(self, reader: "Any", writer: "Any") -> None:
         # Every handler is tracked until it has closed its writer, so that

@@ -1,8 +1,14 @@
 """The app registry: who is connected, who they are, and what they really free.
 
-Identity is the connection's SO_PEERCRED (pid, uid, gid), read once when the
-client connects (:mod:`memagent.ipc.session`); nothing in a message can
-change it.  One app per connection; closing the connection unregisters it.
+Identity is bound when the connection is accepted (:mod:`memagent.ipc.session`):
+SO_PEERCRED (pid, uid, gid) and a pidfd of that process; nothing in a
+message can change it.  A request that needs an identity (``register``,
+``set_class``, ``foreground``) is refused with ``peer_changed`` once that
+process has exited or its start time or effective uid differ from accept
+time (a forked child holding the socket of a parent whose pid was reused);
+an app whose process exited is unregistered when next seen
+(:meth:`AppRegistry.apps`).  One app per connection; closing the
+connection unregisters it.
 Trusted clients are uid 0 and ``[apps] ui_uid`` (the UI shell): only they
 may enter a protected class or say which pid is in the foreground (rules:
 :mod:`memagent.core.classes`).
@@ -20,114 +26,26 @@ from .. import aio
 from ..core.classes import may_register_as, may_set_class
 from ..core.levels import LEVEL_NAMES
 from ..core.logs import get_logger
+from ..core.pidref import ProcessRef
 from ..core.protocol import MAX_INT, ProtocolError, level_event, trim_request
-from .session import Peer, Session, peer_of, process_start
+from .app import App, Compliance, TrimResult
+from .session import Peer, Session, identify
 
 try:
     from typing import Any, Callable, Dict, List, Optional, Union
 
-    # pid, its start time -> the process's footprint in KiB, None if gone
-    Measure = Callable[[int, Optional[int]], Optional[int]]
+    # the bound process -> its footprint in KiB, None if it is gone
+    Measure = Callable[[ProcessRef], Optional[int]]
     Listener = Callable[[str, "App"], None]
 except ImportError:  # MicroPython
     pass
 
 log = get_logger("memagent.apps")
 
+__all__ = ["App", "AppRegistry", "Compliance", "TrimResult", "NO_UID"]
+
 NO_UID = -1  # [apps] ui_uid when no UI shell is trusted
 RECENT_TRIM_IDS = 8  # expired trim ids kept per app, so late answers are known
-
-
-class Compliance:
-    """What an app was asked for, and what it said and did about it."""
-
-    def __init__(self) -> None:
-        self.asked = self.answered = self.late = self.timeouts = self.gone = 0
-        self.asked_kib = self.claimed_kib = self.measured_kib = 0
-
-    def as_dict(self) -> "Dict[str, int]":
-        """Return: the counters, JSON-ready."""
-        return dict(self.__dict__)
-
-
-class TrimResult:
-    """One trim request and its audit.
-
-    ``outcome``: "answered", "timeout" (no answer by the deadline), "gone"
-    (the client closed or unregistered) or "dropped" (it could not be sent).
-    ``claimed_kib``: the app's ``freed_kib``, None without an answer.
-    ``before_kib``/``after_kib``: footprints (smaps.py); ``after_kib`` None
-    when the process is gone.  ``measured_kib``: before - after (after taken
-    as 0 for a process that is gone), never below 0, None when
-    ``before_kib`` is; ``grew_kib``: how much the footprint grew instead
-    (the app allocated meanwhile: the log showed ``(2, 8686, -4)``), else 0.
-    """
-
-    def __init__(self, app: "App", trim_id: int, level: str, target_kib: int,
-                 deadline_ms: int, before_kib: "Optional[int]") -> None:
-        self.app_id, self.pid, self.name = app.app_id, app.pid, app.name
-        self.trim_id, self.level = trim_id, level
-        self.target_kib, self.deadline_ms = target_kib, deadline_ms
-        self.outcome = "dropped"
-        self.claimed_kib: "Optional[int]" = None
-        self.before_kib = before_kib
-        self.after_kib: "Optional[int]" = None
-        self.measured_kib: "Optional[int]" = None
-        self.grew_kib = 0
-        self.waited_ms = 0
-
-    def finish(self, after_kib: "Optional[int]", waited_ms: int) -> None:
-        """Set the after-footprint and what it says was freed."""
-        self.after_kib, self.waited_ms = after_kib, waited_ms
-        if self.before_kib is not None:
-            freed_kib = self.before_kib - (after_kib or 0)
-            self.measured_kib, self.grew_kib = max(freed_kib, 0), max(-freed_kib, 0)
-
-    def as_dict(self) -> "Dict[str, Any]":
-        """Return: the result, JSON-ready."""
-        return dict(self.__dict__)
-
-
-class App:
-    """A registered app.  ``pid``/``uid`` come from SO_PEERCRED."""
-
-    def __init__(self, app_id: int, session: Session, peer: Peer, name: str, cls: str,
-                 estimate_kib: "Optional[int]", proc_root: str) -> None:
-        self.app_id = app_id
-        self.session = session
-        self.pid, self.uid = peer.pid, peer.uid
-        self.started = process_start(peer.pid, proc_root)  # tells a reused pid apart
-        self.name, self.cls, self.estimate_kib = name, cls, estimate_kib
-        self.registered_ms = aio.ticks_ms()
-        # Last time the app was in the foreground (or registered): the
-        # least recently used background app is the first to go.
-        self.last_active_ms = self.registered_ms
-        self.compliance = Compliance()
-        self.last_trim: "Optional[TrimResult]" = None
-        self.expired: "List[int]" = []  # trim ids whose deadline passed
-
-    def record(self, result: TrimResult) -> None:
-        """Fold one trim's audit into the compliance record."""
-        c = self.compliance
-        c.asked += 1
-        c.asked_kib += result.target_kib
-        if result.outcome == "answered":
-            c.answered += 1
-            c.claimed_kib += result.claimed_kib or 0
-        elif result.outcome == "timeout":
-            c.timeouts += 1
-        else:
-            c.gone += 1
-        c.measured_kib += max(result.measured_kib or 0, 0)
-        self.last_trim = result
-
-    def as_dict(self) -> "Dict[str, Any]":
-        """Return: the app for ``status``, JSON-ready."""
-        return {"app_id": self.app_id, "pid": self.pid, "uid": self.uid, "name": self.name,
-                "class": self.cls, "estimate_kib": self.estimate_kib,
-                "registered_ms": self.registered_ms,
-                "last_active_ms": self.last_active_ms, "compliance": self.compliance.as_dict(),
-                "last_trim": self.last_trim.as_dict() if self.last_trim else None}
 
 
 class _Pending:
@@ -148,7 +66,8 @@ class AppRegistry:
     """Registered apps and level subscribers, bounded by ``max_apps``.
 
     Methods called for a request raise ProtocolError (code "forbidden",
-    "not_registered", "busy" or "unknown_trim") for the server to reply with.
+    "peer_changed", "not_registered", "busy" or "unknown_trim") for the
+    server to reply with.
     """
 
     def __init__(self, ui_uid: int = NO_UID, max_apps: int = 64,
@@ -164,21 +83,34 @@ class AppRegistry:
         self._next_app_id = 1
         self._next_trim_id = 1
         self.events_sent = self.subscribers_dropped = self.trims = 0
+        self.peers_changed = 0  # requests refused: the process changed since connect
         self.foreground_pid: "Optional[int]" = None  # the last `foreground` pid, registered or not
 
     # -- connections ---------------------------------------------------------------
 
     def open_session(self, writer: "Any") -> Session:
-        """Return: a new session for a connection, with its peer credentials."""
-        session = Session(peer_of(writer), writer)
+        """Return: a new session for a connection, its identity bound now
+        (:func:`memagent.ipc.session.identify`); a peer that cannot be bound
+        (gone, another uid, the agent out of fds) gets a session whose
+        ``changed`` says why, and no app.  Never raises."""
+        try:
+            peer, process, why = identify(writer.get_extra_info("socket"))
+        except OSError as e:  # EMFILE from pidfd_open: no identity, no app
+            peer, process, why = None, None, "cannot pin the peer: %s" % e
+        if why:
+            log.warning("pid %d (uid %d) changed before its connection was accepted: %s",
+                        peer.pid if peer else -1, peer.uid if peer else -1, why)
+        session = Session(peer, writer, process, why)
         self._sessions.append(session)
         return session
 
     def close_session(self, session: Session) -> None:
-        """Forget a connection: unregister its app, end its subscription."""
+        """Forget a connection: unregister its app, end its subscription,
+        close the pidfd of its process."""
         if session.app is not None:
             self._remove(session.app)
         session.levels = None
+        session.close()
         if session in self._sessions:
             self._sessions.remove(session)
 
@@ -187,15 +119,31 @@ class AppRegistry:
         return peer is not None and (peer.uid == 0 or
                                      (self.ui_uid != NO_UID and peer.uid == self.ui_uid))
 
+    def _bound(self, session: Session, cmd: str) -> "ProcessRef":
+        """Return: the session's process, checked to be still the one bound
+        at accept.  Raises: ProtocolError "forbidden" without credentials,
+        "peer_changed" if it exited or its start time or uid changed."""
+        if session.peer is None:
+            raise _forbidden("%s: the agent cannot read this socket's credentials" % cmd)
+        process = session.process
+        why = session.changed or (process.changed() if process is not None else "exited")
+        if why or process is None:
+            session.changed = why or "exited"
+            self.peers_changed += 1
+            raise ProtocolError("peer_changed", "%s: the process that connected (pid %d) "
+                                "is not this one any more: %s; connect again" %
+                                (cmd, session.peer.pid, why))
+        return process
+
     # -- requests --------------------------------------------------------------------
 
     def register(self, session: Session, name: str, cls: str,
                  estimate_kib: "Optional[int]") -> App:
         """Register the connection's app, or update it (within policy) if it
         already registered.  Returns: the app.  Raises: ProtocolError."""
+        process = self._bound(session, "register")
         peer, trusted = session.peer, self.trusted(session.peer)
-        if peer is None:
-            raise _forbidden("register: the agent cannot read this socket's credentials")
+        assert peer is not None  # _bound checked it
         if not may_register_as(cls, trusted):
             raise _forbidden("register: %r needs a trusted client" % cls)
         app = session.app
@@ -208,7 +156,7 @@ class AppRegistry:
         if len(self.apps()) >= self.max_apps:
             raise ProtocolError("busy", "register: the agent already serves %d apps "
                                 "([apps] max_apps)" % self.max_apps)
-        app = App(self._next_app_id, session, peer, name, cls, estimate_kib, self.proc_root)
+        app = App(self._next_app_id, session, peer, process, name, cls, estimate_kib)
         self._next_app_id += 1
         session.app = app
         log.info("app %d registered: %r pid %d uid %d class %s", app.app_id, name,
@@ -251,6 +199,7 @@ class AppRegistry:
         """Change the app's class.  Returns: the app.  Raises: ProtocolError
         ("forbidden" when protocol.may_set_class says no)."""
         app = self._app_of(session, "set_class")
+        self._bound(session, "set_class")
         trusted = self.trusted(session.peer)
         if not may_register_as(cls, trusted):
             raise _forbidden("set_class: %r needs a trusted client" % cls)
@@ -266,6 +215,7 @@ class AppRegistry:
         process need not be registered).  Raises: ProtocolError unless trusted."""
         if not self.trusted(session.peer):
             raise _forbidden("foreground: needs a trusted client (root or [apps] ui_uid)")
+        self._bound(session, "foreground")
         marked = []
         now_ms = aio.ticks_ms()
         self.foreground_pid = pid
@@ -303,9 +253,22 @@ class AppRegistry:
     # -- views -------------------------------------------------------------------------
 
     def apps(self) -> "List[App]":
-        """Return: the registered apps, oldest first."""
-        return sorted((s.app for s in self._sessions if s.app is not None),
-                      key=lambda app: app.app_id)
+        """Return: the registered apps whose process is still the one bound
+        at connect, oldest first.  An app whose process exited (its
+        connection held on by another process) is unregistered here."""
+        out = []
+        for session in list(self._sessions):
+            app = session.app
+            if app is None:
+                continue
+            if not app.process.alive():
+                log.info("app %d %r: process %d exited; unregistered", app.app_id,
+                         app.name, app.pid)
+                session.changed = session.changed or "exited"
+                self._remove(app)
+                continue
+            out.append(app)
+        return sorted(out, key=lambda app: app.app_id)
 
     def snapshot(self) -> "Dict[str, Any]":
         """Return: the registry for ``status``, JSON-ready."""
@@ -314,6 +277,7 @@ class AppRegistry:
                 "subscribers": sum(1 for s in self._sessions
                                    if s.levels is not None and not s.dropped),
                 "subscribers_dropped": self.subscribers_dropped,
+                "peers_changed": self.peers_changed,
                 "events_sent": self.events_sent, "trims": self.trims,
                 "trims_in_flight": len(self._pending),
                 "apps": [app.as_dict() for app in self.apps()]}
@@ -345,7 +309,7 @@ class AppRegistry:
 
     def _measure(self, app: App) -> "Optional[int]":
         """Return: the app's footprint now (``measure``), None without one."""
-        return None if self.measure is None else self.measure(app.pid, app.started)
+        return None if self.measure is None else self.measure(app.process)
 
     def _new_trim_id(self) -> int:
         trim_id = self._next_trim_id
@@ -368,8 +332,8 @@ class AppRegistry:
         result = TrimResult(app, trim_id, level_text.upper(), target_kib, deadline_ms,
                             self._measure(app))
         self.trims += 1
-        if app.session.app is not app:
-            result.outcome = "gone"
+        if app.session.app is not app or not app.process.alive():
+            result.outcome = "gone"  # never a trim for a connection outliving its process
         elif app.session.send(line):
             await self._await_answer(app, trim_id, deadline_ms, result)
         result.finish(self._measure(app),

@@ -69,7 +69,7 @@ class Agent:
         self.apps = AppRegistry(
             ui_uid=config.get_int("apps", "ui_uid"),
             max_apps=max(config.get_int("apps", "max_apps"), 1), proc_root=proc_root,
-            measure=lambda pid, started: footprint_kib(pid, proc_root, started),
+            measure=lambda process: footprint_kib(process.pid, proc_root, process=process),
             on_change=self._app_changed)
         self.sensor = Sensor(config, self.dispatcher.submit, self.events.record_action,
                              self._end, record_out, min_interval_ms)

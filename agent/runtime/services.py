@@ -37,15 +37,20 @@ class AppView:
     ``app_id``, ``pid``, ``uid`` (SO_PEERCRED), ``name``, ``cls`` (its class),
     ``estimate_kib`` (what it says it can free, or None), ``started`` (its
     start time in clock ticks: with the pid it names one process),
-    ``registered_ms`` and ``last_active_ms`` (the agent's monotonic clock).
+    ``process`` (the :class:`~memagent.core.pidref.ProcessRef` bound when
+    the app connected: act on the app only through it, ``alive()`` before a
+    /proc read is trusted, ``dup()`` for a pidfd to signal; the agent owns
+    and closes it), ``registered_ms`` and ``last_active_ms`` (the agent's
+    monotonic clock).
     """
 
     __slots__ = ("app_id", "pid", "uid", "name", "cls", "estimate_kib", "started",
-                 "registered_ms", "last_active_ms", "_app")
+                 "process", "registered_ms", "last_active_ms", "_app")
 
     def __init__(self, app: App) -> None:
         self.app_id, self.pid, self.uid, self.name = app.app_id, app.pid, app.uid, app.name
         self.cls, self.estimate_kib, self.started = app.cls, app.estimate_kib, app.started
+        self.process = app.process
         self.registered_ms, self.last_active_ms = app.registered_ms, app.last_active_ms
         self._app = app
 

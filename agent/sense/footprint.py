@@ -17,7 +17,8 @@ Python process takes 0.3 ms, cheap enough to do inline before and after
 each trim.
 """
 
-from ..core.pidfs import parse_kib_fields, parse_stat, private_kib
+from ..core.pidfs import parse_kib_fields, private_kib, read_text, start_time
+from ..core.pidref import ProcessRef
 
 try:
     from typing import Optional
@@ -25,31 +26,22 @@ except ImportError:  # MicroPython
     pass
 
 
-def _read(path: str) -> "Optional[str]":
-    """Return: the file's text, or None if it cannot be read (gone, ESRCH)."""
-    try:
-        with open(path) as f:
-            return f.read()
-    except (OSError, UnicodeError):
-        return None
-
-
-def start_time(pid: int, proc_root: str = "/proc") -> "Optional[int]":
-    """Return: the process's start time (clock ticks since boot), or None if
-    it is gone.  Together with the pid it names one process."""
-    text = _read("%s/%d/stat" % (proc_root, pid))
-    st = None if text is None else parse_stat(text)
-    return None if st is None else st.started
-
-
-def footprint_kib(pid: int, proc_root: str = "/proc",
-                  started: "Optional[int]" = None) -> "Optional[int]":
+def footprint_kib(pid: int, proc_root: str = "/proc", started: "Optional[int]" = None,
+                  process: "Optional[ProcessRef]" = None) -> "Optional[int]":
     """Return: the footprint of process ``pid`` in KiB (see the module
-    docstring), or None if it is gone, a zombie, or (when ``started`` is
-    given) no longer the process that started then.  Never raises."""
-    if started is not None and start_time(pid, proc_root) != started:
+    docstring), or None if it is gone, a zombie, or no longer the process
+    meant: with ``process`` (an app's, bound at connect), unless that
+    process is alive both before and after the read (so ``pid`` named it
+    throughout); else, with ``started``, unless the pid's start time is
+    ``started``.  Never raises."""
+    if process is not None:
+        if process.pid != pid or not process.alive():
+            return None
+    elif started is not None and start_time(pid, proc_root) != started:
         return None
-    text = _read("%s/%d/smaps_rollup" % (proc_root, pid))
+    text = read_text("%s/%d/smaps_rollup" % (proc_root, pid))
     if text is None:
-        text = _read("%s/%d/status" % (proc_root, pid))
+        text = read_text("%s/%d/status" % (proc_root, pid))
+    if process is not None and not process.alive():
+        return None
     return None if text is None else private_kib(parse_kib_fields(text))

@@ -4,7 +4,10 @@
 that the pid still names the process that was chosen (its start time in
 ``/proc/PID/stat`` equals the one recorded when it was scanned); from then on
 every signal goes through the pidfd, which names that process and no other,
-whatever happens to the pid.  The sequence:
+whatever happens to the pid.  A registered app is not pinned here: its
+process was pinned when it connected (``AppView.process``), and the kill
+signals through a dup of that pidfd, or not at all once that process has
+exited.  The sequence:
 
 1. ``pidfd_send_signal(SIGTERM)``, then wait up to ``grace_ms`` for the
    pidfd to become readable (the kernel marks it so when the process exits;
@@ -34,7 +37,8 @@ import signal
 from typing import Any, Dict, Optional, Tuple
 
 from memagent import aio
-from memagent.plugins.kill_background.victims import read_stat
+from memagent.core.pidfs import read_stat
+from memagent.core.pidref import ProcessRef
 
 SYS_PROCESS_MRELEASE = 448
 # Architectures whose syscall numbers are not the unified table's.
@@ -109,12 +113,17 @@ class KillResult:
                 "ms": self.ms, "mrelease": self.mrelease, "error": self.error}
 
 
-def open_checked(pid: int, started: Optional[int],
-                 proc_root: str = "/proc") -> Tuple[Optional[int], str]:
+def open_checked(pid: int, started: Optional[int], proc_root: str = "/proc",
+                 process: Optional[ProcessRef] = None) -> Tuple[Optional[int], str]:
     """Pin ``pid`` with a pidfd and check it is still the process that
-    started at ``started`` (clock ticks; None skips the check).
+    started at ``started`` (clock ticks; None skips the check); with
+    ``process`` (a registered app's, bound at connect), take a dup of its
+    pidfd instead, if that process is still ``pid`` and alive.
     Returns: (pidfd, "") or (None, REUSED/GONE/DENIED).  The caller closes
     the pidfd.  Raises: OSError from pidfd_open other than ESRCH/EPERM."""
+    if process is not None:
+        fd = process.dup() if process.pid == pid else None
+        return (fd, "") if fd is not None else (None, GONE)
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
@@ -155,17 +164,19 @@ def _send(pidfd: int, sig: int, result: KillResult) -> bool:
 
 
 async def kill(pid: int, started: Optional[int], grace_ms: int = 1000, wait_ms: int = 3000,
-               mrelease: bool = True, proc_root: str = "/proc") -> KillResult:
+               mrelease: bool = True, proc_root: str = "/proc",
+               process: Optional[ProcessRef] = None) -> KillResult:
     """Kill process ``pid`` if it is still the one that started at
-    ``started``: SIGTERM, ``grace_ms`` to exit, then SIGKILL (and
-    process_mrelease if ``mrelease``) and ``wait_ms`` more.
+    ``started`` (with ``process``, a registered app's: if that bound
+    process is alive, through its pidfd): SIGTERM, ``grace_ms`` to exit,
+    then SIGKILL (and process_mrelease if ``mrelease``) and ``wait_ms`` more.
 
     Returns: a KillResult (see there); a reused pid gives REUSED with
     nothing signalled.  Raises: OSError only for an unexpected pidfd_open
     failure (EMFILE, ENOSYS: see :func:`supported`).
     """
     result = KillResult(pid)
-    pidfd, why = open_checked(pid, started, proc_root)
+    pidfd, why = open_checked(pid, started, proc_root, process)
     if pidfd is None:
         result.outcome = why
         return result

@@ -8,7 +8,8 @@ order come from :mod:`.victims` (registered apps by class, others by
 oom_score_adj, lowest standing, then least recently used, then largest),
 within the watched domain only (the ``[agent] memcg``'s processes when one
 is set).  The kill itself is :mod:`.pidkill` (pidfd, SIGTERM, grace,
-SIGKILL, process_mrelease), so a recycled pid is never hit.
+SIGKILL, process_mrelease), so a recycled pid is never hit; a registered
+app is signalled through the pidfd bound when it connected.
 
 Pacing: on_pressure only starts one background task (the sequence) and
 returns; while it runs, later notifications are only counted.  The sequence
@@ -338,7 +339,8 @@ class KillBackground:
             log.warning("plugin %s: cannot list the memcg's processes: %s", self.name, e)
             return None
         return victims.pick(services.proc_root, pids,
-                            [(a.pid, a.cls, a.last_active_ms, a.started) for a in services.apps()],
+                            [(a.pid, a.cls, a.last_active_ms, a.started, a.process)
+                             for a in services.apps()],
                             services.foreground_pid, s.reach_rank(level), s.protect, exclude)
 
     async def execute(self, victim: victims.Candidate, level: int,
@@ -353,8 +355,10 @@ class KillBackground:
         # The identity check reads the real /proc whatever [agent] proc_root
         # says: pidfds name real processes, and a victim scanned from a test's
         # /proc tree then never matches a real one (skipped as "reused").
+        # A registered app is signalled through the pidfd bound when it
+        # connected (victim.process), never through its pid.
         result = await pidkill.kill(victim.pid, victim.started, s.grace_ms, s.wait_ms,
-                                    s.mrelease)
+                                    s.mrelease, process=victim.process)
         freed = None
         if result.signalled:
             after = services.remeasure("killed")

@@ -28,13 +28,24 @@ MicroPython-clean but for :func:`pick` (os.getpid).
 import os
 
 from memagent.core.classes import class_of_adj, rank
-from memagent.core.pidfs import Stat, parse_int, parse_kib_fields, parse_stat, resident_kib
+from memagent.core.pidfs import (
+    Stat,
+    parse_int,
+    parse_kib_fields,
+    read_stat,
+    read_text,
+    resident_kib,
+)
+from memagent.core.pidref import ProcessRef
 
 try:
     from typing import Dict, Iterable, List, Optional, Tuple
 
-    # A registered app as the scan needs it: (class, last_active_ms, started).
-    AppInfo = Tuple[str, int, Optional[int]]
+    # A registered app as the scan needs it: (class, last_active_ms,
+    # started, the process bound at connect or None).
+    AppInfo = Tuple[str, int, Optional[int], Optional[ProcessRef]]
+    # (pid, class, last_active_ms, started, process): what pick is given.
+    AppEntry = Tuple[int, str, int, Optional[int], Optional[ProcessRef]]
 except ImportError:  # MicroPython
     pass
 
@@ -50,11 +61,12 @@ class Candidate:
     from the app registry; ``last_active_ms``: from the registry, None when
     unknown (counted as the oldest); ``started``: its start time (clock
     ticks since boot), which tells a reused pid apart; ``rss_kib``: None
-    when unreadable.
+    when unreadable; ``process``: a registered app's process, bound at
+    connect (the kill signals through its pidfd), else None.
     """
 
     __slots__ = ("pid", "comm", "cls", "registered", "adj", "last_active_ms", "started",
-                 "rss_kib", "ppid", "state", "flags")
+                 "rss_kib", "ppid", "state", "flags", "process")
 
     def __init__(self, pid: int, comm: str, cls: "Optional[str]", started: int,
                  rss_kib: "Optional[int]" = None, last_active_ms: "Optional[int]" = None,
@@ -63,6 +75,7 @@ class Candidate:
         self.pid, self.comm, self.cls, self.started = pid, comm, cls, started
         self.rss_kib, self.last_active_ms, self.registered = rss_kib, last_active_ms, registered
         self.adj, self.ppid, self.state, self.flags = adj, ppid, state, flags
+        self.process: "Optional[ProcessRef]" = None
 
     def as_dict(self) -> "Dict[str, object]":
         """Return: the candidate, JSON-ready."""
@@ -123,15 +136,6 @@ def choose(candidates: "Iterable[Candidate]", reach_rank: int, protect: "Iterabl
 
 # -- reading /proc and cgroupfs ---------------------------------------------------
 
-def _read(path: str) -> "Optional[str]":
-    """Return: the file's text, or None if it cannot be read."""
-    try:
-        with open(path) as f:
-            return f.read()
-    except (OSError, UnicodeError):
-        return None
-
-
 def list_pids(proc_root: str = "/proc") -> "List[int]":
     """Return: the numeric entries of ``proc_root``, sorted (empty if it
     cannot be listed)."""
@@ -162,12 +166,6 @@ def memcg_pids(path: str, depth: int = MAX_CGROUP_DEPTH) -> "List[int]":
     return sorted(pids)
 
 
-def read_stat(pid: int, proc_root: str = "/proc") -> "Optional[Stat]":
-    """Return: the process's Stat, or None if it is gone or unreadable."""
-    text = _read("%s/%d/stat" % (proc_root, pid))
-    return None if text is None else parse_stat(text)
-
-
 def ancestors(pid: int, proc_root: str = "/proc", limit: int = 64) -> "List[int]":
     """Return: ``pid`` and its ancestors up to pid 1, nearest first (as
     far as /proc can be read; at most ``limit``)."""
@@ -184,29 +182,41 @@ def ancestors(pid: int, proc_root: str = "/proc", limit: int = 64) -> "List[int]
 def read_candidate(pid: int, proc_root: str = "/proc",
                    apps: "Optional[Dict[int, AppInfo]]" = None) -> "Optional[Candidate]":
     """Return: the candidate for ``pid``, or None if it is gone or its
-    stat is not a stat line.  A registered app (``apps``: pid -> (class,
-    last_active_ms, started)) whose start time matches gets its registered
-    class; otherwise the class comes from oom_score_adj.  Never raises."""
+    stat is not a stat line.  A registered app (``apps``: pid -> AppInfo)
+    that is still its pid's process (:func:`still_bound`) gets its
+    registered class and process; otherwise the class comes from
+    oom_score_adj.  Never raises."""
     st = read_stat(pid, proc_root)
     if st is None or st.pid != pid:
         return None
     base = "%s/%d/" % (proc_root, pid)
-    adj = parse_int(_read(base + "oom_score_adj"))
-    status = _read(base + "status")
+    adj = parse_int(read_text(base + "oom_score_adj"))
+    status = read_text(base + "status")
     rss_kib = None if status is None else resident_kib(parse_kib_fields(status))
     c = Candidate(pid, st.comm, None if adj is None else class_of_adj(adj), st.started,
                   rss_kib=rss_kib, adj=adj, ppid=st.ppid, state=st.state, flags=st.flags)
     app = (apps or {}).get(pid)
-    if app is not None and app[2] == st.started:
-        c.cls, c.last_active_ms, c.registered = app[0], app[1], True
+    if app is not None and still_bound(app, pid, st):
+        c.cls, c.last_active_ms, c.registered, c.process = app[0], app[1], True, app[3]
     return c
+
+
+def still_bound(app: "AppInfo", pid: int, st: Stat) -> bool:
+    """Return: True if ``pid`` (whose stat ``st`` was just read) is still
+    the registered app's process: its bound process has that pid and is
+    alive now, after the read; without a bound process, the start time is
+    the app's."""
+    process = app[3]
+    if process is not None:
+        return process.pid == pid and process.alive()
+    return app[2] == st.started
 
 
 def below_reach(pid: int, proc_root: str, reach_rank: int) -> bool:
     """Return: True if ``pid``'s oom_score_adj alone rules it out at
     ``reach_rank`` (a class of higher standing, or negative); False if it may
     be eligible or cannot be read (the full read decides)."""
-    adj = parse_int(_read("%s/%d/oom_score_adj" % (proc_root, pid)))
+    adj = parse_int(read_text("%s/%d/oom_score_adj" % (proc_root, pid)))
     return adj is not None and rank(class_of_adj(adj)) < reach_rank
 
 
@@ -230,18 +240,19 @@ def scan(proc_root: str = "/proc", pids: "Optional[Iterable[int]]" = None,
     return out
 
 
-def merge_apps(entries: "Iterable[Tuple[int, str, int, Optional[int]]]") -> "Dict[int, AppInfo]":
-    """Return: pid -> (class, last_active_ms, started) from (pid, class,
-    last_active_ms, started) entries.  A process with several registered
-    apps keeps its highest standing and its latest use."""
+def merge_apps(entries: "Iterable[AppEntry]") -> "Dict[int, AppInfo]":
+    """Return: pid -> (class, last_active_ms, started, process) from (pid,
+    class, last_active_ms, started, process) entries.  A process with
+    several registered apps keeps its highest standing and its latest use."""
     out: "Dict[int, AppInfo]" = {}
-    for pid, cls, last_ms, started in entries:
+    for pid, cls, last_ms, started, process in entries:
         have = out.get(pid)
         if have is not None:
             if rank(have[0]) < rank(cls):
                 cls = have[0]
             last_ms = max(last_ms, have[1])
-        out[pid] = (cls, last_ms, started)
+            process = process or have[3]
+        out[pid] = (cls, last_ms, started, process)
     return out
 
 
@@ -258,12 +269,12 @@ def never_map(agent_pids: "Iterable[int]", foreground_pid: "Optional[int]") -> "
 
 
 def pick(proc_root: str, pids: "Optional[Iterable[int]]",
-         apps: "Iterable[Tuple[int, str, int, Optional[int]]]",
+         apps: "Iterable[AppEntry]",
          foreground_pid: "Optional[int]", reach_rank: int, protect: "Iterable[str]",
          exclude: "Optional[Dict[int, str]]" = None) -> "Optional[Candidate]":
     """Return: the first victim among ``pids`` (None: every process of
     ``proc_root``) at ``reach_rank``, or None.  ``apps``: the registered apps
-    as (pid, class, last_active_ms, started); never the agent or its
+    as (pid, class, last_active_ms, started, process); never the agent or its
     ancestors, the foreground pid, a ``protect``ed name or a pid of
     ``exclude``."""
     never = never_map(ancestors(os.getpid(), proc_root), foreground_pid)
