@@ -70,7 +70,7 @@ MICROPYTHON_MODULES = (
     # core: all of it
     "memagent", "memagent.core", "memagent.core.reading", "memagent.core.levels",
     "memagent.core.memstate", "memagent.core.procfs", "memagent.core.pidfs",
-    "memagent.core.pidref",
+    "memagent.core.pidref", "memagent.core.psicheck",
     "memagent.core.classes", "memagent.core.config", "memagent.core.trace",
     "memagent.core.wire", "memagent.core.protocol", "memagent.core.logs",
     # the shim and what measures

@@ -9,18 +9,31 @@ Kernels may show the pressure file yet refuse triggers: this build machine
 (6.18, in a VM) reads /proc/pressure/memory but the trigger write fails with
 EINVAL.  Unprivileged triggers also need a window that is a multiple of 2 s
 (5.x+: EINVAL otherwise).  Either way the source reports itself unavailable.
+
+Used defensively (core/psicheck.py): the trigger string ends with a NUL
+(some kernels reject it otherwise); each event is confirmed by the file's
+``some`` total (a trigger can fire once, falsely, at the first stall after
+it is armed: such an event is read as ``psi:unconfirmed``, not a kernel
+shortage); and a "full" line that never moves while "some" stalls 10 s (a
+6.12 bug) is replaced by "some".
 """
 
 import errno
 import os
 
 try:
-    from typing import Optional
+    from typing import Dict, Optional
 except ImportError:  # MicroPython
     pass
 
+from ...core import procfs
+from ...core.logs import get_logger
+from ...core.psicheck import FULL_CHECK_US, PsiCheck
+from ...core.reading import Reading
 from .base import Domain, SourceOptions, SourceUnavailable, domain_path
 from .fdsource import FdSource
+
+log = get_logger("memagent.psi")
 
 _REASONS = {
     errno.EINVAL: "kernel rejected trigger (EINVAL)",
@@ -50,6 +63,7 @@ class PsiSource(FdSource):
     def __init__(self, domain: Domain, opts: SourceOptions) -> None:
         super().__init__(domain, opts)
         self.path = ""
+        self.check = PsiCheck(opts.psi_stall_us)
 
     def _pressure_path(self) -> str:
         """Return: the domain's pressure file.  Raises: SourceUnavailable (v1 memcg)."""
@@ -70,12 +84,46 @@ class PsiSource(FdSource):
             self.fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as e:
             raise SourceUnavailable("psi: cannot open %s: %s" % (self.path, _reason(e))) from e
+        before = self._pressure()  # the stall so far: an event must add stall_us to it
         try:
             os.write(self.fd, trigger)
         except OSError as e:
             self.close()
             raise SourceUnavailable("psi: %s: %s for %r" % (
                 self.path, _reason(e), trigger.rstrip(b"\0").decode())) from e
+        if before is not None:
+            self.check.arm(before)
+
+    def _pressure(self) -> "Optional[Dict[str, Dict[str, float]]]":
+        """Return: the pressure file, parsed; None if it cannot be read."""
+        try:
+            with open(self.path) as f:
+                return procfs.parse_pressure(f.read())
+        except (OSError, ValueError):
+            return None
+
+    def read(self, t_ms: int, event: str) -> Reading:
+        """Return: the domain's reading; a trigger event the ``some`` total
+        does not confirm is tagged ``psi:unconfirmed`` (not a shortage), and
+        a broken "full" is replaced by "some" (both logged once).
+        Raises: OSError or ValueError from the domain's files."""
+        reading = self.domain.read(t_ms, event)
+        psi = self._pressure()
+        if psi is None:
+            return reading
+        if self.check.watch_full(psi):
+            log.warning("psi: 'full' has not moved while 'some' stalled %d s: using "
+                        "'some' for thrashing (a kernel bug broke 'full' on 6.12)",
+                        FULL_CHECK_US // 1000000)
+        if event == "psi" and not self.check.confirm(psi):
+            reading.event = "psi:unconfirmed"
+            if self.check.unconfirmed == 1:
+                log.info("psi: an event without %d us of new stall: not taken as a "
+                         "shortage (a trigger may fire once at the first stall after "
+                         "it is armed)", self.check.stall_us)
+        if self.check.full_broken:
+            reading.psi_full_avg10 = self.check.full_avg10(psi)
+        return reading
 
     async def wait(self, timeout_ms: Optional[int]) -> Optional[str]:
         """Returns: "psi" when the trigger fired, None on timeout.
