@@ -594,6 +594,9 @@ def analyse(run: Result) -> Result:
     first_kill = min((k["decision_ms"] for e in entries.values() for k in e), default=None)
     ranks = [RANK[v["cls"]] for v in victims]
     rec_ms, below_ms = recovery(run)
+    lows = [n["t_ms"] for n in run["tool"].get("notes") or []
+            if n["level"] == "LOW" and n["prev_level"] == "NORMAL"]
+    first_death = min((v["died_ms"] for v in victims), default=None)
     strays = {pid for pid, e in entries.items()
               if any(k.get("outcome", "exited") in SIGNALLED for k in e)} - ours
     return {"victims": victims, "tool_kills": sum(1 for v in victims if v["by"] == "tool"),
@@ -604,6 +607,12 @@ def analyse(run: Result) -> Result:
             "first_trim_ms": trims[0][0] - run["t0_ms"] if trims else None,
             "first_kill_ms": None if first_kill is None else first_kill - run["t0_ms"],
             "trims_first": bool(trims) and (first_kill is None or trims[0][0] <= first_kill),
+            # the agent's first LOW, from the growth's start (negative: the
+            # apps' start brought it), and its lead over the first death
+            "first_low_ms": lows[0] - run["t0_ms"] if lows else None,
+            "low_lead_ms": (first_death - lows[0]) if lows and first_death is not None
+            else None,
+            "low_first": bool(lows) and (first_death is None or lows[0] < first_death),
             "class_order": all(a >= b for a, b in zip(ranks, ranks[1:])),
             "fg_survived": fg["died_ms"] is None and fg.get("done_ms") is not None,
             "fg_rc": fg["rc"], "fg_mib": run["ramp_points"][-1][1] if run["ramp_points"] else 0,
@@ -709,7 +718,8 @@ def print_facts(results: List[Result], figs: List[Result]) -> None:
                              .items()):
         fact("tool_%s_kib" % key.lower(), value)
     fact("sizes", json.dumps(run["sizes"], separators=(",", ":")))
-    for key in ("trims", "trimmed_kib", "first_trim_ms", "first_kill_ms", "trims_first",
+    for key in ("first_low_ms", "low_lead_ms", "low_first",
+                "trims", "trimmed_kib", "first_trim_ms", "first_kill_ms", "trims_first",
                 "tool_kills", "kernel_kills", "oom_kills", "dmesg_ooms", "class_order",
                 "fg_survived", "fg_class", "fg_mib", "psi_some_ms", "psi_growth_ms",
                 "recovery_ms", "below_crit_ms", "setup_ms", "wall_ms"):

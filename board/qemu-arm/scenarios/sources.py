@@ -221,6 +221,12 @@ def mode_cgroup2():
     judge_ramp(*facts, label="cgroup2 ramp")
 
 
+def mode_poll():
+    facts = ramp_in_group("ramp", 48, 40, "poll")
+    rigguest.handback("ramp-guest48m-poll.events.jsonl", path="/tmp/ev.jsonl")
+    judge_ramp(*facts, label="poll ramp")
+
+
 def mode_ramp():
     t_exec = time.monotonic()
     agent = memagent("run", "--no-socket", "--events-json", "/tmp/ev.jsonl",
@@ -259,7 +265,8 @@ def mode_spike():
                     "spike recorded")
 
 
-MODES = {"psi": mode_psi, "cgroup2": mode_cgroup2, "ramp": mode_ramp, "spike": mode_spike}
+MODES = {"psi": mode_psi, "cgroup2": mode_cgroup2, "poll": mode_poll, "ramp": mode_ramp,
+         "spike": mode_spike}
 
 if __name__ == "__main__":
     MODES[sys.argv[1]]()
