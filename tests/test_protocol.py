@@ -45,7 +45,10 @@ def error_of(data: bytes) -> ProtocolError:
 
 VALID: "List[Tuple[Dict[str, Any], Dict[str, Any]]]" = [
     ({"cmd": "ping"}, {"cmd": "ping", "v": 1, "id": None}),
-    ({"cmd": "status", "v": 1, "id": 3}, {"cmd": "status", "v": 1, "id": 3}),
+    ({"cmd": "status", "v": 1, "id": 3},
+     {"cmd": "status", "v": 1, "id": 3, "apps_after": None, "apps_max": None}),
+    ({"cmd": "status", "apps_after": 12, "apps_max": 0},
+     {"cmd": "status", "v": 1, "id": None, "apps_after": 12, "apps_max": 0}),
     ({"cmd": "register", "name": "mail", "class": "service"},
      {"cmd": "register", "v": 1, "id": None, "name": "mail", "class": "service",
       "estimate_kib": None}),
@@ -109,6 +112,10 @@ INVALID: "List[Tuple[Any, str, Optional[str]]]" = [
     ({"cmd": "register", "name": "a\x7fb", "class": "cached"}, "bad_field", "name"),
     ({"cmd": "register", "name": "a\x85", "class": "cached"}, "bad_field", "name"),
     ({"cmd": "register", "name": " mail", "class": "cached"}, "bad_field", "name"),
+    ({"cmd": "register", "name": "\U0001F600" * 17, "class": "cached"}, "bad_field", "name"),
+    ({"cmd": "register", "name": "a\u2028b", "class": "cached"}, "bad_field", "name"),
+    ({"cmd": "register", "name": "a\u202eb", "class": "cached"}, "bad_field", "name"),
+    ({"cmd": "status", "apps_after": -1}, "bad_field", "apps_after"),
     ({"cmd": "register", "name": 12, "class": "cached"}, "bad_field", "name"),
     ({"cmd": "register", "name": "a"}, "bad_field", "class"),
     ({"cmd": "register", "name": "a", "class": "Cached"}, "bad_field", "class"),

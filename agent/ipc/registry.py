@@ -164,9 +164,10 @@ class AppRegistry:
 
     # -- connections ---------------------------------------------------------------
 
-    def open_session(self, writer: "Any") -> Session:
-        """Return: a new session for a connection, with its peer credentials."""
-        session = Session(peer_of(writer), writer)
+    def open_session(self, writer: "Any", peer: "Optional[Peer]" = None) -> Session:
+        """Return: a new session for a connection, with its peer credentials
+        (``peer``, else read from the socket)."""
+        session = Session(peer if peer is not None else peer_of(writer), writer)
         self._sessions.append(session)
         return session
 
