@@ -217,6 +217,46 @@ def test_silent_subscriber_is_closed_and_a_pinging_one_kept(memcg: Memcg, tmp_pa
         stop_agent(agent)
 
 
+
+@pytest.mark.memcg
+def test_refused_flood_lingers_at_most_a_few(memcg: Memcg, tmp_path: Any) -> None:
+    # A refused connection lingered 200 ms (half-closed, to let the client
+    # read "busy"), each of them, with no cap: a flood held a socket and a
+    # task per refused connection.  Now at most 8 linger at once and the
+    # others are closed at once, their "busy" still delivered.
+    tmp = str(tmp_path)
+    path = os.path.join(tmp, "ctl.sock")
+    agent = ipc_agent(memcg, tmp)
+    fd_dir = "/proc/%d/fd" % agent.pid
+    held, flood = [], []
+    try:
+        for _ in range(72):  # every slot (root may take the reserved ones)
+            s = ipc_connect(path)
+            assert ipc_request(s, {"cmd": "ping"})["ok"] is True
+            held.append(s)
+        fds_full = len(os.listdir(fd_dir))
+        for _ in range(100):
+            flood.append(ipc_connect(path))  # and send nothing
+        replies = []
+        for s in flood:  # "busy", then EOF (the agent's half-close)
+            buf = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                buf += chunk
+            replies.append(json.loads(buf) if buf else None)
+        time.sleep(0.08)  # for the agent's loop to close them; still within the linger
+        fds_flood = len(os.listdir(fd_dir))
+    finally:
+        for s in held + flood:
+            s.close()
+        stop_agent(agent)
+    assert all(r is not None and r["code"] == "busy" for r in replies), replies[:3]
+    # before: about 100 more (every refused connection still open)
+    assert fds_flood - fds_full <= 30, (fds_full, fds_flood)
+
+
 # -- defect 4: status breaks with many apps ----------------------------------------------
 #
 # 64 registered apps, each named with 64 emoji (64 characters, 256 bytes of
