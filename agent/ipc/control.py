@@ -242,6 +242,15 @@ class ControlServer:
             return self.subscriber_idle_ms
         return self.read_timeout_ms
 
+    def _status(self) -> "Dict[str, Any]":
+        """Return: the agent's status with the control socket's limits and
+        counters under ``control``."""
+        return dict(self.status(), control={
+            "connections": len(self._clients), "max_clients": self.max_clients,
+            "reserved_clients": self.reserved_clients, "max_per_uid": self.max_per_uid,
+            "subscriber_idle_ms": self.subscriber_idle_ms, "refused": self.refused,
+            "lingering": self._lingering})
+
     async def _read_line(self, reader: "Any", session: Session) -> bytes:
         """Return: the next line (b"" at EOF).  Raises: TimeoutError when a
         client is silent past :meth:`_idle_ms` or a half-sent line outwaits
@@ -268,7 +277,7 @@ class ControlServer:
                 return
             if not line:
                 return
-            reply, code = answer(line, self.status, self.registry, session)
+            reply, code = answer(line, self._status, self.registry, session)
             await self._send(writer, reply)
             if code == "too_long":
                 return
