@@ -320,7 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events-json", help="append notifications and plugins' actions (kills, "
                    "source switches: they have an \"action\" key) as JSON lines here (- stdout)")
     p.set_defaults(func=cmd_run)
-    p = sub.add_parser("status", help="print the current readings and level")
+    p = sub.add_parser("status", help="print the current readings and level",
+                       epilog="exit codes: 0 the agent answered; when it did not, the level "
+                       "computed from /proc now and 3 not running, 4 busy (too many clients), "
+                       "5 reply too large, 6 no answer")
     _add_common(p)
     p.add_argument("--socket", help="the agent's control socket")
     p.add_argument("--json", action="store_true")

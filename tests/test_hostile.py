@@ -168,6 +168,8 @@ def test_one_uid_gets_max_per_uid_and_root_still_gets_in(
         # before: 72 admitted, 0 refused, root locked out
         assert counts == {"admitted": 32, "busy": 168, "other": 0}, counts
         ipc_root_gets_in(path)
+        control = json.loads(ipc_status_cli(path).stdout)["control"]
+        assert control["refused"] == 168 and control["max_per_uid"] == 32, control
     finally:
         if held is not None:
             held.communicate("", timeout=30)

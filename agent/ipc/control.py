@@ -144,6 +144,7 @@ class ControlServer:
         self._server: "Optional[Any]" = None
         self._clients: "Set[Any]" = set()  # admitted connections (count toward max_clients)
         self._per_uid: "Dict[int, int]" = {}  # admitted connections of each uid
+        self._capped: "Set[int]" = set()  # uids refused for max_per_uid (logged once)
         self._handlers: "Set[Any]" = set()  # every connection whose handler still runs
         self._lingering = 0  # refused connections reading "busy" now
         self.refused = 0  # connections refused since start (busy), for status
@@ -182,6 +183,10 @@ class ControlServer:
             return BUSY
         uid = peer.uid if peer is not None else -1
         if self.max_per_uid is not None and self._per_uid.get(uid, 0) >= self.max_per_uid:
+            if uid not in self._capped:  # once per uid until it drops below the cap
+                self._capped.add(uid)
+                log.warning("uid %d has %d connections ([apps] max_per_uid): refusing more",
+                            uid, self.max_per_uid)
             return "busy: uid %d has %d connections ([apps] max_per_uid)" % (
                 uid, self.max_per_uid)
         return None
@@ -207,6 +212,7 @@ class ControlServer:
             left = self._per_uid.pop(uid, 1) - 1
             if left > 0:
                 self._per_uid[uid] = left
+            self._capped.discard(uid)
             await self._close(writer)
 
     async def _refuse(self, reader: "Any", writer: "Any", why: str) -> None:
