@@ -66,14 +66,15 @@ _HOSTILE_CODES = (0x061C, 0x200E, 0x200F, 0x2028, 0x2029, 0x202A, 0x202B, 0x202C
                   0x202E, 0x2066, 0x2067, 0x2068, 0x2069)
 
 
-def _printable(text: str) -> bool:
-    """Return: True if ``text`` has no control characters (C0, DEL, C1), no
-    surrogates, no line/paragraph separators and no bidi controls."""
+def _printable(text: str, showable: bool = False) -> bool:
+    """Return: True if ``text`` has no control characters (C0, DEL, C1) nor
+    surrogates, and with ``showable`` (names, shown to others) no line or
+    paragraph separators and no bidi controls either."""
     for ch in text:
         code = ord(ch)
         if code < 0x20 or 0x7F <= code <= 0x9F or 0xD800 <= code <= 0xDFFF:
             return False
-        if code >= 0x61C and code in _HOSTILE_CODES:
+        if showable and code >= 0x61C and code in _HOSTILE_CODES:
             return False
     return True
 
@@ -97,7 +98,7 @@ def check_name(value: "Any", cmd: str = "register") -> str:
     too_long = _bad(cmd, "name", "at most %d bytes of UTF-8" % MAX_NAME_BYTES)
     if len(value) > MAX_NAME_BYTES:  # each character is at least one byte
         raise too_long
-    if not _printable(value):  # first: a lone surrogate cannot be encoded
+    if not _printable(value, True):  # first: a lone surrogate cannot be encoded
         raise _bad(cmd, "name", "free of control, line-separator and bidi characters "
                    "(C0, DEL, C1, U+2028-U+2029, U+202A-U+202E, U+2066-U+2069)")
     if len(value.encode("utf-8")) > MAX_NAME_BYTES:
