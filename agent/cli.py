@@ -1,7 +1,11 @@
 """The ``memagent`` command: run, status, record, replay, demo.
 
 ``main()`` only parses and wires; each subcommand is a small function.
-Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.
+Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error;
+``memagent status`` says why the agent gave no status (it then prints the
+level computed from /proc now): 3 not running (no socket, or connection
+refused), 4 busy (the agent refused: too many clients), 5 reply too large,
+6 no answer (timeout, hang-up, a malformed reply).
 """
 
 import argparse
@@ -13,7 +17,7 @@ from . import __version__
 from .core import procfs, trace
 from .core.config import Config, ConfigError, load_config, thresholds_from_config
 from .core.levels import Monitor, level_name
-from .ipc.ask import ask
+from .ipc.ask import ReplyTooLarge, ask
 from .sense import domains, sources
 
 # asyncio (memagent.aio) and the agent are imported only by the commands that
@@ -21,11 +25,19 @@ from .sense import domains, sources
 # (memagent.ipc.ask).
 
 try:
-    from typing import Any, Dict, List, Optional
+    from typing import Any, Dict, List, Optional, Tuple
 except ImportError:  # MicroPython
     pass
 
 log = logging.getLogger("memagent")
+
+
+STATUS_NOT_RUNNING, STATUS_BUSY, STATUS_TOO_LARGE, STATUS_NO_ANSWER = 3, 4, 5, 6
+MAX_STATUS_PAGES = 4096  # pages of the app list (one app each at worst)
+
+
+class AgentBusy(Exception):
+    """The agent refused the connection: too many clients."""
 
 
 LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
@@ -131,6 +143,13 @@ def _print_status(st: "Dict[str, Any]") -> None:
                 "notifications"):
         if st.get(key) is not None:
             print("%-10s %s" % (key + ":", st[key]))
+    apps = st.get("apps")
+    if isinstance(apps, dict) and isinstance(apps.get("apps"), list):
+        print("%-10s %d registered, %s connections" % ("apps:", len(apps["apps"]),
+                                                      apps.get("connections")))
+    if st.get("truncated"):
+        print("%-10s %s (the reply had to fit one line)" % ("left out:",
+                                                            ", ".join(st["truncated"])))
     for name, why in sorted((st.get("unavailable") or {}).items()):
         print("  %s unavailable: %s" % (name, why))
     for note in st.get("recent") or []:
@@ -145,23 +164,72 @@ def _print_status(st: "Dict[str, Any]") -> None:
         print("  action: %s %s" % (act.get("action"), fields))
 
 
+def _status_page(path: str, after: int) -> "Dict[str, Any]":
+    """Return: one status reply's status, its app list from ``after`` on.
+    Raises: AgentBusy, ReplyTooLarge, OSError, ValueError (as ask)."""
+    reply = ask(path, "status", fields={"apps_after": after} if after else None)
+    if not reply.get("ok"):
+        if reply.get("code") == "busy":
+            raise AgentBusy(str(reply.get("error", "busy")))
+        raise ValueError(str(reply.get("error", "refused")))
+    st = reply.get("status")
+    if not isinstance(st, dict):
+        raise ValueError("a status reply without a status object")
+    return st
+
+
+def ask_status(path: str) -> "Dict[str, Any]":
+    """Return: the running agent's status, every page of its app list
+    merged (an agent that does not page answers in one).  Raises:
+    AgentBusy; ReplyTooLarge; FileNotFoundError or ConnectionRefusedError
+    when no agent runs; other OSError or ValueError for no usable answer."""
+    st = _status_page(path, 0)
+    apps = st.get("apps")
+    after = 0
+    for _ in range(MAX_STATUS_PAGES):
+        if not isinstance(apps, dict) or not isinstance(apps.get("apps"), list):
+            break
+        nxt = apps.get("apps_next")
+        if isinstance(nxt, bool) or not isinstance(nxt, int) or nxt <= after:
+            break
+        more = _status_page(path, nxt).get("apps")
+        if not isinstance(more, dict) or not isinstance(more.get("apps"), list):
+            raise ValueError("a status page without its apps")
+        apps["apps"].extend(more["apps"])
+        apps["apps_next"], after = more.get("apps_next"), nxt
+    return st
+
+
+def _status_failure(path: str, err: Exception) -> "Tuple[int, str]":
+    """Return: (exit code, what went wrong) when the agent gave no status."""
+    if isinstance(err, AgentBusy):
+        return STATUS_BUSY, "the agent at %s is busy (%s)" % (path, err)
+    if isinstance(err, ReplyTooLarge):
+        return STATUS_TOO_LARGE, "the agent at %s sent a reply too large (%s)" % (path, err)
+    if isinstance(err, (FileNotFoundError, ConnectionRefusedError)):
+        return STATUS_NOT_RUNNING, "not running at %s (%s)" % (path, err)
+    return STATUS_NO_ANSWER, "the agent at %s did not answer (%s: %s)" % (
+        path, type(err).__name__, err)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    """``memagent status``: ask the running agent, else read /proc now."""
+    """``memagent status``: ask the running agent, else read /proc now.
+    Returns: 0, or the STATUS_* code saying why the agent did not answer."""
     config = _config(args)
     path = config.get_str("agent", "socket")
+    code = 0
     try:
-        reply = ask(path, "status")
-        st = reply.get("status") if reply.get("ok") else None
-        if not isinstance(st, dict):
-            raise ValueError(reply.get("error", "bad reply"))
-    except (OSError, ValueError) as e:
+        st = ask_status(path)
+    except (AgentBusy, OSError, ValueError) as e:
+        code, why = _status_failure(path, e)
+        print("memagent: %s" % why, file=sys.stderr)
         st = _local_status(args)
-        st["agent"] = "not running at %s (%s); computed from /proc now" % (path, e)
+        st["agent"] = "%s; computed from /proc now" % why
     if args.json:
         print(json.dumps(st, indent=1, sort_keys=True))
     else:
         _print_status(st)
-    return 0
+    return code
 
 
 def cmd_record(args: argparse.Namespace) -> int:
@@ -246,7 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events-json", help="append notifications and plugins' actions (kills, "
                    "source switches: they have an \"action\" key) as JSON lines here (- stdout)")
     p.set_defaults(func=cmd_run)
-    p = sub.add_parser("status", help="print the current readings and level")
+    p = sub.add_parser("status", help="print the current readings and level",
+                       epilog="exit codes: 0 the agent answered; when it did not, the level "
+                       "computed from /proc now and 3 not running, 4 busy (too many clients), "
+                       "5 reply too large, 6 no answer")
     _add_common(p)
     p.add_argument("--socket", help="the agent's control socket")
     p.add_argument("--json", action="store_true")

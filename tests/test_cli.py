@@ -161,4 +161,4 @@ def test_ask_bounds_a_hostile_agent(tmp_path: Any, behaviour: str, error: Any,
 
 def test_status_without_an_agent_says_so(tmp_path: Any) -> None:
     out = memagent("status", "--socket", os.path.join(str(tmp_path), "none.sock"))
-    assert out.returncode == 0 and "not running at" in out.stdout, out.stderr
+    assert out.returncode == 3 and "not running at" in out.stdout, out.stderr  # 3: not running

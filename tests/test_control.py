@@ -127,3 +127,26 @@ def test_vanishing_clients(tmp_path: Any) -> None:
 def test_query_without_agent(tmp_path: Any) -> None:
     with pytest.raises(OSError):
         aio.run(query(str(tmp_path) + "/none.sock"))
+
+
+def test_status_page_never_passes_the_line() -> None:
+    from memagent.core.protocol import reply_ok
+    from memagent.ipc.statuspage import bound_status, page_apps
+
+    apps = [{"app_id": i, "name": "\U0001F600" * 16, "pad": "x" * 900} for i in range(1, 201)]
+    st = {"level": "LOW", "actions": [{"action": "kill", "note": "y" * 50000}],
+          "recent": [{"z": "z" * 30000}], "apps": {"max_apps": 200, "apps": apps}}
+    seen = []
+    after = 0
+    for _ in range(50):
+        page = bound_status(st, after)
+        assert len(reply_ok("x" * 64, status=page)) <= MAX_LINE_BYTES
+        assert page["truncated"] == ["actions"] and page["level"] == "LOW"
+        seen += [a["app_id"] for a in page["apps"]["apps"]]
+        if page["apps"]["apps_next"] is None:
+            break
+        after = page["apps"]["apps_next"]
+    assert seen == list(range(1, 201))
+    assert page_apps(apps, 0, 0, 10000) == ([], 0)  # apps_max 0: the summary only
+    assert page_apps(apps, 195, None, 100000) == (apps[195:], None)
+    assert bound_status({"level": "NORMAL"}) == {"level": "NORMAL"}  # no registry: as it was

@@ -45,7 +45,10 @@ def error_of(data: bytes) -> ProtocolError:
 
 VALID: "List[Tuple[Dict[str, Any], Dict[str, Any]]]" = [
     ({"cmd": "ping"}, {"cmd": "ping", "v": 1, "id": None}),
-    ({"cmd": "status", "v": 1, "id": 3}, {"cmd": "status", "v": 1, "id": 3}),
+    ({"cmd": "status", "v": 1, "id": 3},
+     {"cmd": "status", "v": 1, "id": 3, "apps_after": None, "apps_max": None}),
+    ({"cmd": "status", "apps_after": 12, "apps_max": 0},
+     {"cmd": "status", "v": 1, "id": None, "apps_after": 12, "apps_max": 0}),
     ({"cmd": "register", "name": "mail", "class": "service"},
      {"cmd": "register", "v": 1, "id": None, "name": "mail", "class": "service",
       "estimate_kib": None}),
@@ -109,6 +112,10 @@ INVALID: "List[Tuple[Any, str, Optional[str]]]" = [
     ({"cmd": "register", "name": "a\x7fb", "class": "cached"}, "bad_field", "name"),
     ({"cmd": "register", "name": "a\x85", "class": "cached"}, "bad_field", "name"),
     ({"cmd": "register", "name": " mail", "class": "cached"}, "bad_field", "name"),
+    ({"cmd": "register", "name": "\U0001F600" * 17, "class": "cached"}, "bad_field", "name"),
+    ({"cmd": "register", "name": "a\u2028b", "class": "cached"}, "bad_field", "name"),
+    ({"cmd": "register", "name": "a\u202eb", "class": "cached"}, "bad_field", "name"),
+    ({"cmd": "status", "apps_after": -1}, "bad_field", "apps_after"),
     ({"cmd": "register", "name": 12, "class": "cached"}, "bad_field", "name"),
     ({"cmd": "register", "name": "a"}, "bad_field", "class"),
     ({"cmd": "register", "name": "a", "class": "Cached"}, "bad_field", "class"),
@@ -545,3 +552,20 @@ def test_same_answers_under_micropython() -> None:
         else:
             assert mp_answer == cp_answer, data
     assert mp_out[-2:] == cp_out[-2:] == ["LOW", True]
+
+
+def test_names_bounded_in_bytes_and_free_of_line_and_bidi_controls() -> None:
+    from memagent.core.protocol import MAX_NAME_BYTES, check_name
+
+    for ok in ("a" * 64, "\u00e9" * 32, "\u540d" * 21, "\U0001F600" * 16, "Photos \u2013 viewer"):
+        assert check_name(ok) == ok and len(ok.encode("utf-8")) <= MAX_NAME_BYTES
+    for bad in ("\u00e9" * 33, "\u540d" * 22, "\U0001F600" * 17, "a" * 65, "\U0001F600" * 64):
+        with pytest.raises(ProtocolError, match="at most 64 bytes"):
+            check_name(bad)
+    for code in [0, 0x1F, 0x7F, 0x80, 0x85, 0x9F, 0x61C, 0x200E, 0x200F, 0x2028, 0x2029] + \
+            list(range(0x202A, 0x202F)) + list(range(0x2066, 0x206A)) + [0xD800]:
+        with pytest.raises(ProtocolError, match="control, line-separator and bidi") as info:
+            check_name("a%sb" % chr(code))
+        assert (info.value.code, info.value.field) == ("bad_field", "name")
+    # a string id is echoed to its sender only: separators stay allowed there
+    assert parse_request(b'{"cmd": "ping", "id": "a\\u2028b"}')["id"] == "a\u2028b"

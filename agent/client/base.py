@@ -9,7 +9,7 @@ import time
 
 from ..core.classes import CLASSES
 from ..core.logs import get_logger
-from ..core.protocol import PROTOCOL_VERSION, ProtocolError, parse_server_message
+from ..core.protocol import PROTOCOL_VERSION, ProtocolError, check_name, parse_server_message
 
 try:
     from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, Union
@@ -73,9 +73,9 @@ class _Core:
                  socket_path: str = DEFAULT_SOCKET, on_level: "Optional[LevelCallback]" = None,
                  levels: "Optional[List[str]]" = None, max_retries: "Optional[int]" = None,
                  backoff_min_ms: int = 100, backoff_max_ms: int = 5000) -> None:
-        """Raises: ValueError for an empty or long name or an unknown class."""
-        if not isinstance(name, str) or not 0 < len(name) <= 64 or name.strip() != name:
-            raise ValueError("name: 1-64 printable characters, got %r" % (name,))
+        """Raises: ValueError for a name the agent would refuse (empty, over
+        MAX_NAME_BYTES of UTF-8, control or bidi characters) or an unknown class."""
+        check_name(name, "name")  # a ProtocolError is a ValueError
         if cls not in CLASSES:
             raise ValueError("cls: one of %s, got %r" % (", ".join(CLASSES), cls))
         self.name = name

@@ -134,8 +134,13 @@ CORE_SCHEMA: "Dict[str, Schema]" = {
         _keys("str", "enable disable block order dir", enable="", disable="", block="",
               order="", dir="/etc/memagent/plugins.d"),
         hook_timeout_ms=Key("int", "2000")),
-    # ui_uid: the UI shell's uid, trusted like root (-1: none); see ipc/registry.py
-    "apps": _keys("int", "ui_uid max_apps", ui_uid="-1", max_apps="64"),
+    # ui_uid: the UI shell's uid, trusted like root (-1: none); see ipc/registry.py.
+    # The control socket's bounds (ipc/control.py, docs/protocol.md "Limits"):
+    # connections per untrusted uid, and how long a subscriber that did not
+    # register may stay silent.
+    "apps": dict(_keys("int", "ui_uid max_apps", ui_uid="-1", max_apps="64"),
+                 max_per_uid=Key("int", "32", low=1, high=4096),
+                 subscriber_idle_ms=Key("int", "60000", low=100, high=86400000)),
 }
 
 

@@ -27,13 +27,13 @@ except ImportError:  # MicroPython
     pass
 
 __all__ = ["CLASSES", "IDENTITY_CLAIMS", "MAX_DEPTH", "MAX_ERRORS", "MAX_INT",
-           "MAX_LINE_BYTES", "PROTECTED_CLASSES", "PROTOCOL_VERSION", "ProtocolError",
-           "level_event", "parse_request", "parse_server_message",
+           "MAX_LINE_BYTES", "MAX_NAME_BYTES", "PROTECTED_CLASSES", "PROTOCOL_VERSION",
+           "ProtocolError", "check_name", "level_event", "parse_request", "parse_server_message",
            "reply_error", "reply_ok", "trim_request"]
 
 PROTOCOL_VERSION = 1
 MAX_ERRORS = 3  # malformed requests before the agent closes the connection
-MAX_NAME_CHARS = 64
+MAX_NAME_BYTES = 64  # an app's name, in UTF-8 bytes (64 ASCII characters, 16 emoji)
 MAX_ID_CHARS = 64
 MAX_MESSAGE_CHARS = 200  # error messages are cut here
 MAX_INT = (1 << 30) - 1  # a MicroPython small int on 32-bit ARM; 1 TiB in KiB
@@ -58,11 +58,23 @@ def _int_in(cmd: str, field: str, value: "Any", low: int, high: int) -> int:
     return value
 
 
-def _printable(text: str) -> bool:
-    """Return: True if ``text`` has no control characters nor surrogates."""
+# Code points that would let a name rewrite the line it is shown on: the
+# line and paragraph separators, and the bidi embeddings, overrides,
+# isolates and marks (U+202E turns "exe.txt" around).  C0, DEL, C1 and
+# surrogates are refused by range in _printable.
+_HOSTILE_CODES = (0x061C, 0x200E, 0x200F, 0x2028, 0x2029, 0x202A, 0x202B, 0x202C, 0x202D,
+                  0x202E, 0x2066, 0x2067, 0x2068, 0x2069)
+
+
+def _printable(text: str, showable: bool = False) -> bool:
+    """Return: True if ``text`` has no control characters (C0, DEL, C1) nor
+    surrogates, and with ``showable`` (names, shown to others) no line or
+    paragraph separators and no bidi controls either."""
     for ch in text:
         code = ord(ch)
         if code < 0x20 or 0x7F <= code <= 0x9F or 0xD800 <= code <= 0xDFFF:
+            return False
+        if showable and code >= 0x61C and code in _HOSTILE_CODES:
             return False
     return True
 
@@ -73,6 +85,26 @@ def _short_text(cmd: str, field: str, value: "Any", limit: int) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= limit or \
             value.strip() != value or not _printable(value):
         raise _bad(cmd, field, "1-%d printable characters" % limit)
+    return value
+
+
+def check_name(value: "Any", cmd: str = "register") -> str:
+    """Return: ``value`` if it is a valid app name: 1-MAX_NAME_BYTES bytes
+    of UTF-8, no leading or trailing blanks, no control, line-separator or
+    bidi characters (:func:`_printable`).  Raises: ProtocolError
+    ("bad_field", field "name") naming the rule broken."""
+    if not isinstance(value, str) or not value:
+        raise _bad(cmd, "name", "a non-empty string")
+    too_long = _bad(cmd, "name", "at most %d bytes of UTF-8" % MAX_NAME_BYTES)
+    if len(value) > MAX_NAME_BYTES:  # each character is at least one byte
+        raise too_long
+    if not _printable(value, True):  # first: a lone surrogate cannot be encoded
+        raise _bad(cmd, "name", "free of control, line-separator and bidi characters "
+                   "(C0, DEL, C1, U+2028-U+2029, U+202A-U+202E, U+2066-U+2069)")
+    if len(value.encode("utf-8")) > MAX_NAME_BYTES:
+        raise too_long
+    if value.strip() != value:
+        raise _bad(cmd, "name", "without leading or trailing blanks")
     return value
 
 
@@ -108,7 +140,8 @@ def _check_id(value: "Any") -> "Union[int, str]":
 _INT_RANGES = {"estimate_kib": (0, MAX_INT), "trim_id": (0, MAX_INT),
                "freed_kib": (0, MAX_INT), "target_kib": (0, MAX_INT),
                "avail_kib": (0, MAX_INT), "total_kib": (0, MAX_INT),
-               "deadline_ms": (1, MAX_INT), "pid": (2, MAX_PID)}
+               "deadline_ms": (1, MAX_INT), "pid": (2, MAX_PID),
+               "apps_after": (0, MAX_INT), "apps_max": (0, MAX_INT)}
 
 
 def _field(cmd: str, field: str, value: "Any") -> "Any":
@@ -117,7 +150,7 @@ def _field(cmd: str, field: str, value: "Any") -> "Any":
         low, high = _INT_RANGES[field]
         return _int_in(cmd, field, value, low, high)
     if field == "name":
-        return _short_text(cmd, field, value, MAX_NAME_CHARS)
+        return check_name(value, cmd)
     if field == "class":
         if not isinstance(value, str) or value not in CLASSES:
             raise _bad(cmd, field, "one of " + ", ".join(CLASSES))
@@ -131,7 +164,7 @@ def _field(cmd: str, field: str, value: "Any") -> "Any":
 # "levels" to every level
 _SCHEMAS: "Dict[str, Tuple[Tuple[str, ...], Tuple[str, ...]]]" = {
     "ping": ((), ()),
-    "status": ((), ()),
+    "status": ((), ("apps_after", "apps_max")),  # a page of the app list
     "register": (("name", "class"), ("estimate_kib",)),
     "set_class": (("class",), ()),
     "trimmed": (("trim_id", "freed_kib"), ()),
@@ -183,8 +216,8 @@ def _check_fields(cmd: str, obj: "Dict[str, Any]") -> "Dict[str, Any]":
         if field not in obj:
             raise ProtocolError("bad_field", "%s: %r is required" % (cmd, field), field)
         out[field] = _field(cmd, field, obj[field])
-    for field in optional:
-        out[field] = _field(cmd, field, obj[field]) if field in obj else None
+    for field in optional:  # null is absent
+        out[field] = _field(cmd, field, obj[field]) if obj.get(field) is not None else None
     if cmd == "subscribe" and out["levels"] is None:
         out["levels"] = list(LEVEL_NAMES)
     return out

@@ -15,25 +15,39 @@ import time
 from ..core.wire import MAX_LINE_BYTES, dump_line, load_line
 
 try:
-    from typing import Any, Dict
+    from typing import Any, Dict, Optional
 except ImportError:  # MicroPython
     pass
 
 
-def ask(path: str, cmd: str = "status", timeout_ms: int = 3000) -> "Dict[str, Any]":
-    """Send ``{"cmd": cmd}`` to the agent at ``path`` and read one reply line
-    (at most MAX_LINE_BYTES), all within ``timeout_ms``.
+class ReplyTooLarge(ValueError):
+    """The agent's reply is longer than MAX_LINE_BYTES (an agent from before
+    the status reply was bounded, with many apps)."""
 
-    Returns: the reply object.  Raises: OSError if no agent listens at
-    ``path`` or it does not answer in time (TimeoutError); ValueError
-    (ProtocolError) for a reply that is not one JSON object on one line.
+
+def ask(path: str, cmd: str = "status", timeout_ms: int = 3000,
+        fields: "Optional[Dict[str, Any]]" = None) -> "Dict[str, Any]":
+    """Send ``{"cmd": cmd, **fields}`` to the agent at ``path`` and read one
+    reply line (at most MAX_LINE_BYTES), all within ``timeout_ms``.
+
+    Returns: the reply object (a refusal too: ``{"ok": false, "code":
+    "busy", ...}`` when the agent has no room for another client).
+    Raises: FileNotFoundError or ConnectionRefusedError if no agent listens
+    at ``path``; another OSError if it does not answer in time
+    (TimeoutError) or hangs up (ConnectionError); ReplyTooLarge for a reply
+    over MAX_LINE_BYTES; ValueError (ProtocolError) for a reply that is not
+    one JSON object on one line.
     """
     deadline = time.monotonic() + timeout_ms / 1000.0
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout_ms / 1000.0)
         sock.connect(path)
-        sock.sendall(dump_line({"cmd": cmd}))
+        request = dict(fields or {}, cmd=cmd)
+        try:
+            sock.sendall(dump_line(request))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # a busy agent may hang up first: its "busy" is still there to read
         return load_line(_read_line(sock, deadline))
     finally:
         sock.close()
@@ -53,5 +67,5 @@ def _read_line(sock: "socket.socket", deadline: float) -> bytes:
             raise ConnectionError("the agent closed the connection without a reply")
         buf += chunk
         if len(buf) > MAX_LINE_BYTES and b"\n" not in buf[:MAX_LINE_BYTES + 1]:
-            raise ValueError("reply longer than %d bytes" % MAX_LINE_BYTES)
+            raise ReplyTooLarge("reply longer than %d bytes" % MAX_LINE_BYTES)
     return buf[:buf.index(b"\n") + 1]

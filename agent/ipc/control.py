@@ -9,12 +9,17 @@ identity, bound once when it is accepted (SO_PEERCRED and a pidfd:
 :mod:`memagent.ipc.session`).
 
 Bounds: lines up to ``MAX_LINE_BYTES`` (a longer one is answered
-``too_long`` and the connection closed), at most ``max_clients``
-connections, a read timeout per request line, and a connection closed after
-``MAX_ERRORS`` failed requests.  A connection that registered or subscribed
-may idle between lines for as long as it likes (it waits for trims and
-events); others are closed after ``read_timeout_ms`` of silence.  Nothing a
-client sends can raise out of here.
+``too_long`` and the connection closed), a read timeout per request line,
+and a connection closed after ``MAX_ERRORS`` failed requests.  Connections:
+at most ``max_clients``, of which the last ``reserved_clients`` only for
+trusted peers (root, the UI shell), and at most ``max_per_uid`` per
+untrusted uid; a refused one is told "busy", and at most MAX_LINGERING
+refused ones linger at once to read it.  A registered app may idle between
+lines for as long as it likes (it waits for trims); a subscriber that did
+not register must send something (``ping``) every ``subscriber_idle_ms``,
+as an MQTT client keeps its session alive; others are closed after
+``read_timeout_ms`` of silence.  The ``status`` reply always fits one line
+(:mod:`.statuspage`).  Nothing a client sends can raise out of here.
 """
 
 import json
@@ -32,7 +37,8 @@ from ..core.protocol import (
     reply_ok,
 )
 from .registry import AppRegistry
-from .session import Session
+from .session import Peer, Session, peer_of
+from .statuspage import bound_status
 
 try:
     from typing import Any, Callable, Dict, Optional, Set, Tuple
@@ -43,17 +49,21 @@ log = get_logger("memagent.control")
 
 CLOSE_WAIT_MS = 1000  # for the connection handlers to see EOF at close()
 LINGER_MS = 200  # a refused client's time to read the reply and close
+MAX_LINGERING = 8  # refused connections lingering at once; the others close at once
+BUSY = "busy: too many clients"
 
 __all__ = ["MAX_ERRORS", "MAX_LINE_BYTES", "PROTOCOL_VERSION", "ControlServer", "answer",
            "handle_request", "query"]
 
-def _status_fields(status: "Callable[[], Dict[str, Any]]",
+def _status_fields(req: "Dict[str, Any]", status: "Callable[[], Dict[str, Any]]",
                    registry: "Optional[AppRegistry]") -> "Dict[str, Any]":
-    """Return: the ``status`` reply's fields, the apps snapshot included."""
+    """Return: the ``status`` reply's fields, the apps snapshot included and
+    paged from the request's ``apps_after`` (at most ``apps_max`` apps), so
+    that the reply fits one line (:func:`.statuspage.bound_status`)."""
     st = status()
     if registry is not None and "apps" not in st:
         st = dict(st, apps=registry.snapshot())
-    return {"status": st}
+    return {"status": bound_status(st, req.get("apps_after") or 0, req.get("apps_max"))}
 
 
 def _route(req: "Dict[str, Any]", status: "Callable[[], Dict[str, Any]]",
@@ -64,7 +74,7 @@ def _route(req: "Dict[str, Any]", status: "Callable[[], Dict[str, Any]]",
     if cmd == "ping":
         return {}
     if cmd == "status":
-        return _status_fields(status, registry)
+        return _status_fields(req, status, registry)
     if registry is None or session is None:
         raise ProtocolError("unknown_cmd", "%s: not served here (no app registry)" % cmd)
     if cmd == "register":
@@ -119,15 +129,26 @@ class ControlServer:
 
     def __init__(self, path: str, status: "Callable[[], Dict[str, Any]]",
                  max_clients: int = 32, read_timeout_ms: int = 10000,
-                 registry: "Optional[AppRegistry]" = None) -> None:
+                 registry: "Optional[AppRegistry]" = None, reserved_clients: int = 0,
+                 max_per_uid: "Optional[int]" = None,
+                 subscriber_idle_ms: "Optional[int]" = None) -> None:
+        """``max_per_uid`` None: no cap per uid; ``subscriber_idle_ms``
+        None: subscribers may stay silent for ever."""
         self.path = path
         self.status = status
         self.max_clients = max_clients
+        self.reserved_clients = min(reserved_clients, max_clients)
+        self.max_per_uid = max_per_uid
         self.read_timeout_ms = read_timeout_ms
+        self.subscriber_idle_ms = subscriber_idle_ms
         self.registry = registry if registry is not None else AppRegistry()
         self._server: "Optional[Any]" = None
         self._clients: "Set[Any]" = set()  # admitted connections (count toward max_clients)
+        self._per_uid: "Dict[int, int]" = {}  # admitted connections of each uid
+        self._capped: "Set[int]" = set()  # uids refused for max_per_uid (logged once)
         self._handlers: "Set[Any]" = set()  # every connection whose handler still runs
+        self._lingering = 0  # refused connections reading "busy" now
+        self.refused = 0  # connections refused since start (busy), for status
 
     async def start(self) -> None:
         """Bind the socket (replacing a stale one).  Raises: OSError."""
@@ -150,11 +171,37 @@ class ControlServer:
         finally:
             self._handlers.discard(writer)
 
-    async def _admit(self, reader: "Any", writer: "Any") -> None:
+    def _refusal(self, peer: "Optional[Peer]") -> "Optional[str]":
+        """Return: why a new connection from ``peer`` is refused ("busy"
+        error text), None to admit it.  Trusted peers may take every slot;
+        others neither the ``reserved_clients`` last ones nor more than
+        ``max_per_uid`` at once."""
         if len(self._clients) >= self.max_clients:
-            await self._refuse(reader, writer)
+            return BUSY
+        if self.registry.trusted(peer):
+            return None
+        if len(self._clients) >= self.max_clients - self.reserved_clients:
+            return BUSY
+        uid = peer.uid if peer is not None else -1
+        if self.max_per_uid is not None and self._per_uid.get(uid, 0) >= self.max_per_uid:
+            if uid not in self._capped:  # once per uid until it drops below the cap
+                self._capped.add(uid)
+                log.warning("uid %d has %d connections ([apps] max_per_uid): refusing more",
+                            uid, self.max_per_uid)
+            return "busy: uid %d has %d connections ([apps] max_per_uid)" % (
+                uid, self.max_per_uid)
+        return None
+
+    async def _admit(self, reader: "Any", writer: "Any") -> None:
+        peer = peer_of(writer.get_extra_info("socket"))  # for the caps; bound in open_session
+        why = self._refusal(peer)
+        if why is not None:
+            self.refused += 1
+            await self._refuse(reader, writer, why)
             return
+        uid = peer.uid if peer is not None else -1
         self._clients.add(writer)
+        self._per_uid[uid] = self._per_uid.get(uid, 0) + 1
         session = self.registry.open_session(writer)
         try:
             await self._serve(reader, writer, session)
@@ -163,33 +210,64 @@ class ControlServer:
         finally:
             self.registry.close_session(session)
             self._clients.discard(writer)
+            left = self._per_uid.pop(uid, 1) - 1
+            if left > 0:
+                self._per_uid[uid] = left
+            self._capped.discard(uid)
             await self._close(writer)
 
-    async def _refuse(self, reader: "Any", writer: "Any") -> None:
-        """Say "busy" and hang up without losing the reply: half-close, then
-        read and drop what the client sent (at most MAX_LINE_BYTES, for at
-        most LINGER_MS).  A socket closed with unread data makes the kernel
-        reset the connection, and the client's read of the reply then fails
-        with ECONNRESET instead (seen on every run once the reply went out
-        faster)."""
+    async def _refuse(self, reader: "Any", writer: "Any", why: str) -> None:
+        """Say "busy" (``why``) and hang up without losing the reply:
+        half-close, then read and drop what the client sent (at most
+        MAX_LINE_BYTES, for at most LINGER_MS).  A socket closed with unread
+        data makes the kernel reset the connection, and the client's read of
+        the reply then fails with ECONNRESET instead (seen on every run once
+        the reply went out faster).  Only MAX_LINGERING refused connections
+        linger at once: under a flood the others are closed at once, their
+        reply queued (a client that sent nothing yet still reads it)."""
         try:
-            await self._send(writer, reply_error(None, "busy", "busy: too many clients"))
+            writer.write(reply_error(None, "busy", why))
             if writer.can_write_eof():
                 writer.write_eof()
-            await aio.wait_for_ms(reader.read(MAX_LINE_BYTES), LINGER_MS)
+            if self._lingering < MAX_LINGERING:
+                self._lingering += 1
+                try:
+                    await aio.wait_for_ms(writer.drain(), LINGER_MS)
+                    await aio.wait_for_ms(reader.read(MAX_LINE_BYTES), LINGER_MS)
+                finally:
+                    self._lingering -= 1
         except (OSError, ValueError, aio.TimeoutError):
             pass
         await self._close(writer)
 
+    def _idle_ms(self, session: Session) -> "Optional[int]":
+        """Return: how long ``session`` may be silent between lines (None:
+        for ever, a registered app)."""
+        if session.app is not None:
+            return None
+        if session.levels is not None:
+            return self.subscriber_idle_ms
+        return self.read_timeout_ms
+
+    def _status(self) -> "Dict[str, Any]":
+        """Return: the agent's status with the control socket's limits and
+        counters under ``control``."""
+        return dict(self.status(), control={
+            "connections": len(self._clients), "max_clients": self.max_clients,
+            "reserved_clients": self.reserved_clients, "max_per_uid": self.max_per_uid,
+            "subscriber_idle_ms": self.subscriber_idle_ms, "refused": self.refused,
+            "lingering": self._lingering})
+
     async def _read_line(self, reader: "Any", session: Session) -> bytes:
-        """Return: the next line (b"" at EOF).  Raises: TimeoutError when an
-        idle unattached client or a half-sent line outwaits read_timeout_ms;
-        ValueError for a line over the reader's limit."""
+        """Return: the next line (b"" at EOF).  Raises: TimeoutError when a
+        client is silent past :meth:`_idle_ms` or a half-sent line outwaits
+        read_timeout_ms; ValueError for a line over the reader's limit."""
         first = reader.read(1)
-        if session.attached():
+        idle_ms = self._idle_ms(session)
+        if idle_ms is None:
             head: bytes = await first
         else:
-            head = await aio.wait_for_ms(first, self.read_timeout_ms)
+            head = await aio.wait_for_ms(first, idle_ms)
         if not head or head == b"\n":
             return head
         rest: bytes = await aio.wait_for_ms(reader.readline(), self.read_timeout_ms)
@@ -206,7 +284,7 @@ class ControlServer:
                 return
             if not line:
                 return
-            reply, code = answer(line, self.status, self.registry, session)
+            reply, code = answer(line, self._status, self.registry, session)
             await self._send(writer, reply)
             if code == "too_long":
                 return

@@ -35,7 +35,7 @@ except ImportError:  # MicroPython
 
 log = get_logger("memagent")
 
-SPARE_CLIENTS = 8  # connections beyond [apps] max_apps, for the shell and status
+SPARE_CLIENTS = 8  # connections beyond [apps] max_apps, for root and the UI shell only
 # A status request older than this re-reads the domain (at most once per
 # STATUS_STALE_MS, however often status is asked).
 STATUS_STALE_MS = 1000
@@ -140,8 +140,15 @@ class Agent:
             return None
         # Room for every app plus the UI shell and status queries, so that a
         # full app table never locks out `memagent status`.
+        # The spare slots are kept for trusted peers (root, the UI shell), and
+        # no untrusted uid may take more than [apps] max_per_uid (issue 10:
+        # one local user had taken all 72 and locked root out).
         server = ControlServer(path, self.status, registry=self.apps,
-                               max_clients=self.apps.max_apps + SPARE_CLIENTS)
+                               max_clients=self.apps.max_apps + SPARE_CLIENTS,
+                               reserved_clients=SPARE_CLIENTS,
+                               max_per_uid=self.config.get_int("apps", "max_per_uid"),
+                               subscriber_idle_ms=self.config.get_int("apps",
+                                                                      "subscriber_idle_ms"))
         try:
             await server.start()
         except OSError as e:
