@@ -9,8 +9,9 @@ two legitimate apps registered through ``memagent.client.Client`` (the
 workers of bench/trim_latency.py, root).  Its memory is read when calm,
 then after each phase of a bounded battery, then once the attacker has
 gone.  The attacker is one process of an unprivileged user (``nobody``,
-forked from the bench), and keeps what each phase opened until the
-battery ends:
+forked from the bench); what a phase opened is held until the agent's
+memory is read after it, then let go (one uid may hold [apps] max_per_uid
+connections at once):
 
 1. **connections**: 1,000 connections, one after the other, each asking
    ``ping`` and closing;
@@ -207,6 +208,10 @@ class Attacker:
         held: List[socket.socket] = []
         for line in inp:
             phase = line.strip()
+            for s in held:  # the last phase's, measured with them open: let go
+                s.close()
+            held.clear()
+            time.sleep(0.5)
             out.write("done %s %d\n" % (phase, attack(path, phase, held, quick)))
             out.flush()
         for s in held:
