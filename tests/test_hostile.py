@@ -40,20 +40,28 @@ from support import need, stop_agent
 # -- shared: an agent in the test's memcg, with drop-in plugins --------------------------
 
 
-def start_agent(group: Memcg, tmp: str, conf: str = "", *extra: str) -> "subprocess.Popen[str]":
-    """Return: ``memagent run`` watching ``group``, its socket tmp/ctl.sock,
-    its events tmp/events.jsonl, with ``conf`` as its config file's text."""
+def start_agent(group: Memcg, tmp: str, conf: str = "", sock: "Optional[str]" = None,
+                prelude: str = "") -> "subprocess.Popen[str]":
+    """Return: ``memagent run`` watching ``group``, with ``conf`` as its
+    config file's text, its socket ``sock`` (default tmp/ctl.sock), its
+    events tmp/events.jsonl.  ``prelude``: Python run in the agent's process
+    before the CLI (to turn a module flag).  Fails the test (the agent
+    killed) if it does not serve its socket within 15 s."""
+    sock = sock or os.path.join(tmp, "ctl.sock")
     path = os.path.join(tmp, "m.conf")
     with open(path, "w") as f:
         f.write(conf)
-    cmd = [sys.executable, "-m", "memagent", "run", "--memcg", group.path, "--config", path,
-           "--socket", os.path.join(tmp, "ctl.sock"), "--events-json",
-           os.path.join(tmp, "events.jsonl"), *extra]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    args = ["run", "--memcg", group.path, "--config", path, "--socket", sock,
+            "--events-json", os.path.join(tmp, "events.jsonl")]
+    head = [sys.executable, "-m", "memagent"] if not prelude else [
+        sys.executable, "-c", prelude + "; import sys; from memagent.cli import main; "
+        "sys.exit(main(sys.argv[1:]))"]
+    proc = subprocess.Popen(head + args, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 15
-    while not os.path.exists(os.path.join(tmp, "ctl.sock")):
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        assert time.monotonic() < deadline, "agent did not start"
+    while not os.path.exists(sock):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("agent did not start: " + proc.communicate()[1][-3000:])
         time.sleep(0.05)
     return proc
 
@@ -468,25 +476,12 @@ def id_sockdir() -> "Iterator[str]":
 
 def id_start_agent(group: Memcg, tmp: str, sock: str, peerpidfd: bool = True,
                    conf_text: str = ID_CONF) -> "subprocess.Popen[str]":
-    """Return: ``memagent run`` on ``group``, listening on ``sock``, its event
-    log in ``tmp``.  ``peerpidfd`` False starts it with SO_PEERPIDFD turned
-    off (``memagent.ipc.session.PEERPIDFD``): the pidfd_open fallback of a
+    """Return: :func:`start_agent` listening on ``sock``.  ``peerpidfd``
+    False starts it with SO_PEERPIDFD turned off
+    (``memagent.ipc.session.PEERPIDFD``): the pidfd_open fallback of a
     kernel before 6.5, the kernel calls themselves real."""
-    conf = os.path.join(tmp, "hostile.conf")
-    with open(conf, "w") as f:
-        f.write(conf_text)
-    launch = ("import sys; import memagent.ipc.session as s; s.PEERPIDFD = %r; "
-              "from memagent.cli import main; sys.exit(main(sys.argv[1:]))" % peerpidfd)
-    agent = subprocess.Popen([sys.executable, "-c", launch, "run", "--memcg", group.path,
-                              "--socket", sock, "--events-json",
-                              os.path.join(tmp, "ev.jsonl"), "-c", conf],
-                             stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 15
-    while not os.path.exists(sock):
-        assert agent.poll() is None, agent.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "agent did not start"
-        time.sleep(0.05)
-    return agent
+    return start_agent(group, tmp, conf_text, sock,
+                       "import memagent.ipc.session as s; s.PEERPIDFD = %r" % peerpidfd)
 
 
 def id_driver(group: Memcg, user: "Optional[Tuple[str, int, int]]") -> IdDriver:
@@ -537,7 +532,7 @@ def id_kill_state(sock: str) -> "Dict[str, Any]":
 
 
 def id_actions(tmp: str) -> "List[Dict[str, Any]]":
-    path = os.path.join(tmp, "ev.jsonl")
+    path = os.path.join(tmp, "events.jsonl")
     if not os.path.exists(path):
         return []
     with open(path) as f:
@@ -857,21 +852,10 @@ def ipc_open_dir() -> Iterator[str]:
 
 
 def ipc_agent(group: Memcg, tmp: str, conf: str = "") -> "subprocess.Popen[str]":
-    """Return: a running ``memagent run`` on ``tmp``/ctl.sock with ``conf``
-    as its config file (after the defaults)."""
-    config = os.path.join(tmp, "memagent.conf")
-    with open(config, "w") as f:
-        f.write("[plugins]\ndisable = notify_ui, device_watch, user_activity\n" + conf)
-    sock = os.path.join(tmp, "ctl.sock")
-    proc = subprocess.Popen([sys.executable, "-m", "memagent", "run", "-c", config, "--memcg",
-                             group.path, "--socket", sock], stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 15
-    while not os.path.exists(sock):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("agent did not start: " + proc.communicate()[1][-3000:])
-        time.sleep(0.05)
-    return proc
+    """Return: :func:`start_agent` on ``tmp``/ctl.sock with ``conf`` after
+    the plugins that do not matter here are disabled."""
+    return start_agent(group, tmp, "[plugins]\ndisable = notify_ui, device_watch, "
+                       "user_activity\n" + conf)
 
 
 def ipc_request(sock: socket.socket, obj: "Dict[str, Any]") -> "Dict[str, Any]":
