@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-CACHE = Path(os.environ.get("MEMAGENT_QEMU_CACHE", HERE / "cache"))
+CACHE = Path(os.environ.get("MEMAGENT_QEMU_CACHE") or HERE / "cache")  # empty: the default
 GUEST = HERE / "guest"
 DEFAULT_REPO = HERE.parent.parent
 BOARDS = HERE.parent            # board/<name>/memagent.conf: the profiles
