@@ -146,3 +146,66 @@ def test_activity_runs_under_micropython(micropython: str, tmp_path: "os.PathLik
                              capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["screen-off", "active", "idle"]
+
+
+TRIXIE_MICROPYTHON = os.path.join(ROOT, ".ci", "cache", "micropython-trixie", "micropython")
+
+
+@pytest.fixture(scope="module")
+def micropython_ffi() -> str:
+    """Debian trixie's micropython 1.25: asyncio and ffi, which the agent's
+    runtime needs (the PyPI unix port has neither).  .ci/setup --test
+    installs it with .ci/micropython-trixie."""
+    if not os.access(TRIXIE_MICROPYTHON, os.X_OK):
+        need("trixie's micropython is not installed (sh .ci/micropython-trixie)")
+    return TRIXIE_MICROPYTHON
+
+
+HOSTILE_DISPATCH = """
+from memagent import aio
+from memagent.core.levels import Notification
+from memagent.runtime.dispatch import Dispatcher
+class Swallows:
+    name = "swallows"
+    async def on_pressure(self, **kw):
+        while True:
+            try:
+                await aio.sleep_ms(100000)
+            except aio.CancelledError:
+                pass
+class Counts:
+    name = "counts"
+    calls = 0
+    async def on_pressure(self, **kw):
+        Counts.calls += 1
+        return "ok"
+d = Dispatcher([Swallows(), Counts()], hook_timeout_ms=50)
+async def main():
+    t0 = aio.ticks_ms()
+    for i in range(4):
+        await d.dispatch(Notification(i, 1, 1, "avail", 100, 1000, None))
+    await d.stop(200)
+    return aio.ticks_ms() - t0
+ms = aio.run(main())
+print("RESULT", ms, Counts.calls, d.hooks_abandoned, d.hooks_skipped, sorted(d.disabled))
+"""
+
+
+def test_the_dispatcher_abandons_a_hostile_hook_under_micropython(micropython_ffi: str) -> None:
+    # The runtime's dispatcher and aio.within_ms on MicroPython's asyncio: a
+    # hook that swallows its cancellation is abandoned at its timeout,
+    # skipped while it runs, its plugin disabled at the third strike; the
+    # plugin after it is called every time, and nothing waits on it.
+    with tempfile.TemporaryDirectory() as tmp:
+        package_layout(tmp)
+        out = subprocess.run([micropython_ffi, "-c", HOSTILE_DISPATCH],
+                             env=dict(os.environ, MICROPYPATH=".frozen:" + tmp),
+                             capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    result = [line.split(None, 5) for line in out.stdout.splitlines()
+              if line.startswith("RESULT")]
+    assert result, out.stdout + out.stderr
+    _, ms, calls, abandoned, skipped, disabled = result[0]
+    assert (calls, abandoned, skipped, disabled) == ("4", "1", "2", "['swallows']"), result
+    assert int(ms) < 1000  # one 50 ms timeout, then skips (loose)
+    assert "plugin swallows disabled" in out.stderr
