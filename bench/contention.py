@@ -35,6 +35,8 @@ import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from bench import board
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RIG_DIR = os.path.join(REPO, "board", "qemu-arm")
 SOURCES = os.path.join(RIG_DIR, "scenarios", "sources.py")
@@ -42,26 +44,8 @@ HANDSET = os.path.join(RIG_DIR, "scenarios", "handset_day.py")
 SCENARIOS = ("psi", "cgroup2", "poll", "ramp", "handset")
 
 Result = Dict[str, Any]
-
-
-def load_rig() -> Any:
-    """Return: the rig module (board/qemu-arm/rig.py)."""
-    sys.path.insert(0, RIG_DIR)
-    try:
-        import rig
-    finally:
-        sys.path.pop(0)
-    return rig
-
-
-def facts_of(console: str) -> Dict[str, str]:
-    """Return: the guest's ``FACT key=value`` lines."""
-    out = {}
-    for line in console.splitlines():
-        if line.startswith("FACT "):
-            key, _, value = line[5:].rstrip("\r").partition("=")
-            out[key] = value.strip()
-    return out
+load_rig = board.load_rig  # the rig module (board/qemu-arm/rig.py)
+facts_of = board.facts_of  # the guest's FACT lines
 
 
 class Busy:

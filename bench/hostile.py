@@ -315,12 +315,7 @@ def run(quick: bool, tmp: str) -> Result:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        agent.send_signal(signal.SIGTERM)
-        try:
-            agent.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            agent.wait()
+        tl.stop_agent(agent)
         log.close()
         group.destroy()
     lat = [r["latency_ms"] for r in trims if not r["overlap"] and r["latency_ms"] is not None]

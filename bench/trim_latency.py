@@ -185,6 +185,16 @@ def _stop_workers(workers: "List[subprocess.Popen[str]]") -> List[Tuple[float, i
     return sorted(receipts)
 
 
+def stop_agent(agent: "subprocess.Popen[Any]", timeout_s: float = 10) -> None:
+    """SIGTERM the agent and reap it (SIGKILL past ``timeout_s``)."""
+    agent.send_signal(signal.SIGTERM)
+    try:
+        agent.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        agent.kill()
+        agent.wait()
+
+
 def _pressure(group: memcg.Memcg, opts: argparse.Namespace, max_mb: int) -> None:
     """Run one loadgen anon ramp to ``max_mb`` in the group, hold, exit."""
     child = group.spawn([sys.executable, "-S", loadgen.__file__, "anon", "--rate",
@@ -296,12 +306,7 @@ def run_size(n_apps: int, opts: argparse.Namespace, tmp: str) -> Result:
             worker.kill()
             worker.wait()
         if agent is not None:
-            agent.send_signal(signal.SIGTERM)
-            try:
-                agent.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                agent.kill()
-                agent.wait()
+            stop_agent(agent)
         if log_file is not None:
             log_file.close()
         group.destroy()
