@@ -871,6 +871,17 @@ def ipc_request(sock: socket.socket, obj: "Dict[str, Any]") -> "Dict[str, Any]":
     return reply
 
 
+def ipc_take_every_slot(path: str, slots: int = 72) -> "List[socket.socket]":
+    """Return: ``slots`` connections as root (the default 64 + 8: root may
+    take the ones kept for it too), each answered a ``ping``."""
+    held = []
+    for _ in range(slots):
+        s = ipc_connect(path)
+        assert ipc_request(s, {"cmd": "ping"})["ok"] is True
+        held.append(s)
+    return held
+
+
 def ipc_connect(path: str, timeout_s: float = 5) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout_s)
@@ -1023,12 +1034,10 @@ def test_refused_flood_lingers_at_most_a_few(memcg: Memcg, tmp_path: Any) -> Non
     path = os.path.join(tmp, "ctl.sock")
     agent = ipc_agent(memcg, tmp)
     fd_dir = "/proc/%d/fd" % agent.pid
-    held, flood = [], []
+    held: "List[socket.socket]" = []
+    flood: "List[socket.socket]" = []
     try:
-        for _ in range(72):  # every slot (root may take the reserved ones)
-            s = ipc_connect(path)
-            assert ipc_request(s, {"cmd": "ping"})["ok"] is True
-            held.append(s)
+        held = ipc_take_every_slot(path)
         fds_full = len(os.listdir(fd_dir))
         t0 = time.monotonic()
         for _ in range(100):
@@ -1191,10 +1200,7 @@ def test_status_cli_says_busy_then_not_running(memcg: Memcg, tmp_path: Any) -> N
     agent = ipc_agent(memcg, tmp)
     held = []
     try:
-        for _ in range(72):  # root may take every slot, the 8 kept for it too
-            s = ipc_connect(path)
-            assert ipc_request(s, {"cmd": "ping"})["ok"] is True
-            held.append(s)
+        held = ipc_take_every_slot(path)
         busy = ipc_status_cli(path)
     finally:
         for s in held:
