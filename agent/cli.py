@@ -8,13 +8,11 @@ refused), 4 busy (the agent refused: too many clients), 5 reply too large,
 6 no answer (timeout, hang-up, a malformed reply).
 """
 
-import argparse
 import json
-import logging
 import sys
 
 from . import __version__
-from .core import procfs, trace
+from .core import logs, procfs, trace
 from .core.config import Config, ConfigError, load_config, thresholds_from_config
 from .core.levels import Monitor, level_name
 from .ipc.ask import ReplyTooLarge, ask
@@ -28,8 +26,15 @@ try:
     from typing import Any, Dict, List, Optional, Tuple
 except ImportError:  # MicroPython
     pass
+try:
+    import argparse
+    import logging
+except ImportError:  # MicroPython: the shim's argparse, core.logs' loggers
+    from .aio import args as argparse  # type: ignore[no-redef]
 
-log = logging.getLogger("memagent")
+    logging = None  # type: ignore[assignment]
+
+log = logs.get_logger("memagent")
 
 
 STATUS_NOT_RUNNING, STATUS_BUSY, STATUS_TOO_LARGE, STATUS_NO_ANSWER = 3, 4, 5, 6
@@ -40,8 +45,8 @@ class AgentBusy(Exception):
     """The agent refused the connection: too many clients."""
 
 
-LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-              "error": logging.ERROR}
+LOG_LEVELS = {"debug": logs.DEBUG, "info": logs.INFO, "warning": logs.WARNING,
+              "error": logs.ERROR}
 
 
 def setup_logging(config: Config, verbose: int) -> None:
@@ -55,6 +60,12 @@ def setup_logging(config: Config, verbose: int) -> None:
         raise ConfigError("[agent] log_level: %r is not one of %s"
                           % (name, ", ".join(LOG_LEVELS)))
     level = LOG_LEVELS[name]
+    if logging is None:  # MicroPython: the stand-in loggers get a sink
+        from .runtime.plainlog import open_plain_log
+
+        for line in open_plain_log(target, level):
+            log.warning("%s", line)
+        return
     from .runtime.logsetup import open_log
 
     handler, notes = open_log(target, sys.stderr)
@@ -93,13 +104,16 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """``memagent run``: the agent, until SIGTERM (SIGUSR1 dumps its stacks
     to stderr, for a support engineer facing a stuck agent)."""
-    import faulthandler
-    import signal
-
     from . import aio
     from .runtime.agent import Agent
 
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    try:
+        import faulthandler
+        import signal
+
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    except ImportError:  # MicroPython
+        pass
     config = _config(args)
     setup_logging(config, args.verbose)
     events = open(args.events_json, "a") if args.events_json not in (None, "-") else (
@@ -357,12 +371,12 @@ def main(argv: "Optional[List[str]]" = None) -> int:
         print("memagent: %s" % e, file=sys.stderr)
         return 2
     except (OSError, procfs.ParseError) as e:  # /proc or the memcg unreadable or hostile
+        if isinstance(e, OSError) and e.args and e.args[0] == 32:  # `replay t.jsonl | head`
+            sys.stderr.close()
+            return 0
         print("memagent: cannot read the memory state: %s" % e, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # `memagent replay t.jsonl | head`
-        sys.stderr.close()
-        return 0
 
 

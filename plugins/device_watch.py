@@ -31,16 +31,22 @@ exists), else "kernel" (Buildroot images with mdev or devtmpfs only).
 Without pyudev, or where netlink is refused (EPERM in some containers), the
 plugin sets ``unavailable`` and logs it once; the agent runs on.
 
-CPython only: pyudev is a ctypes binding of libudev.  See docs/devices.md.
+CPython only: pyudev is a ctypes binding of libudev.  On MicroPython the
+module imports, and the plugin says pyudev is missing and stays out of the
+way (see docs/micropython.md).  See docs/devices.md.
 """
 
-import ctypes
 import errno
-import os
-import stat
-from typing import Any, Dict, List, Optional, Tuple
+
+try:
+    from typing import Any, Dict, List, Optional, Tuple
+
+    Event = Tuple[str, str, str, int]  # action, subsystem, devname, devnum
+except ImportError:  # MicroPython
+    pass
 
 from memagent import aio
+from memagent.aio import unix
 from memagent.core.config import Key
 from memagent.core.logs import get_logger
 from memagent.runtime.services import Services
@@ -61,7 +67,6 @@ NODE_RETRY_MS = 50
 MEM_NOTIFY_ADD, MEM_NOTIFY_REMOVE, INPUT_CHANGE, IGNORED = (
     "mem_notify-add", "mem_notify-remove", "input", "ignored")
 
-Event = Tuple[str, str, str, int]  # action, subsystem, devname, devnum
 
 
 def node_name(devname: Optional[str]) -> str:
@@ -104,17 +109,17 @@ def decide(kind: str, running: Optional[str], configured: str,
 def monitor_source(udev_control: str = UDEV_CONTROL) -> str:
     """Return: "udev" if a udev daemon runs (its control socket exists),
     else "kernel"."""
-    return "udev" if os.path.exists(udev_control) else "kernel"
+    return "udev" if unix.exists(udev_control) else "kernel"
 
 
 def node_opens(path: str) -> bool:
     """Return: True if ``path`` is a character device (or a FIFO, the
     tests' stand-in) that opens for reading now."""
     try:
-        mode = os.stat(path).st_mode
-        if not (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):
+        kind = unix.file_mode(path) & 0o170000
+        if kind not in (0o020000, 0o010000):  # S_IFCHR, S_IFIFO
             return False
-        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+        unix.close(unix.open_fd(path, unix.O_RDONLY | unix.O_NONBLOCK))
     except OSError:
         return False
     return True
@@ -192,9 +197,11 @@ class DeviceWatch:
             return "libudev cannot be loaded: %s" % e
         except OSError as e:
             # from_netlink raises without errno; libudev left it in errno.
+            import ctypes
+
             code = e.errno or ctypes.get_errno()
             return "the %s netlink monitor was refused: %s%s" % (
-                source, e.strerror or e, " (%s)" % os.strerror(code) if code else "")
+                source, unix.why(e), " (%s)" % unix.strerror(code) if code else "")
         self.monitor, self.source = monitor, source
         return None
 

@@ -34,7 +34,10 @@ bounded write per signal) and never raises.  CPython only (jeepney, Unix
 sockets through memagent.aio).
 """
 
-from typing import Any, Dict, Optional, Tuple
+try:
+    from typing import Any, Dict, Optional, Tuple
+except ImportError:  # MicroPython
+    pass
 
 from memagent import aio
 from memagent.core.config import Key

@@ -31,11 +31,17 @@ no timer).  Accelerometers (INPUT_PROP_ACCELEROMETER) are skipped:
 they report EV_ABS all the time without a user.
 """
 
-import glob
 import select
-from typing import Any, Callable, Dict, List, Optional, Tuple
+
+try:
+    from typing import Any, Callable, Dict, List, Optional, Tuple
+
+    Opener = Callable[[str], Any]
+except ImportError:  # MicroPython
+    pass
 
 from memagent import aio
+from memagent.aio import unix
 from memagent.core.config import Key
 from memagent.core.logs import get_logger
 from memagent.runtime.services import Activity, Services
@@ -53,9 +59,8 @@ INPUT_PROP_ACCELEROMETER = 6
 # left keeps the epoll fd readable and is read on the next wake.
 READS_PER_WAKE = 4
 QUIET_MAX_MS = 1000
-HANGUP = select.EPOLLHUP | select.EPOLLERR
-
-Opener = Callable[[str], Any]
+HANGUP = unix.EPOLLHUP | unix.EPOLLERR
+POLLNVAL = 32
 
 
 def quiet_ms_for(idle_after_ms: int) -> int:
@@ -92,6 +97,23 @@ def evdev_opener() -> Tuple[Optional[Opener], Optional[str]]:
         return None, "python-evdev cannot be imported: %s: %s" % (type(e).__name__, e)
     opener: Opener = evdev.InputDevice
     return opener, None
+
+
+def expand_star(pattern: str) -> "List[str]":
+    """Return: the paths matching ``pattern``, whose last component may
+    hold one ``*`` (``/dev/input/event*``), sorted; no glob module
+    (MicroPython has none)."""
+    parent, _, name = pattern.rpartition("/")
+    if "*" not in name:
+        return [pattern] if unix.exists(pattern) else []
+    prefix, _, suffix = name.partition("*")
+    try:
+        names = unix.listdir(parent or "/")
+    except OSError:
+        return []
+    return sorted(parent + "/" + n for n in names
+                  if n.startswith(prefix) and n.endswith(suffix) and
+                  len(n) >= len(prefix) + len(suffix))
 
 
 def is_accelerometer(device: Any) -> bool:
@@ -164,7 +186,7 @@ class UserActivity:
                 self.unavailable = why
                 log.warning("plugin %s unavailable: %s", self.name, why)
                 return
-        self._epoll = select.epoll()
+        self._epoll = unix.epoll()
         self._watch = aio.FdWatch(self._epoll.fileno())
         self.rescan()
         self._task = aio.create_task(self._run())
@@ -206,7 +228,7 @@ class UserActivity:
         """
         if self._epoll is None:
             return [], []
-        matched = sorted(glob.glob(self.pattern))
+        matched = expand_star(self.pattern)
         dropped = []
         for path in sorted(self.devices):
             why = "removed" if path not in matched else self._hung_up(path)
@@ -230,7 +252,7 @@ class UserActivity:
         poller = select.poll()
         poller.register(self.devices[path].fileno(), select.POLLIN)
         for _fd, mask in poller.poll(0):
-            if mask & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+            if mask & (select.POLLHUP | select.POLLERR | POLLNVAL):
                 return "hung up"
         return None
 
@@ -254,7 +276,7 @@ class UserActivity:
             return False
         try:
             fd = device.fileno()
-            self._epoll.register(fd, select.EPOLLIN)
+            self._epoll.register(fd, unix.EPOLLIN)
         except (OSError, ValueError) as e:
             log.info("user_activity: cannot watch %s: %s", path, _why(e))
             self._close(device)

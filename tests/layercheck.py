@@ -31,7 +31,7 @@ ANY = "*"
 # layer -> the layers its modules may import (its own included).
 ALLOWED: "Dict[str, Tuple[str, ...]]" = {
     "core": ("core",),
-    "aio": (),
+    "aio": ("aio",),
     "sense": ("core", "aio", "sense"),
     "ipc": ("core", "aio", "ipc"),
     "runtime": ("core", "sense", "ipc", "aio", "runtime"),

@@ -5,10 +5,20 @@ import os
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
-from typing import Any, Dict, List, NoReturn
+from typing import Any, Dict, List, NoReturn, Tuple
 
 import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Debian trixie's micropython 1.25 (asyncio and ffi: the whole agent runs
+# on it), installed by .ci/setup --test (.ci/micropython-trixie).
+TRIXIE_MICROPYTHON = os.path.join(ROOT, ".ci", "cache", "micropython-trixie", "micropython")
+LAUNCHER = os.path.join(ROOT, "board", "common", "micropython", "memagent")
+MPY_HEAP = "2M"  # the launcher's default: the agent's whole Python heap
+_LAYOUT: List[str] = []
 
 
 def need(reason: str) -> NoReturn:
@@ -18,6 +28,43 @@ def need(reason: str) -> NoReturn:
         pytest.fail("prerequisite missing in CI: " + reason)
     pytest.skip(reason)
 
+
+
+def micropython_ffi() -> str:
+    """Return: trixie's micropython (skips, or fails in CI, without it)."""
+    if not os.access(TRIXIE_MICROPYTHON, os.X_OK):
+        need("trixie's micropython is not installed (sh .ci/micropython-trixie)")
+    return TRIXIE_MICROPYTHON
+
+
+def micropython_layout() -> str:
+    """Return: a directory holding the package as MicroPython imports it
+    (made once per test session)."""
+    if not _LAYOUT:
+        _LAYOUT.append(package_layout(tempfile.mkdtemp(prefix="memagent-mpy-")))
+    return _LAYOUT[0]
+
+
+def agent_command(interpreter: str, prelude: str = "") -> Tuple[List[str], Dict[str, str]]:
+    """Return: (the command that runs ``memagent`` on ``interpreter``,
+    "cpython" or "micropython", its environment).  MicroPython runs through
+    the board's launcher (board/common/micropython/memagent), with its
+    default heap; ``prelude`` (Python run before the CLI, to turn a module
+    flag) runs it with ``-c`` instead.  Skips without trixie's micropython."""
+    env = dict(os.environ)
+    if interpreter == "cpython":
+        if not prelude:
+            return [sys.executable, "-m", "memagent"], env
+        return [sys.executable, "-c", prelude + "; import sys; from memagent.cli import main; "
+                "sys.exit(main(sys.argv[1:]))"], env
+    exe = micropython_ffi()
+    layout = micropython_layout()
+    env.update(MEMAGENT_MICROPYTHON=exe, MEMAGENT_MPY_LIB=layout,
+               MICROPYPATH=".frozen:" + layout)
+    if not prelude:
+        return ["sh", LAUNCHER], env
+    return [exe, "-X", "heapsize=" + MPY_HEAP, "-c", prelude + "\nimport sys\n"
+            "from memagent.cli import main\nsys.exit(main(sys.argv[1:]))"], env
 
 
 def stop_agent(agent: "subprocess.Popen[str]", timeout_s: float = 15) -> str:

@@ -35,9 +35,29 @@ from memagent.ipc.control import query
 from memagent.plugins.kill_background import pidkill
 from memagent.sense import domains
 from memagent.sense.footprint import footprint_kib
-from support import need, stop_agent
+from support import agent_command, need, stop_agent
 
 # -- shared: an agent in the test's memcg, with drop-in plugins --------------------------
+
+
+INTERPRETER = ["cpython"]  # what start_agent runs the agent on (the interp fixture)
+
+
+@pytest.fixture
+def interp(request: Any) -> "Iterator[str]":
+    """The agent's interpreter for one test: "cpython" or "micropython"
+    (the whole agent on Debian trixie's micropython 1.25, issue 11)."""
+    INTERPRETER[0] = getattr(request, "param", "cpython")
+    try:
+        yield INTERPRETER[0]
+    finally:
+        INTERPRETER[0] = "cpython"
+
+
+def both(fn: "Callable[..., None]") -> "Callable[..., None]":
+    """Run the test against the agent on CPython and on MicroPython."""
+    fn = pytest.mark.parametrize("interp", ["cpython", "micropython"], indirect=True)(fn)
+    return pytest.mark.usefixtures("interp")(fn)  # type: ignore[no-any-return]
 
 
 def start_agent(group: Memcg, tmp: str, conf: str = "", sock: "Optional[str]" = None,
@@ -53,10 +73,8 @@ def start_agent(group: Memcg, tmp: str, conf: str = "", sock: "Optional[str]" = 
         f.write(conf)
     args = ["run", "--memcg", group.path, "--config", path, "--socket", sock,
             "--events-json", os.path.join(tmp, "events.jsonl")]
-    head = [sys.executable, "-m", "memagent"] if not prelude else [
-        sys.executable, "-c", prelude + "; import sys; from memagent.cli import main; "
-        "sys.exit(main(sys.argv[1:]))"]
-    proc = subprocess.Popen(head + args, stderr=subprocess.PIPE, text=True)
+    head, env = agent_command(INTERPRETER[0], prelude)
+    proc = subprocess.Popen(head + args, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 15
     while not os.path.exists(sock):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -124,6 +142,7 @@ async def on_pressure(level, **kw):
 
 
 @pytest.mark.memcg
+@both
 def test_a_hook_that_swallows_its_cancellation_is_abandoned(memcg: Memcg,
                                                             tmp_path: Any) -> None:
     # Before: wait_for waited on the cancelled hook for good: no "timed out"
@@ -163,6 +182,7 @@ def events_of(tmp: str) -> "List[Dict[str, Any]]":
 
 
 @pytest.mark.memcg
+@both
 def test_status_rereads_a_stale_reading(memcg: Memcg, tmp_path: Any) -> None:
     # A calm event-driven source does not read: status showed the same
     # avail_kib and t_ms 6 s after the memcg had changed by 60 MiB (memory
@@ -188,6 +208,7 @@ def test_status_rereads_a_stale_reading(memcg: Memcg, tmp_path: Any) -> None:
 
 
 @pytest.mark.memcg
+@both
 def test_a_held_level_is_reminded_every_remind_ms(memcg: Memcg, tmp_path: Any) -> None:
     # LOW held ~11 s of unchanging memory (cgroup1) with no reminder at all:
     # memory sat between LOW and its recover threshold (the hysteresis).
@@ -237,6 +258,7 @@ while True:
 
 
 @pytest.mark.memcg
+@both
 def test_a_trim_that_grows_the_app_is_measured_as_zero(memcg: Memcg, tmp_path: Any) -> None:
     # The log showed a trim's measured amount as (2, 8686, -4).
     tmp = str(tmp_path)
@@ -288,6 +310,7 @@ async def on_pressure(level, **kw):
 
 
 @pytest.mark.memcg
+@both
 def test_each_plugin_sees_a_consistent_level_sequence(memcg: Memcg, tmp_path: Any) -> None:
     # Plugins saw LOW->CRITICAL, then LOW->NORMAL, and a stale CRITICAL
     # on_pressure after the agent had logged NORMAL (coalescing behind a
@@ -606,6 +629,7 @@ def assert_root_untouched(seen: "Dict[str, Any]") -> None:
 
 @pytest.mark.memcg
 @pytest.mark.slow
+@both
 def test_a_reused_pid_registered_later_is_refused(memcg: Memcg, tmp_path: Any,
                                                    id_user: Tuple[str, int, int],
                                                    id_sockdir: str) -> None:
@@ -624,6 +648,7 @@ def test_a_reused_pid_registered_later_is_refused(memcg: Memcg, tmp_path: Any,
 
 @pytest.mark.memcg
 @pytest.mark.slow
+@both
 def test_an_app_whose_process_exited_is_not_its_reused_pid(memcg: Memcg, tmp_path: Any,
                                                            id_user: Tuple[str, int, int],
                                                            id_sockdir: str) -> None:
@@ -640,6 +665,7 @@ def test_an_app_whose_process_exited_is_not_its_reused_pid(memcg: Memcg, tmp_pat
 
 @pytest.mark.memcg
 @pytest.mark.slow
+@both
 def test_the_pidfd_open_fallback_refuses_a_reused_pid(memcg: Memcg, tmp_path: Any,
                                                       id_user: Tuple[str, int, int],
                                                       id_sockdir: str) -> None:
@@ -661,6 +687,7 @@ def test_the_pidfd_open_fallback_refuses_a_reused_pid(memcg: Memcg, tmp_path: An
 
 
 @pytest.mark.memcg
+@both
 def test_a_uid_changed_since_connect_is_refused(memcg: Memcg, tmp_path: Any,
                                                 id_user: Tuple[str, int, int],
                                                 id_sockdir: str) -> None:
@@ -709,6 +736,7 @@ def settled_fds(path: str, timeout_s: float = 10) -> int:
 
 
 @pytest.mark.memcg
+@both
 def test_pidfds_are_closed_with_their_sessions(memcg: Memcg, tmp_path: Any,
                                                id_user: Tuple[str, int, int],
                                                id_sockdir: str) -> None:
@@ -962,6 +990,7 @@ sys.stdin.read()  # hold the connections until the test closes our stdin
 
 
 @pytest.mark.memcg
+@both
 def test_one_uid_gets_max_per_uid_and_root_still_gets_in(
         memcg: Memcg, ipc_open_dir: str, ipc_user: pwd.struct_passwd) -> None:
     agent = ipc_agent(memcg, ipc_open_dir)
@@ -981,6 +1010,7 @@ def test_one_uid_gets_max_per_uid_and_root_still_gets_in(
 
 
 @pytest.mark.memcg
+@both
 def test_slots_reserved_for_root_when_untrusted_fill_the_rest(
         memcg: Memcg, ipc_open_dir: str, ipc_user: pwd.struct_passwd) -> None:
     agent = ipc_agent(memcg, ipc_open_dir, "[apps]\nmax_per_uid = 4096\n")
@@ -998,6 +1028,7 @@ def test_slots_reserved_for_root_when_untrusted_fill_the_rest(
 
 
 @pytest.mark.memcg
+@both
 def test_silent_subscriber_is_closed_and_a_pinging_one_kept(memcg: Memcg, tmp_path: Any) -> None:
     tmp = str(tmp_path)
     agent = ipc_agent(memcg, tmp, "[apps]\nsubscriber_idle_ms = 1000\n")
@@ -1025,6 +1056,7 @@ def test_silent_subscriber_is_closed_and_a_pinging_one_kept(memcg: Memcg, tmp_pa
 
 
 @pytest.mark.memcg
+@both
 def test_refused_flood_lingers_at_most_a_few(memcg: Memcg, tmp_path: Any) -> None:
     # A refused connection lingered 200 ms (half-closed, to let the client
     # read "busy"), each of them, with no cap: a flood held a socket and a
@@ -1125,6 +1157,7 @@ NAMES = [  # (name, accepted)
 
 
 @pytest.mark.memcg
+@both
 def test_names_bounded_in_bytes_without_controls(memcg: Memcg, tmp_path: Any) -> None:
     tmp = str(tmp_path)
     agent = ipc_agent(memcg, tmp)
@@ -1163,6 +1196,7 @@ def _fill(path: str, count: int) -> "List[socket.socket]":
 
 @pytest.mark.memcg
 @pytest.mark.parametrize("count", [64, 160])
+@both
 def test_status_with_maximum_apps_fits_and_pages(memcg: Memcg, tmp_path: Any,
                                                  count: int) -> None:
     tmp = str(tmp_path)
@@ -1194,6 +1228,7 @@ def test_status_with_maximum_apps_fits_and_pages(memcg: Memcg, tmp_path: Any,
 
 
 @pytest.mark.memcg
+@both
 def test_status_cli_says_busy_then_not_running(memcg: Memcg, tmp_path: Any) -> None:
     tmp = str(tmp_path)
     path = os.path.join(tmp, "ctl.sock")

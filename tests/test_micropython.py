@@ -91,6 +91,15 @@ MICROPYTHON_MODULES = (
     "memagent.plugins", "memagent.plugins.release_caches",
     "memagent.plugins.release_caches.scheduler", "memagent.plugins.kill_background",
     "memagent.plugins.kill_background.settings", "memagent.plugins.kill_background.victims",
+    # the whole agent (issue 11): the shim's system calls, streams and
+    # argparse subset, every source, the loader, the CLI and every plugin
+    "memagent.aio.unix", "memagent.aio._libc", "memagent.aio._mpstream", "memagent.aio.args",
+    "memagent.sense.sources.cgroup1", "memagent.ipc.statuspage", "memagent.ipc.ask",
+    "memagent.runtime.agent", "memagent.runtime.pluginload", "memagent.runtime.plainlog",
+    "memagent.cli", "memagent.plugins.release_caches.plugin",
+    "memagent.plugins.kill_background.pidkill", "memagent.plugins.kill_background.plugin",
+    "memagent.plugins.user_activity", "memagent.plugins.device_watch",
+    "memagent.plugins.notify_ui",
 )
 BANNED = ("import re\n", "import dataclasses", "from dataclasses", "from __future__",
           "import typing\n", "\nfrom typing import")

@@ -3,8 +3,9 @@
 :func:`get_logger` is ``logging.getLogger`` where the ``logging`` module
 exists.  MicroPython's unix port has none (micropython-lib's is optional),
 so there it returns a small stand-in with the same methods that writes
-``name: LEVEL message`` lines to stderr, at or above :func:`set_level`
-(INFO by default).
+``memagent: LEVEL message`` lines to stderr, at or above :func:`set_level`
+(INFO by default), or hands them to the sink :func:`set_sink` installs
+(:mod:`memagent.runtime.plainlog`: syslog or /dev/kmsg).
 """
 
 import sys
@@ -15,7 +16,7 @@ except ImportError:  # MicroPython
     _logging = None  # type: ignore[assignment]
 
 try:
-    from typing import TYPE_CHECKING, Any
+    from typing import TYPE_CHECKING, Any, Callable, List
 except ImportError:  # MicroPython
     TYPE_CHECKING = False  # type: ignore[misc]
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 DEBUG, INFO, WARNING, ERROR = 10, 20, 30, 40
 _NAMES = {DEBUG: "DEBUG", INFO: "INFO", WARNING: "WARNING", ERROR: "ERROR"}
 _state = {"level": INFO}
+_sink: "List[Callable[[int, str], None]]" = []
 
 
 class PrintLogger:
@@ -44,7 +46,10 @@ class PrintLogger:
             text = fmt % args if args else fmt
         except (TypeError, ValueError):  # a bad format must not stop the agent
             text = "%s %r" % (fmt, args)
-        sys.stderr.write("%s: %s %s\n" % (self.name, _NAMES.get(level, level), text))
+        if _sink:
+            _sink[0](level, text)
+        else:
+            sys.stderr.write("%s: %s %s\n" % (self.name, _NAMES.get(level, level), text))
 
     def debug(self, fmt: str, *args: "Any") -> None:
         """Log at DEBUG."""
@@ -71,6 +76,11 @@ def get_logger(name: str) -> "Logger":
     if _logging is not None:
         return _logging.getLogger(name)
     return PrintLogger(name)  # type: ignore[return-value]
+
+
+def set_sink(write: "Callable[[int, str], None]") -> None:
+    """Send the stand-in loggers' lines to ``write(level, text)``."""
+    _sink[:] = [write]
 
 
 def set_level(level: int) -> None:

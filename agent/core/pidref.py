@@ -14,12 +14,16 @@ the start time (field 22 of ``/proc/PID/stat``) is the only check, with the
 resolution of a clock tick.
 
 Identity is read from the real ``/proc`` (never a test's ``[agent]
-proc_root`` tree): a pidfd names a real process.  MicroPython-clean (it
-imports there; the pidfd calls are absent and the start time is used).
+proc_root`` tree): a pidfd names a real process.
+
+The core makes no system calls of its own: the pidfd calls (``pidfd_open``,
+``dup``, ``close``) come from the caller as ``calls``, an object with those
+three functions (:mod:`memagent.aio.unix`, on either interpreter).
+Without it, a ref uses ``os``'s where this Python has them, and the start
+time where not (MicroPython's ``os`` has none).
 """
 
 import errno
-import os
 
 from .pidfs import effective_uid, start_time
 
@@ -29,7 +33,7 @@ except ImportError:  # pragma: no cover - a port without select
     select = None  # type: ignore[assignment]
 
 try:
-    from typing import Optional, Tuple
+    from typing import Any, Optional, Tuple
 except ImportError:  # MicroPython
     pass
 
@@ -37,21 +41,47 @@ PROC = "/proc"
 EXITED = "exited"
 
 
-def pidfd_open(pid: int) -> "Optional[int]":
-    """Return: a pidfd for process ``pid``, or None where this Python or
-    kernel has none (AttributeError, ENOSYS).  Raises: ProcessLookupError
-    if no process has that pid, other OSError (EMFILE...)."""
-    opener = getattr(os, "pidfd_open", None)
-    if opener is None:
-        return None
-    try:
-        fd: int = opener(pid)
-    except OSError as e:
-        if isinstance(e, ProcessLookupError):
-            raise
-        if e.args and e.args[0] == errno.ENOSYS:  # a kernel before 5.3
+class OsCalls:
+    """The pidfd calls from ``os`` (CPython 3.9+); none on MicroPython."""
+
+    @staticmethod
+    def pidfd_open(pid: int) -> "Optional[int]":
+        """Return: a pidfd for process ``pid``, or None where this Python or
+        kernel has none (AttributeError, ENOSYS).  Raises: ProcessLookupError
+        if no process has that pid, other OSError (EMFILE...)."""
+        import os
+
+        opener = getattr(os, "pidfd_open", None)
+        if opener is None:
             return None
-        raise
+        try:
+            fd: int = opener(pid)
+        except OSError as e:
+            if e.args and e.args[0] == errno.ENOSYS:  # a kernel before 5.3
+                return None
+            raise
+        return fd
+
+    @staticmethod
+    def dup(fd: int) -> int:
+        """Return: os.dup(fd)."""
+        import os
+
+        return os.dup(fd)
+
+    @staticmethod
+    def close(fd: int) -> None:
+        """os.close(fd)."""
+        import os
+
+        os.close(fd)
+
+
+def pidfd_open(pid: int, calls: "Any" = None) -> "Optional[int]":
+    """Return: a pidfd for process ``pid`` through ``calls`` (default
+    :class:`OsCalls`), or None where there are none.  Raises:
+    ProcessLookupError if no process has that pid, other OSError."""
+    fd: "Optional[int]" = (calls or OsCalls).pidfd_open(pid)
     return fd
 
 
@@ -72,12 +102,13 @@ class ProcessRef:
     bound: "SO_PEERPIDFD", "pidfd_open" or "start time").  :meth:`close`
     it when done; a closed ref is never alive."""
 
-    __slots__ = ("pid", "uid", "started", "pidfd", "via", "closed")
+    __slots__ = ("pid", "uid", "started", "pidfd", "via", "closed", "calls")
 
     def __init__(self, pid: int, uid: int, started: int, pidfd: "Optional[int]",
-                 via: str) -> None:
+                 via: str, calls: "Any" = None) -> None:
         self.pid, self.uid, self.started = pid, uid, started
         self.pidfd, self.via = pidfd, via
+        self.calls = calls or OsCalls
         self.closed = False
 
     def alive(self) -> bool:
@@ -106,13 +137,13 @@ class ProcessRef:
         None if the ref is closed, has no pidfd or its process exited."""
         if self.closed or self.pidfd is None or exited(self.pidfd):
             return None
-        fd: int = os.dup(self.pidfd)
+        fd: int = self.calls.dup(self.pidfd)
         return fd
 
     def close(self) -> None:
         """Close the pidfd (idempotent)."""
         if not self.closed and self.pidfd is not None:
-            os.close(self.pidfd)
+            self.calls.close(self.pidfd)
         self.closed = True
 
     def __repr__(self) -> str:
@@ -134,25 +165,26 @@ def _differs(want_started: int, started: "Optional[int]", want_uid: int,
 
 
 def bind(pid: int, uid: int, pidfd: "Optional[int]" = None,
-         via: str = "pidfd_open") -> "Tuple[Optional[ProcessRef], str]":
+         via: str = "pidfd_open", calls: "Any" = None) -> "Tuple[Optional[ProcessRef], str]":
     """Pin process ``pid``, which the kernel says has effective uid ``uid``.
 
     ``pidfd``: one the kernel already gave for it (SO_PEERPIDFD), owned by
     this call from here on; None opens one with ``pidfd_open(pid)``, or
     falls back to the start time where there are no pidfds.  Returns:
     ``(ref, "")``, or ``(None, why)`` when the process exited or its uid
-    is not ``uid`` (any pidfd is then closed).  Raises: OSError from
-    pidfd_open other than ESRCH (EMFILE: the agent is out of fds).
+    is not ``uid`` (any pidfd is then closed).  ``calls``: the pidfd calls
+    (see the module's docstring).  Raises: OSError from pidfd_open other
+    than ESRCH (EMFILE: the agent is out of fds).
     """
     if pidfd is None:
         try:
-            pidfd = pidfd_open(pid)
+            pidfd = pidfd_open(pid, calls)
         except ProcessLookupError:
             return None, EXITED
         if pidfd is None:
             via = "start time"
     started, euid = start_time(pid, PROC), effective_uid(pid, PROC)
-    ref = ProcessRef(pid, uid, -1 if started is None else started, pidfd, via)
+    ref = ProcessRef(pid, uid, -1 if started is None else started, pidfd, via, calls)
     why = _differs(ref.started, started, uid, euid)
     if why is None and pidfd is not None and exited(pidfd):
         why = EXITED  # the reads may have been of a reused pid

@@ -19,10 +19,9 @@ the new process if it has the same uid.
 """
 
 import errno
-import os
 import socket
-import struct
 
+from ..aio import unix
 from ..core.pidref import ProcessRef, bind
 
 try:
@@ -42,7 +41,7 @@ OUT_BUFFER_BYTES = 65536
 # name it.  PEERPIDFD False forces the pidfd_open fallback (the tests do).
 SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", None) or {
     "sparc": 0x0056, "sparc64": 0x0056, "parisc": 0x404B, "parisc64": 0x404B,
-}.get(os.uname().machine if hasattr(os, "uname") else "", 77)
+}.get(unix.machine(), 77)
 PEERPIDFD = True
 
 
@@ -62,11 +61,10 @@ def peer_of(sock: "Any") -> "Optional[Peer]":
     there is no socket or the kernel gives no credentials."""
     if sock is None:
         return None
-    try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    except (OSError, AttributeError):
+    cred = unix.peer_credentials(sock)
+    if cred is None:
         return None
-    pid, uid, gid = struct.unpack("3i", raw)
+    pid, uid, gid = cred
     return Peer(pid, uid, gid) if pid > 0 else None
 
 
@@ -79,7 +77,7 @@ def peer_pidfd(sock: "Any") -> "Tuple[Optional[int], str]":
     if not PEERPIDFD:
         return None, ""
     try:
-        pidfd: int = sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
+        pidfd: int = unix.getsockopt_int(sock, unix.SOL_SOCKET, SO_PEERPIDFD)
     except OSError as e:
         if e.args and e.args[0] == errno.ENOPROTOOPT:
             return None, ""  # a kernel before 6.5 (6.5-6.8 say EINVAL for a reaped peer)
@@ -100,9 +98,9 @@ def identify(sock: "Any") -> "Tuple[Optional[Peer], Optional[ProcessRef], str]":
     if why:
         return peer, None, why
     if pidfd is not None:
-        process, why = bind(peer.pid, peer.uid, pidfd, "SO_PEERPIDFD")
+        process, why = bind(peer.pid, peer.uid, pidfd, "SO_PEERPIDFD", calls=unix)
     else:
-        process, why = bind(peer.pid, peer.uid)
+        process, why = bind(peer.pid, peer.uid, calls=unix)
     return peer, process, why
 
 

@@ -10,9 +10,8 @@ event).  :class:`Agent` builds the parts from a Config, starts them in
 order (sensing first, then the plugins) and stops them in reverse.
 """
 
-import signal
-
 from .. import aio
+from ..aio import unix
 from ..core.config import Config, ConfigError, load_config
 from ..core.logs import get_logger
 from ..core.reading import Reading
@@ -207,9 +206,9 @@ class Agent:
         self.stop()
 
     def _signals(self) -> None:
-        aio.add_signal_handler(signal.SIGTERM, self.stop)
-        aio.add_signal_handler(signal.SIGINT, self.stop)
-        aio.add_signal_handler(signal.SIGHUP, self.reload)
+        aio.add_signal_handler(unix.SIGTERM, self.stop)
+        aio.add_signal_handler(unix.SIGINT, self.stop)
+        aio.add_signal_handler(unix.SIGHUP, self.reload)
 
     # -- what on_start(agent=...) gave plugins before the services (deprecated) -------
 

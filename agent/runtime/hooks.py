@@ -15,6 +15,7 @@ non-empty str; ``config_schema``, if any, maps setting names to
 imports on MicroPython); the checks need CPython's ``inspect``.
 """
 
+from .. import aio
 from ..core.config import CORE_SCHEMA, Key
 
 try:
@@ -62,15 +63,18 @@ def plugin_name(plugin: object) -> str:
 
 def _is_async(fn: object) -> bool:
     """Return: True if calling ``fn`` returns a coroutine (async def, or an
-    object with an async ``__call__``)."""
-    import inspect
-
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+    object with an async ``__call__``); also where the interpreter cannot
+    tell (MicroPython), and the dispatcher then finds out at the call."""
+    return aio.iscoroutinefunction(fn) is not False
 
 
 def _param_problems(hook: str, fn: object) -> "List[str]":
-    """Return: what is wrong with a hook's parameters (keyword calls, **kwargs)."""
-    import inspect
+    """Return: what is wrong with a hook's parameters (keyword calls, **kwargs);
+    nothing where there is no ``inspect`` (MicroPython)."""
+    try:
+        import inspect
+    except ImportError:  # MicroPython: signatures cannot be read
+        return []
 
     try:
         sig = inspect.signature(fn)  # type: ignore[arg-type]
@@ -105,9 +109,12 @@ def _hook_problems(hook: str, fn: object) -> "List[str]":
 
 def _unknown_hook(attr: str) -> str:
     """Return: the message for an ``on_...`` attribute that is no hook."""
-    import difflib
+    try:
+        import difflib
 
-    close = difflib.get_close_matches(attr, HOOKS, n=1)
+        close = difflib.get_close_matches(attr, HOOKS, n=1)
+    except ImportError:  # MicroPython
+        close = []
     hint = "did you mean %s?" % close[0] if close else "known hooks: %s" % ", ".join(HOOKS)
     return "%s is not a known hook (%s)" % (attr, hint)
 

@@ -7,23 +7,27 @@ checked against).  Discovery order: ``memagent.plugins.BUILTIN``
 ``memagent.plugins`` (by name), the drop-in directory (``*.py``, by file
 name); ``[plugins]`` in the config filters and orders them.  Loading never
 raises for a bad plugin: each problem is a message in
-:attr:`LoadResult.errors`.  See docs/plugins.md.  CPython only; on
-MicroPython, plugin objects are given to the Agent directly.
+:attr:`LoadResult.errors`.  See docs/plugins.md.
+
+On MicroPython there are no entry points (no ``importlib.metadata``): the
+built-in plugins and the drop-in files load there, a drop-in file run as a
+namespace of its own (:func:`_import_file`).
 """
 
-import functools
-import importlib
-import importlib.metadata
-import importlib.util
-import inspect
-import logging
-import os
-import re
+# size-ok: one loader for both interpreters: entry points, built-ins, drop-in files
 import sys
-import traceback
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
-from ..core.config import Config, ConfigError, Schema
+try:
+    from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple
+except ImportError:  # MicroPython
+    TYPE_CHECKING = False  # type: ignore[misc]
+if TYPE_CHECKING:
+    import importlib.metadata
+
+    from ..core.config import Schema
+
+from ..aio import unix
+from ..core.config import Config, ConfigError
 from . import dispatch
 from .hooks import DEFAULT_HOOK_TIMEOUT_MS, check, config_schemas, plugin_name
 
@@ -68,7 +72,7 @@ class LoadResult:
         (an empty one for a plugin without settings)."""
         return config_schemas(self.plugins)
 
-    def log(self, logger: logging.Logger) -> None:
+    def log(self, logger: "Any") -> None:
         """Log the errors (error), the warnings, the skipped plugins (info)
         and the result."""
         for message in self.errors:
@@ -132,10 +136,15 @@ def _names(text: str) -> "List[str]":
 
 
 def discover_entry_points(group: str = GROUP) -> "List[importlib.metadata.EntryPoint]":
-    """Return: the installed entry points of ``group`` (Python 3.9 and 3.10+).
+    """Return: the installed entry points of ``group`` (Python 3.9 and 3.10+;
+    none on MicroPython, which has no package metadata).
 
     Raises: whatever importlib.metadata raises on broken metadata.
     """
+    try:
+        import importlib.metadata
+    except ImportError:  # MicroPython
+        return []
     try:
         found: "Iterable[importlib.metadata.EntryPoint]" = \
             importlib.metadata.entry_points(group=group)
@@ -144,7 +153,7 @@ def discover_entry_points(group: str = GROUP) -> "List[importlib.metadata.EntryP
     return list(found)
 
 
-def _entry_point_candidates(entry_points: "Iterable[importlib.metadata.EntryPoint]",
+def _entry_point_candidates(entry_points: "Iterable[Any]",
                             kind: str, by_name: bool = True) -> "List[_Candidate]":
     """Return: one candidate per distinct entry point, sorted by name unless
     ``by_name`` is False (BUILTIN's own order is the call order); a
@@ -163,16 +172,34 @@ def _builtin_candidates(errors: "List[str]") -> "List[_Candidate]":
     """Return: candidates for ``memagent.plugins.BUILTIN`` ((name, "module:attr")
     pairs: known by name, imported only when enabled)."""
     try:
-        package = importlib.import_module(BUILTIN_PACKAGE)
-        pairs = [importlib.metadata.EntryPoint(name, value, GROUP)
-                 for name, value in getattr(package, "BUILTIN", ())]
+        pairs = list(getattr(import_module(BUILTIN_PACKAGE), "BUILTIN", ()))
     except Exception as e:
         errors.append("built-in plugins (%s): %s: %s" % (BUILTIN_PACKAGE, type(e).__name__, e))
         return []
-    return _entry_point_candidates(pairs, "built-in", by_name=False)
+    return [_Candidate(name, "built-in %s = %s" % (name, value), _loader_of(value))
+            for name, value in pairs]
 
 
-def _installed_candidates(entry_points: "Optional[Iterable[importlib.metadata.EntryPoint]]",
+def import_module(name: str) -> "Any":
+    """Return: the module ``name`` (dotted), imported.  Raises: ImportError."""
+    module = __import__(name)
+    for part in name.split(".")[1:]:
+        module = getattr(module, part)
+    return module
+
+
+def _loader_of(value: str) -> "Callable[[], object]":
+    """Return: a function importing "module:attr" (an entry point's value)."""
+    def load() -> object:
+        modname, _, attr = value.partition(":")
+        obj = import_module(modname)
+        for part in attr.split(".") if attr else []:
+            obj = getattr(obj, part)
+        return obj
+    return load
+
+
+def _installed_candidates(entry_points: "Optional[Iterable[Any]]",
                           errors: "List[str]") -> "List[_Candidate]":
     """Return: candidates for the given entry points, or the installed ones."""
     try:
@@ -188,7 +215,12 @@ def _import_file(path: str, stem: str) -> object:
 
     Returns: the module.  Raises: whatever its import raises.
     """
-    modname = "memagent_dropin_" + re.sub(r"\W", "_", stem)
+    modname = "memagent_dropin_" + "".join(c if c.isalpha() or c.isdigit() else "_"
+                                           for c in stem)
+    try:
+        import importlib.util
+    except ImportError:  # MicroPython
+        return _exec_file(path, modname)
     spec = importlib.util.spec_from_file_location(modname, path)
     if spec is None or spec.loader is None:
         raise ImportError("cannot import %s" % path)
@@ -202,25 +234,44 @@ def _import_file(path: str, stem: str) -> object:
     return module
 
 
+class DropIn:
+    """A drop-in file run on MicroPython (no importlib): its names as attributes."""
+
+def _exec_file(path: str, modname: str) -> object:
+    """Run the file ``path`` in a namespace of its own.  Returns: an object
+    with its top-level names.  Raises: whatever running it raises."""
+    with open(path) as f:
+        source = f.read()
+    namespace: "Dict[str, Any]" = {"__name__": modname, "__file__": path}
+    exec(compile(source, path, "exec"), namespace)
+    module = DropIn()
+    for key, value in namespace.items():
+        setattr(module, key, value)
+    return module
+
+
 def _dropin_candidates(directory: str, errors: "List[str]") -> "List[_Candidate]":
     """Return: a candidate per ``*.py`` in ``directory``, in file name order
     (none if the directory is empty, unset or missing)."""
     if not directory:
         return []
     try:
-        files = sorted(f for f in os.listdir(directory)
+        files = sorted(f for f in unix.listdir(directory)
                        if f.endswith(".py") and not f.startswith("."))
-    except FileNotFoundError:
-        return []
     except OSError as e:
-        errors.append("plugin directory %s: %s" % (directory, e))
+        if not unix.is_missing(e):
+            errors.append("plugin directory %s: %s" % (directory, unix.why(e)))
         return []
     out = []
     for filename in files:
-        path = os.path.join(directory, filename)
-        stem = filename[:-3]
-        out.append(_Candidate(stem, path, functools.partial(_import_file, path, stem)))
+        path = directory.rstrip("/") + "/" + filename
+        out.append(_Candidate(filename[:-3], path, _file_loader(path, filename[:-3])))
     return out
+
+
+def _file_loader(path: str, stem: str) -> "Callable[[], object]":
+    """Return: a function importing the drop-in file ``path``."""
+    return lambda: _import_file(path, stem)
 
 
 # -- loading ----------------------------------------------------------------------
@@ -232,15 +283,19 @@ def _resolve(obj: object) -> object:
 
     Raises: whatever the class's constructor raises.
     """
-    if inspect.ismodule(obj):
+    if type(obj).__name__ == "module" or isinstance(obj, DropIn):
         obj = getattr(obj, "plugin", obj)
-    if inspect.isclass(obj):
+    if isinstance(obj, type):
         obj = obj()
     return obj
 
 
 def _raised_at(e: BaseException) -> str:
     """Return: " at file:line" of the innermost frame of ``e``'s traceback, or ""."""
+    try:
+        import traceback
+    except ImportError:  # MicroPython
+        return ""
     frames = traceback.extract_tb(e.__traceback__)
     return " at %s:%d" % (frames[-1].filename, frames[-1].lineno or 0) if frames else ""
 
@@ -279,11 +334,12 @@ def _load(cand: _Candidate, result: LoadResult) -> "Optional[object]":
 
 def _order(loaded: "List[Tuple[_Candidate, Any]]", order: "List[str]") -> "List[Any]":
     """Return: the plugins, those named in ``order`` first and in that order,
-    the rest after them in discovery order."""
-    def rank(item: "Tuple[_Candidate, Any]") -> int:
-        names = (item[0].name, plugin_name(item[1]))
-        return next((i for i, n in enumerate(order) if n in names), len(order))
-    return [plugin for _, plugin in sorted(loaded, key=rank)]
+    the rest after them in discovery order (MicroPython's sort is not
+    stable: the discovery index breaks ties)."""
+    def rank(item: "Tuple[int, Tuple[_Candidate, Any]]") -> "Tuple[int, int]":
+        names = (item[1][0].name, plugin_name(item[1][1]))
+        return next((i for i, n in enumerate(order) if n in names), len(order)), item[0]
+    return [item[1][1] for item in sorted(enumerate(loaded), key=rank)]
 
 
 def _take(cand: _Candidate, opts: _Options, result: LoadResult,
@@ -323,7 +379,7 @@ def _unmatched(opts: _Options, found: "Iterable[str]", errors: "List[str]") -> N
 
 
 def load_plugins(config: Config, dropin_dir: "Optional[str]" = None,
-                 entry_points: "Optional[Iterable[importlib.metadata.EntryPoint]]" = None,
+                 entry_points: "Optional[Iterable[Any]]" = None,
                  builtins: bool = True) -> LoadResult:
     """Find, filter, load, validate and order the plugins.
 

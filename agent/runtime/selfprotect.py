@@ -6,16 +6,16 @@ Each step reports what it did rather than raising, so that a container or an
 unprivileged run logs a clear warning and carries on.
 """
 
-import os
-
 try:
     from typing import List
 except ImportError:  # MicroPython
     pass
 
-MCL_CURRENT = 1
-MCL_FUTURE = 2
-MCL_ONFAULT = 4  # Linux 4.4: lock pages as they are touched, never populate the rest
+from ..aio import unix
+
+MCL_CURRENT = unix.MCL_CURRENT
+MCL_FUTURE = unix.MCL_FUTURE
+MCL_ONFAULT = unix.MCL_ONFAULT  # Linux 4.4: lock pages as they are touched, never populate the rest
 
 
 def set_oom_score_adj(value: int, proc_root: str = "/proc") -> str:
@@ -23,13 +23,13 @@ def set_oom_score_adj(value: int, proc_root: str = "/proc") -> str:
 
     Returns: a line for the log saying what happened (set, or why not).
     """
-    path = "%s/%d/oom_score_adj" % (proc_root, os.getpid())
+    path = "%s/%d/oom_score_adj" % (proc_root, unix.getpid())
     try:
         with open(path, "w") as f:
             f.write("%d\n" % value)
     except OSError as e:
         return "oom_score_adj %d not set: %s (needs CAP_SYS_RESOURCE to go below 0)" % (
-            value, e.strerror or e)
+            value, unix.why(e))
     return "oom_score_adj set to %d" % value
 
 
@@ -41,20 +41,16 @@ def lock_memory(onfault: bool = False) -> str:
 
     Returns: a line for the log saying what happened.
     """
-    try:
-        import ctypes
-
-        # The process's own symbols: whatever libc it runs on (glibc, musl,
-        # uClibc on a Buildroot image, where find_library("c") finds nothing).
-        libc = ctypes.CDLL(None, use_errno=True)
-    except (ImportError, OSError) as e:
-        return "mlockall unavailable: %s" % e
     flags = MCL_CURRENT | MCL_FUTURE | (MCL_ONFAULT if onfault else 0)
-    if libc.mlockall(flags) != 0:
-        err = ctypes.get_errno()
+    try:
+        unix.mlockall(flags)
+    except (ImportError, AttributeError) as e:
+        return "mlockall unavailable: %s" % e
+    except OSError as e:
+        err = e.args[0] if e.args else 0
         hint = " (MCL_ONFAULT needs Linux 4.4)" if onfault and err == 22 else \
             " (RLIMIT_MEMLOCK or CAP_IPC_LOCK)"
-        return "mlockall failed: %s%s" % (os.strerror(err), hint)
+        return "mlockall failed: %s%s" % (unix.why(e), hint)
     return "memory locked (mlockall current+future%s)" % ("+onfault" if onfault else "")
 
 
@@ -64,6 +60,7 @@ def lock_memory(onfault: bool = False) -> str:
 # free top goes back past TRIM_THRESHOLD_BYTES.  Measured with
 # bench/hostile.py (2026-12-07): the agent grew by 4,264 KiB through the
 # battery and kept it after; with these, by 1,512 KiB.
+PROCESS_NAME = "memagent"
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 32768
@@ -75,13 +72,10 @@ def return_freed_memory() -> str:
     (mallopt; glibc.  musl and uClibc accept and ignore it).  Returns: a
     line for the log."""
     try:
-        import ctypes
-
-        mallopt = ctypes.CDLL(None).mallopt
-    except (ImportError, OSError, AttributeError) as e:
+        ok = unix.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) and \
+            unix.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+    except (ImportError, OSError) as e:
         return "mallopt unavailable: %s" % e
-    ok = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1 and \
-        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1
     if not ok:
         return "mallopt refused the thresholds: freed buffers may stay in the heap"
     return "malloc: buffers of %d KiB and more are unmapped when freed" % (
@@ -92,6 +86,10 @@ def protect(oom_score_adj: int, mlockall: str, proc_root: str = "/proc") -> "Lis
     """Apply the protections; ``mlockall`` is "no", "all" or "onfault"
     (``[agent] mlockall``).  Returns: one log line per step."""
     lines = [set_oom_score_adj(oom_score_adj, proc_root), return_freed_memory()]
+    # The comm that ps, pidof, start-stop-daemon -n and OOM reports show:
+    # "python3" or, for MicroPython run through its loader, "ld-linux-armhf.".
+    if not unix.set_process_name(PROCESS_NAME):
+        lines.append("process name not set (no prctl)")
     if mlockall != "no":
         lines.append(lock_memory(onfault=mlockall == "onfault"))
     return lines

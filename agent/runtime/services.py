@@ -9,8 +9,8 @@ that cannot block the sensing loop; docs/plugins.md documents each, and
 tests/test_services.py calls each.
 """
 
-import os
 
+from ..aio import unix
 from ..core.config import Config, Section
 from ..core.levels import NORMAL, Thresholds
 from ..core.logs import get_logger
@@ -198,10 +198,7 @@ class Services:
         fd = getattr(self._sensor.source, "fd", None)
         if not isinstance(fd, int):
             return None
-        try:
-            return os.fstat(fd).st_rdev
-        except OSError:
-            return None
+        return unix.device_number(fd)
 
     def switch_source(self, name: str, avoid: "Optional[str]" = None) -> bool:
         """Run source ``name`` (or "auto": the best that opens, except

@@ -4,9 +4,8 @@ socket's ``status`` reply, and the CLI's text).
 Built from the parts' own views at each request; nothing is cached.
 """
 
-import os
-
 from .. import __version__, aio
+from ..aio import unix
 from ..core.levels import level_name
 from ..ipc.registry import AppRegistry
 from ..sense.presence import Activity
@@ -29,7 +28,7 @@ def status_view(sensor: Sensor, registry: AppRegistry, presence: Activity, event
     now_ms = aio.ticks_ms()
     source = sensor.source
     out: "Dict[str, Any]" = {
-        "version": __version__, "pid": os.getpid(), "uptime_s": (now_ms - started_ms) // 1000,
+        "version": __version__, "pid": unix.getpid(), "uptime_s": (now_ms - started_ms) // 1000,
         "source": source.name if source else None, "unavailable": dict(sensor.skipped),
         "read_errors": sensor.read_errors, "recent": list(events.recent),
         "actions": list(events.actions), "apps": registry.snapshot(),

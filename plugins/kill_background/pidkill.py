@@ -17,7 +17,8 @@ exited.  The sequence:
    thread leaves the kernel; then wait up to ``wait_ms``.
 
 process_mrelease is syscall 448 on arm, arm64, x86 and the other
-architectures of the unified table; it is called through ctypes and a
+architectures of the unified table; it is called by number (through
+:mod:`memagent.aio.unix`: ctypes on CPython, ffi on MicroPython) and a
 kernel without it (ENOSYS) or an architecture with its own numbering (mips,
 alpha, ia64) is reported, never fatal.
 
@@ -26,39 +27,38 @@ USER_HZ 100): a pid reused by a process started in the same tick as the
 victim would not be told apart.  Pids cycle through ``pid_max`` (32768 at
 least) before reuse, so that needs 32,768 forks in one tick.
 
-CPython only: os.pidfd_open and signal.pidfd_send_signal (3.9), ctypes.
+The same on CPython and MicroPython: every call is :mod:`memagent.aio.unix`'s.
 """
 
-import ctypes
 import errno
-import os
-import platform
-import signal
-from typing import Any, Dict, Optional, Tuple
+
+try:
+    from typing import Any, Dict, Optional, Tuple
+except ImportError:  # MicroPython
+    pass
 
 from memagent import aio
+from memagent.aio import unix
 from memagent.core.pidfs import read_stat
 from memagent.core.pidref import ProcessRef
 
-SYS_PROCESS_MRELEASE = 448
 # Architectures whose syscall numbers are not the unified table's.
 _OWN_SYSCALL_TABLE = ("mips", "alpha", "ia64")
 
 EXITED, KILLED, STUCK, REUSED, GONE, DENIED = (
     "exited", "killed", "stuck", "reused", "gone", "denied")
 
-_libc: "Optional[Any]" = None
 
 
 def supported() -> Optional[str]:
     """Return: None if this Python and kernel can kill by pidfd, else why not."""
-    if not hasattr(os, "pidfd_open") or not hasattr(signal, "pidfd_send_signal"):
-        return "needs Python 3.9+ (os.pidfd_open)"
     try:
-        fd = os.pidfd_open(os.getpid())
+        fd = unix.pidfd_open(unix.getpid())
     except OSError as e:
-        return "pidfd_open: %s (needs Linux 5.3+)" % (e.strerror or e)
-    os.close(fd)
+        return "pidfd_open: %s" % unix.why(e)
+    if fd is None:
+        return "pidfd_open: not available (needs Linux 5.3+ and Python 3.9+)"
+    unix.close(fd)
     return None
 
 
@@ -67,20 +67,17 @@ def process_mrelease(pidfd: int) -> str:
     names now.  Returns: "ok", or why not ("ENOSYS: ..." on kernels before
     5.15, "EINVAL" if it is not dying yet, "ESRCH" if already reaped...).
     Never raises."""
-    global _libc
-    if platform.machine().startswith(_OWN_SYSCALL_TABLE):
-        return "unsupported: %s numbers its syscalls differently" % platform.machine()
+    machine = unix.machine()
+    if machine.startswith(_OWN_SYSCALL_TABLE):
+        return "unsupported: %s numbers its syscalls differently" % machine
     try:
-        if _libc is None:
-            _libc = ctypes.CDLL(None, use_errno=True)
-        res = _libc.syscall(ctypes.c_long(SYS_PROCESS_MRELEASE), ctypes.c_int(pidfd),
-                            ctypes.c_uint(0))
-    except (OSError, AttributeError) as e:
+        unix.process_mrelease(pidfd)
+    except AttributeError as e:
         return "unsupported: %s" % e
-    if res == 0:
-        return "ok"
-    err = ctypes.get_errno()
-    return "%s: %s" % (errno.errorcode.get(err, str(err)), os.strerror(err))
+    except OSError as e:
+        err = e.args[0] if e.args else 0
+        return "%s: %s" % (errno.errorcode.get(err, str(err)), unix.strerror(err))
+    return "ok"
 
 
 class KillResult:
@@ -125,16 +122,18 @@ def open_checked(pid: int, started: Optional[int], proc_root: str = "/proc",
         fd = process.dup() if process.pid == pid else None
         return (fd, "") if fd is not None else (None, GONE)
     try:
-        pidfd = os.pidfd_open(pid)
+        pidfd = unix.pidfd_open(pid)
     except ProcessLookupError:
         return None, GONE
     except PermissionError:
         return None, DENIED
     # The pidfd pins the process that holds the pid now; the stat read
     # after it names the same one as long as that process still exists.
+    if pidfd is None:
+        return None, DENIED  # supported() said so at start: no pidfds here
     st = read_stat(pid, proc_root)
     if started is not None and (st is None or st.started != started):
-        os.close(pidfd)
+        unix.close(pidfd)
         return None, GONE if st is None else REUSED
     return pidfd, ""
 
@@ -153,7 +152,7 @@ def _send(pidfd: int, sig: int, result: KillResult) -> bool:
     """Send ``sig``.  Returns: False (result set) if the process is gone or
     may not be signalled."""
     try:
-        signal.pidfd_send_signal(pidfd, sig)
+        unix.pidfd_send_signal(pidfd, sig)
     except ProcessLookupError:
         result.outcome = GONE
         return False
@@ -182,13 +181,13 @@ async def kill(pid: int, started: Optional[int], grace_ms: int = 1000, wait_ms: 
         return result
     try:
         t0_ms = aio.ticks_ms()
-        if not _send(pidfd, signal.SIGTERM, result):
+        if not _send(pidfd, unix.SIGTERM, result):
             return result
         if await wait_exit(pidfd, grace_ms):
             result.outcome = EXITED
         else:
             result.sigkill = True
-            if not _send(pidfd, signal.SIGKILL, result):
+            if not _send(pidfd, unix.SIGKILL, result):
                 return result
             if mrelease:
                 result.mrelease = process_mrelease(pidfd)
@@ -196,4 +195,4 @@ async def kill(pid: int, started: Optional[int], grace_ms: int = 1000, wait_ms: 
         result.ms = aio.ticks_ms() - t0_ms
         return result
     finally:
-        os.close(pidfd)
+        unix.close(pidfd)

@@ -22,12 +22,13 @@ made; it waits
 there the next victim goes as soon as the last one is dead and re-measured.  ``dry_run`` (the
 default) records the victim it would pick and signals nothing; the same
 choice at the same level is recorded once per pressure episode (until the
-level is back to NORMAL), not at every reminder.
-
-CPython only (pidkill uses os.pidfd_open and ctypes).
+level is back to NORMAL), not at every reminder.  The same on MicroPython.
 """
 
-from typing import Any, Dict, List, Optional, Tuple
+try:
+    from typing import Any, Dict, List, Optional, Tuple
+except ImportError:  # MicroPython
+    pass
 
 from memagent import aio
 from memagent.core.config import ConfigError

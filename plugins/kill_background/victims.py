@@ -22,11 +22,12 @@ as the oldest), then the largest RSS.
 The policy is pure (the parsers are :mod:`memagent.core.pidfs`);
 :func:`scan`, :func:`memcg_pids` and :func:`ancestors` read /proc and
 cgroupfs under a root the tests choose, and :func:`pick` puts it together.
-MicroPython-clean but for :func:`pick` (os.getpid).
+Runs on MicroPython too (the pid comes from :mod:`memagent.aio.unix`).
 """
 
 import os
 
+from memagent.aio import unix
 from memagent.core.classes import class_of_adj, rank
 from memagent.core.pidfs import (
     Stat,
@@ -112,11 +113,12 @@ def why_not(c: Candidate, reach_rank: int, protect: "Iterable[str]" = (),
     return None
 
 
-def sort_key(c: Candidate) -> "Tuple[int, int, int, int]":
+def sort_key(c: Candidate) -> "Tuple[int, int, int, int, int]":
     """Return: the key that sorts the first victim first: lowest standing,
-    then least recently used (unknown first), then largest RSS."""
+    then least recently used (unknown first), then largest RSS, then the
+    pid (MicroPython's sort is not stable)."""
     known = 0 if c.last_active_ms is None else 1
-    return (-rank(c.cls), known, c.last_active_ms or 0, -(c.rss_kib or 0))
+    return (-rank(c.cls), known, c.last_active_ms or 0, -(c.rss_kib or 0), c.pid)
 
 
 def order(candidates: "Iterable[Candidate]") -> "List[Candidate]":
@@ -277,7 +279,7 @@ def pick(proc_root: str, pids: "Optional[Iterable[int]]",
     as (pid, class, last_active_ms, started, process); never the agent or its
     ancestors, the foreground pid, a ``protect``ed name or a pid of
     ``exclude``."""
-    never = never_map(ancestors(os.getpid(), proc_root), foreground_pid)
+    never = never_map(ancestors(unix.getpid(), proc_root), foreground_pid)
     never.update(exclude or {})
     found = scan(proc_root, pids, merge_apps(apps), reach_rank)
     return choose(found, reach_rank, protect, never)

@@ -19,7 +19,10 @@ writes the kernel knobs ``/proc/sys/vm/drop_caches`` (1: clean page cache)
 and ``/proc/sys/vm/compact_memory``, as a last resort before any kill.
 """
 
-from typing import Any, Dict, List, Optional, Tuple
+try:
+    from typing import Any, Dict, List, Optional, Tuple
+except ImportError:  # MicroPython
+    pass
 
 from memagent import aio
 from memagent.core.config import Key

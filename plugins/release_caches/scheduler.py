@@ -260,7 +260,8 @@ class FairScheduler:
         """Return: app id -> target KiB, water-filling ``deficit_kib`` over the
         chosen apps, each capped by its estimate and at least
         ``min_target_kib``; apps left with nothing to ask are dropped."""
-        by_cap = sorted(chosen, key=lambda a: (a.cap_kib() is None, a.cap_kib() or 0))
+        # the app id breaks ties: MicroPython's sort is not stable
+        by_cap = sorted(chosen, key=lambda a: (a.cap_kib() is None, a.cap_kib() or 0, a.app_id))
         targets: "Dict[int, int]" = {}
         left_kib = deficit_kib
         for i, app in enumerate(by_cap):

@@ -21,13 +21,15 @@ tests/test_sources_cgroup1.py for the numbers).  When the group is removed
 the kernel signals every eventfd once: wait() then raises FileNotFoundError.
 """
 
-import ctypes
 import errno
-import os
-import select
-from typing import Dict, List, Optional, Tuple
+
+try:
+    from typing import Any, Dict, List, Optional, Tuple
+except ImportError:  # MicroPython
+    pass
 
 from ... import aio
+from ...aio import unix
 from .base import Domain, SourceOptions, SourceUnavailable, domain_path
 from .fdsource import FdSource
 
@@ -37,27 +39,18 @@ V1_DEFAULT_ROOT = "/sys/fs/cgroup/memory"
 # After the first fd fires, gather what else arrives this long: at an OOM the
 # kernel signals vmpressure in a burst of ~100 events over ~7 ms (measured).
 COALESCE_MS = 10
-_EFD_NONBLOCK = 0o4000  # O_NONBLOCK on x86 and ARM
-_EFD_CLOEXEC = 0o2000000
 
 
 def eventfd() -> int:
     """Return: a new non-blocking, close-on-exec eventfd.
     Raises: OSError if the kernel or libc refuse."""
-    if hasattr(os, "eventfd"):  # Python 3.10+
-        return os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = int(libc.eventfd(0, _EFD_NONBLOCK | _EFD_CLOEXEC))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, "eventfd: " + os.strerror(err))
-    return fd
+    return unix.eventfd(0)
 
 
 def drain(efd: int) -> int:
     """Return: the eventfd's counter (0 if nothing was pending), now reset."""
     try:
-        return int.from_bytes(os.read(efd, 8), "little")
+        return int.from_bytes(unix.read(efd, 8), "little")
     except BlockingIOError:
         return 0
 
@@ -66,15 +59,15 @@ def register_event(group_dir: str, efd: int, file_name: str, args: str) -> None:
     """Ask the kernel to signal ``efd`` on events of ``group_dir/file_name``
     (``args``: a level, a threshold in bytes, or "" for memory.oom_control).
     Raises: OSError (EINVAL for bad args, ENOENT if the file is missing)."""
-    file_fd = os.open(group_dir + "/" + file_name, os.O_RDONLY | os.O_CLOEXEC)
+    file_fd = unix.open_fd(group_dir + "/" + file_name, unix.O_RDONLY)
     try:
-        control_fd = os.open(group_dir + "/cgroup.event_control", os.O_WRONLY | os.O_CLOEXEC)
+        control_fd = unix.open_fd(group_dir + "/cgroup.event_control", unix.O_WRONLY)
         try:
-            os.write(control_fd, ("%d %d %s" % (efd, file_fd, args)).strip().encode())
+            unix.write(control_fd, ("%d %d %s" % (efd, file_fd, args)).strip().encode())
         finally:
-            os.close(control_fd)
+            unix.close(control_fd)
     finally:
-        os.close(file_fd)
+        unix.close(file_fd)
 
 
 def v1_root(mountinfo: str = "/proc/self/mountinfo") -> Optional[str]:
@@ -106,7 +99,7 @@ class Cgroup1Source(FdSource):
         self.thresholds_bytes: List[int] = []
         self._events: Dict[int, str] = {}  # eventfd -> event name
         self._threshold_fd: Optional[int] = None
-        self._epoll: Optional["select.epoll"] = None
+        self._epoll: "Optional[Any]" = None
         self.last_fired: Tuple[str, ...] = ()  # every event drained at the last wake
 
     def _group_dir(self) -> str:
@@ -125,7 +118,7 @@ class Cgroup1Source(FdSource):
         """Register the vmpressure levels and the usage thresholds.
         Raises: SourceUnavailable if the group lacks the files or the kernel refuses."""
         self.path = self._group_dir()
-        self._epoll = select.epoll()
+        self._epoll = unix.epoll()
         self.fd = self._epoll.fileno()
         try:
             for level in LEVELS:
@@ -139,13 +132,13 @@ class Cgroup1Source(FdSource):
     def _add_fd(self, efd: int, event: str) -> None:
         assert self._epoll is not None
         self._events[efd] = event
-        self._epoll.register(efd, select.EPOLLIN)
+        self._epoll.register(efd, unix.EPOLLIN)
 
     def _remove_fd(self, efd: int) -> None:
         if self._epoll is not None:
             self._epoll.unregister(efd)
         del self._events[efd]
-        os.close(efd)
+        unix.close(efd)
 
     def _register_level(self, level: str) -> None:
         efd = eventfd()
@@ -157,7 +150,7 @@ class Cgroup1Source(FdSource):
                     raise
                 register_event(self.path, efd, "memory.pressure_level", level)  # < 4.11
         except OSError:
-            os.close(efd)
+            unix.close(efd)
             raise
         self._add_fd(efd, "vmpressure:" + level)
 
@@ -175,7 +168,7 @@ class Cgroup1Source(FdSource):
             for value in thresholds:
                 register_event(self.path, efd, "memory.usage_in_bytes", str(value))
         except OSError:
-            os.close(efd)
+            unix.close(efd)
             raise
         self._add_fd(efd, "threshold")
         self._threshold_fd = efd
@@ -207,7 +200,7 @@ class Cgroup1Source(FdSource):
             fired |= set(self.last_fired)
             self.last_fired = tuple(n for n in SEVERITY if n in fired)
             event = self.last_fired[0]
-        if not os.path.isdir(self.path):
+        if not unix.isdir(self.path):
             raise FileNotFoundError(errno.ENOENT, "cgroup1: memcg removed", self.path)
         return event
 

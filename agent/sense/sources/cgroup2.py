@@ -7,13 +7,12 @@ source re-reads it (seek 0) and reports the most severe counter that grew:
 A wake where nothing it knows grew is not reported (it waits again).
 """
 
-import os
-
 try:
     from typing import Dict, Optional
 except ImportError:  # MicroPython
     pass
 
+from ...aio import unix
 from ...core import procfs
 from .base import Domain, SourceOptions, SourceUnavailable, domain_path
 from .fdsource import FdSource
@@ -44,8 +43,8 @@ class Cgroup2Source(FdSource):
         """Return: memory.events re-read through the open fd (this re-arms kernfs).
         Raises: OSError if the group is gone, procfs.ParseError if garbled."""
         assert self.fd is not None
-        os.lseek(self.fd, 0, os.SEEK_SET)
-        text = os.read(self.fd, 4096).decode("ascii", "replace")
+        unix.lseek(self.fd, 0, unix.SEEK_SET)
+        text = unix.read(self.fd, 4096).decode("ascii", "replace")
         return procfs.parse_flat_keyed(text, "memory.events")
 
     def open(self) -> None:
@@ -56,7 +55,7 @@ class Cgroup2Source(FdSource):
                                     % self.domain.kind)
         path = domain_path(self.domain) + "/memory.events"
         try:
-            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            self.fd = unix.open_fd(path, unix.O_RDONLY)
             self.counters = self._read_counters()
         except (OSError, ValueError) as e:
             self.close()

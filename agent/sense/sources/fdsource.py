@@ -7,7 +7,6 @@ sets ``urgent`` when the kernel reports with POLLPRI (PSI triggers, kernfs).
 """
 
 import errno
-import os
 
 try:
     from typing import Optional
@@ -15,6 +14,7 @@ except ImportError:  # MicroPython
     pass
 
 from ... import aio
+from ...aio import unix
 from .base import Domain, Source, SourceOptions
 
 
@@ -59,8 +59,8 @@ class FdSource(Source):
         raise NotImplementedError
 
     def _close_fd(self, fd: int) -> None:
-        """Release ``fd`` when the source closes (here: os.close)."""
-        os.close(fd)
+        """Release ``fd`` when the source closes (here: close(2))."""
+        unix.close(fd)
 
     def close(self) -> None:
         """Drop the watch and release the fd.  Idempotent."""

@@ -15,7 +15,6 @@ away makes :meth:`wait` raise OSError, and the agent falls back.
 """
 
 import errno
-import os
 
 try:
     from typing import Optional
@@ -23,6 +22,7 @@ except ImportError:  # MicroPython
     pass
 
 from ... import aio
+from ...aio import unix
 from .base import Domain, SourceOptions, SourceUnavailable
 from .fdsource import FdSource
 
@@ -47,25 +47,26 @@ class MemNotifySource(FdSource):
         Raises: SourceUnavailable if it is missing or not a device."""
         path = self.opts.device_path
         try:
-            mode = os.stat(path).st_mode
-        except FileNotFoundError:
+            mode = unix.file_mode(path)
+        except OSError as e:
+            if not unix.is_missing(e):
+                raise SourceUnavailable("mem_notify: cannot stat %s: %s"
+                                        % (path, e.args[-1])) from e
             raise SourceUnavailable("mem_notify: %s does not exist (kernel without the "
                                     "mem_notify patch)" % path) from None
-        except OSError as e:
-            raise SourceUnavailable("mem_notify: cannot stat %s: %s" % (path, e.strerror)) from e
         if (mode & S_IFMT) not in (S_IFCHR, S_IFIFO):
             raise SourceUnavailable("mem_notify: %s is not a character device" % path)
         try:
-            self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            self.fd = unix.open_fd(path, unix.O_RDONLY | unix.O_NONBLOCK)
         except OSError as e:
-            raise SourceUnavailable("mem_notify: cannot open %s: %s" % (path, e.strerror)) from e
+            raise SourceUnavailable("mem_notify: cannot open %s: %s" % (path, e.args[-1])) from e
 
     def _drain(self) -> None:
         """Consume whatever a read returns; the real device has no data."""
         assert self.fd is not None
         for _ in range(_DRAIN_READS):
             try:
-                if not os.read(self.fd, 4096):
+                if not unix.read(self.fd, 4096):
                     return  # a FIFO without writers: EOF
             except OSError as e:
                 if e.errno in (errno.EAGAIN, errno.EINVAL):

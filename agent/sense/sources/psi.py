@@ -19,13 +19,13 @@ shortage); and a "full" line that never moves while "some" stalls 10 s (a
 """
 
 import errno
-import os
 
 try:
     from typing import Dict, Optional
 except ImportError:  # MicroPython
     pass
 
+from ...aio import unix
 from ...core import procfs
 from ...core.logs import get_logger
 from ...core.psicheck import FULL_CHECK_US, PsiCheck
@@ -49,7 +49,7 @@ def _reason(e: OSError) -> str:
     """Return: why the kernel refused, for the log."""
     code = e.errno or 0
     known = _REASONS.get(code)
-    return known if known else "%s (%s)" % (e.strerror, errno.errorcode.get(code, "?"))
+    return known if known else "%s (%s)" % (unix.why(e), errno.errorcode.get(code, "?"))
 
 
 class PsiSource(FdSource):
@@ -81,12 +81,12 @@ class PsiSource(FdSource):
         self.path = self._pressure_path()
         trigger = b"some %d %d\0" % (self.opts.psi_stall_us, self.opts.psi_window_us)
         try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+            self.fd = unix.open_fd(self.path, unix.O_RDWR | unix.O_NONBLOCK)
         except OSError as e:
             raise SourceUnavailable("psi: cannot open %s: %s" % (self.path, _reason(e))) from e
         before = self._pressure()  # the stall so far: an event must add stall_us to it
         try:
-            os.write(self.fd, trigger)
+            unix.write(self.fd, trigger)
         except OSError as e:
             self.close()
             raise SourceUnavailable("psi: %s: %s for %r" % (

@@ -14,6 +14,7 @@ except ImportError:  # MicroPython
     pass
 
 from ... import aio
+from ...aio import unix
 from ...core.reading import Reading, reading_from_dict
 from ...core.trace import TraceError, load_trace
 from .base import Domain, Source, SourceOptions, SourceUnavailable
@@ -44,7 +45,7 @@ class TraceSource(Source):
         try:
             self.readings = load_trace(path)
         except OSError as e:
-            raise SourceUnavailable("trace: cannot read %s: %s" % (path, e.strerror)) from e
+            raise SourceUnavailable("trace: cannot read %s: %s" % (path, unix.why(e))) from e
         except TraceError as e:
             raise SourceUnavailable("trace: %s: %s" % (path, e)) from e
         if not self.readings:

@@ -1,13 +1,23 @@
-"""The asyncio shim: the only module of memagent that imports asyncio.
+"""The shim: the only place of memagent that imports asyncio, and the one
+that carries every difference between CPython and MicroPython.
 
-It re-exports the subset of asyncio that MicroPython's ``asyncio`` also has
-(create_task, sleep, sleep_ms, wait_for, gather, Event, Lock and
-streams/servers), so that the rest of the code can be moved to MicroPython
-without edits, and it adds helpers: :func:`run` (bounded at the end),
-:func:`within_ms` (a wait that never waits on a cancelled task), and
-:class:`FdWatch`, which waits until a file descriptor is readable (POLLIN)
-or has urgent data (POLLPRI, as PSI trigger fds and cgroup v1 eventfds
-report).
+:mod:`.unix` has the kernel's calls (``os``/``ctypes`` on CPython, libc
+through ``ffi`` on MicroPython).  This module re-exports the subset of
+asyncio that MicroPython's ``asyncio`` also has (create_task, sleep,
+sleep_ms, wait_for, gather, Event, Lock and streams/servers), so that the
+rest of the code runs on both without edits, and it adds helpers:
+:func:`run` (bounded at the end), :func:`within_ms` (a wait that never
+waits on a cancelled task), Unix stream servers and connections, signal
+handlers, and :class:`FdWatch`, which waits until a file descriptor is
+readable (POLLIN) or has urgent data (POLLPRI, as PSI trigger fds and
+cgroup v2 kernfs files report).
+
+On MicroPython, which lacks them, the shim provides the Unix streams and
+the signal handlers itself (:mod:`._mpstream`: a signalfd read by a task),
+and FdWatch parks the task in asyncio's IOQueue with the poll mask it
+needs.  That IOQueue is a private part of MicroPython's asyncio: the
+versions the shim was tested with are :data:`TESTED_MICROPYTHON`, and a
+test fails on another one.  docs/micropython.md lists the subset.
 
 On CPython the helper is built on ``loop.add_reader``.  For POLLPRI an epoll
 object is registered for EPOLLPRI on the watched fd and the *epoll fd* is
@@ -26,6 +36,10 @@ except ImportError:  # MicroPython has no typing module; annotations are not eva
     pass
 
 MICROPYTHON = sys.implementation.name == "micropython"
+_mp: "Any" = None  # MicroPython: the shim's streams, signals and fd waits (_mpstream)
+# The MicroPython versions whose asyncio internals (core._io_queue: its
+# queue_read/queue_write and poller) the shim was tested with.
+TESTED_MICROPYTHON = ((1, 25), (1, 28))
 
 create_task = asyncio.create_task
 sleep = asyncio.sleep
@@ -41,8 +55,13 @@ StreamReader = asyncio.StreamReader
 StreamWriter = asyncio.StreamWriter
 
 if MICROPYTHON:  # pragma: no cover - exercised under the micropython tox env
+    import builtins
     import time as _time
 
+    from . import _mpstream as _mp
+
+    if not hasattr(builtins, "TimeoutError"):
+        builtins.TimeoutError = asyncio.TimeoutError  # type: ignore[misc,assignment]
     sleep_ms = asyncio.sleep_ms  # type: ignore[attr-defined]
 
     def ticks_ms() -> int:
@@ -119,7 +138,8 @@ def leave(code: int) -> int:
     if not LEFTOVERS:
         return code
     import logging
-    import os
+
+    from . import unix
 
     logging.getLogger("memagent").error("%d task(s) ignored their cancellation; "
                                         "exiting without the interpreter's teardown",
@@ -130,7 +150,8 @@ def leave(code: int) -> int:
             stream.flush()
         except (OSError, ValueError):
             pass
-    os._exit(code)
+    unix.exit_now(code)
+    return code
 
 
 async def wait_for_ms(aw: "Awaitable[T]", timeout_ms: int) -> "T":
@@ -215,11 +236,12 @@ async def start_unix_server(
 
     ``limit`` bounds the reader's buffer (a longer line raises ValueError in
     ``readline``).  Returns: the server object (``close()`` then
-    ``await wait_closed()``).  Raises: OSError if the path cannot be bound;
-    NotImplementedError on MicroPython, whose asyncio has no Unix servers.
+    ``await wait_closed()``).  Raises: OSError if the path cannot be bound.
+    On MicroPython, whose asyncio has no Unix servers, the shim's
+    (:mod:`._mpstream`).
     """
     if MICROPYTHON:  # pragma: no cover
-        raise NotImplementedError("Unix stream servers need CPython's asyncio")
+        return await _mp.start_unix_server(handler, path, limit)
     return await asyncio.start_unix_server(handler, path, limit=limit)
 
 
@@ -229,7 +251,7 @@ async def open_unix_connection(path: str, limit: int = 65536) -> "Any":
     Returns: ``(reader, writer)``.  Raises: OSError if nobody listens there.
     """
     if MICROPYTHON:  # pragma: no cover
-        raise NotImplementedError("Unix stream sockets need CPython's asyncio")
+        return await _mp.open_unix_connection(path, limit)
     return await asyncio.open_unix_connection(path, limit=limit)
 
 
@@ -246,18 +268,25 @@ async def cancel_and_wait(task: "Optional[Any]") -> None:
 def add_signal_handler(signum: int, callback: "Callable[[], None]") -> bool:
     """Call ``callback`` in the running loop when ``signum`` arrives.
 
-    Returns: True if installed, False where the loop cannot (MicroPython).
+    On MicroPython the signal is blocked and read from a signalfd by a
+    task.  Returns: True if installed.  Raises: OSError (no signalfd).
     """
     if MICROPYTHON:  # pragma: no cover
-        return False
+        return bool(_mp.add_signal_handler(signum, callback))
     asyncio.get_running_loop().add_signal_handler(signum, callback)
     return True
 
 
-def _io_wait(fd: int) -> "Any":  # pragma: no cover - MicroPython only
-    """MicroPython: a plain generator is awaitable; yielding the IO queue's
-    entry parks the task until ``fd`` is readable (as its streams do)."""
-    yield asyncio.core._io_queue.queue_read(fd)  # type: ignore[attr-defined]
+def iscoroutinefunction(fn: "Any") -> "Optional[bool]":
+    """Return: True if calling ``fn`` returns a coroutine (``async def``,
+    or an object with an async ``__call__``), False if not, None where the
+    interpreter cannot tell (MicroPython: an async def is a generator
+    function there, like any other)."""
+    if MICROPYTHON:  # pragma: no cover
+        return None
+    import inspect
+
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
 
 
 class FdWatch:
@@ -273,9 +302,7 @@ class FdWatch:
         self.urgent = urgent
         self._epoll: "Optional[Any]" = None
         self._poll_fd = fd
-        if MICROPYTHON:  # pragma: no cover
-            if urgent:
-                raise NotImplementedError("POLLPRI waits need CPython (epoll)")
+        if MICROPYTHON:  # pragma: no cover - IOQueue waits with its own mask
             return
         if urgent:
             import select
@@ -324,10 +351,10 @@ class FdWatch:
 
     async def _wait_micropython(self, timeout_ms: "Optional[int]") -> bool:  # pragma: no cover
         if timeout_ms is None:
-            await _io_wait(self.fd)
+            await _mp.wait_fd(self.fd, self.urgent)
             return True
         try:
-            await asyncio.wait_for_ms(_io_wait(self.fd), timeout_ms)  # type: ignore[attr-defined]
+            await asyncio.wait_for_ms(_mp.wait_fd(self.fd, self.urgent), timeout_ms)  # type: ignore[attr-defined]
         except asyncio.TimeoutError:
             return False
         return True
