@@ -9,8 +9,11 @@ With a Buildroot tree (``BUILDROOT_DIR``, else the snapshot tarball in
 check-dotconfig.py, every download has a hash (what
 BR2_DOWNLOAD_FORCE_CHECK_HASHES enforces only at download time),
 utils/check-package, and the package's own steps as Buildroot runs them: the
-rsync of the local site, the PEP 517 wheel, support/scripts/pyinstaller.py and
-the install hooks (the demo left out).  All offline: nothing is downloaded.
+rsync of the local site, then for python3 the PEP 517 wheel and
+support/scripts/pyinstaller.py, for micropython the copy of the sources and
+the launcher, and the install hooks (the demo left out).  The MicroPython
+tree is imported by a real micropython with ffi.  All offline: nothing is
+downloaded.
 """
 
 import ast
@@ -24,9 +27,10 @@ import subprocess
 import sys
 import tarfile
 import textwrap
-from typing import Dict, List, Set, Tuple
+from typing import Dict, List, NamedTuple, Set, Tuple
 
 import pytest
+from test_micropython import MICROPYTHON_MODULES, TRIXIE_MICROPYTHON
 
 import memagent
 import memagent.plugins
@@ -38,6 +42,25 @@ PACKAGE_DIR = os.path.join(EXTERNAL, "package", "python-memagent")
 MK = os.path.join(PACKAGE_DIR, "python-memagent.mk")
 CONFIGS = sorted(n for n in os.listdir(os.path.join(EXTERNAL, "configs"))
                  if n.endswith("_defconfig"))
+# /usr/bin/memagent on a MicroPython image
+LAUNCHER = os.path.join(ROOT, "board", "common", "micropython", "memagent")
+
+
+def _defconfig(name: str) -> str:
+    """Return: the text of the defconfig ``name`` of this tree."""
+    with open(os.path.join(EXTERNAL, "configs", name)) as f:
+        return f.read()
+
+
+def _interpreter(defconfig_text: str) -> str:
+    """Return: "micropython" or "python3", the interpreter a defconfig
+    chooses for memagent (python3 is the choice's default)."""
+    if re.search(r"^BR2_PACKAGE_PYTHON_MEMAGENT_MICROPYTHON=y$", defconfig_text, re.M):
+        return "micropython"
+    return "python3"
+
+
+MPY_CONFIGS = [n for n in CONFIGS if _interpreter(_defconfig(n)) == "micropython"]
 
 # Buildroot's python3 sub-options and the modules each one builds
 # (package/python3/python3.mk: py_cv_module_X=n/a, --with-expat=none,
@@ -121,14 +144,14 @@ def test_package_files_and_symbols_exist() -> None:
                  for p in re.findall(r"\$\(PYTHON_MEMAGENT_OVERLAY\)/(\S+)", mk)]
     installed += [p for p in re.findall(r"\$\(@D\)/(\S+)", mk.replace(overlay.group(0), ""))
                   if "$(" not in p]
-    assert len(installed) >= 5, installed
-    missing = [p for p in installed if not os.path.isfile(os.path.join(ROOT, p))]
+    assert len(installed) >= 8, installed
+    # agent/ and plugins/ are directories (the MicroPython copy)
+    missing = [p for p in installed if not os.path.exists(os.path.join(ROOT, p))]
 
     ours = set(re.findall(r"^config (BR2_\w+)", _package_config_in(), re.M))
     undefined = []
     for name in CONFIGS:
-        with open(os.path.join(EXTERNAL, "configs", name)) as f:
-            text = f.read()
+        text = _defconfig(name)
         for rel in re.findall(r"\$\(BR2_EXTERNAL_MEMAGENT_PATH\)/([^\s\"]+)", text):
             if not os.path.exists(os.path.join(EXTERNAL, rel)):
                 missing.append("%s: %s" % (name, rel))
@@ -140,6 +163,37 @@ def test_package_files_and_symbols_exist() -> None:
             missing.append("%s: board profile %s" % (name, profile))
     assert not missing, "missing files: %s" % missing
     assert not undefined, "options not in Config.in: %s" % undefined
+
+
+def _mpy_lib() -> str:
+    """Return: PYTHON_MEMAGENT_MPY_LIB, the target directory where the
+    package puts the MicroPython tree (memagent/ in it)."""
+    with open(MK) as f:
+        found = re.findall(r"^PYTHON_MEMAGENT_MPY_LIB = (\S+)$", f.read(), re.M)
+    assert len(found) == 1, "PYTHON_MEMAGENT_MPY_LIB: %s" % found
+    return found[0]
+
+
+def test_launcher_searches_the_package_tree(tmp_path: "os.PathLike[str]") -> None:
+    """The launcher (/usr/bin/memagent on a MicroPython image), with nothing
+    set, puts exactly the package's directory after the frozen modules on
+    MICROPYPATH and runs ``micropython -X heapsize=2M -m memagent ARGS``;
+    the arguments come through unsplit.  A stand-in interpreter reports
+    what it was given."""
+    report = os.path.join(str(tmp_path), "report")
+    fake = os.path.join(str(tmp_path), "fake-micropython")
+    with open(fake, "w") as f:
+        f.write('#!/bin/sh\nprintf "%%s\\n" "$MICROPYPATH" "$@" > %s\n' % shlex.quote(report))
+    os.chmod(fake, 0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEMAGENT_MPY")}
+    env.update(MEMAGENT_MICROPYTHON=fake, MICROPYPATH="/elsewhere")
+    proc = subprocess.run(["sh", LAUNCHER, "run", "--config", "/etc/my memagent.conf"],
+                          env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    with open(report) as f:
+        lines = f.read().splitlines()
+    assert lines == [".frozen:" + _mpy_lib(), "-X", "heapsize=2M", "-m", "memagent",
+                     "run", "--config", "/etc/my memagent.conf"], lines
 
 
 _BLOCKED_IMPORTER = textwrap.dedent("""
@@ -274,8 +328,97 @@ def test_defconfig_keeps_every_symbol(buildroot: str, outputs: "Dict[str, str]",
                            os.path.join(EXTERNAL, "configs", name)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout == "", proc.stdout + proc.stderr
-    with open(os.path.join(outputs[name], ".config")) as f:
-        assert "BR2_PACKAGE_PYTHON_MEMAGENT=y\n" in f.read()
+    config = _config(outputs[name])
+    assert config.get("BR2_PACKAGE_PYTHON_MEMAGENT") == "y"
+    choice = "MICROPYTHON" if _interpreter(_defconfig(name)) == "micropython" else "CPYTHON"
+    assert config.get("BR2_PACKAGE_PYTHON_MEMAGENT_" + choice) == "y", choice
+
+
+def _config(out: str) -> "Dict[str, str]":
+    """Return: the symbols set in ``out``/.config (a symbol that is not set
+    is absent), without BR2_ and without the quotes of strings."""
+    with open(os.path.join(out, ".config")) as f:
+        pairs = (line.rstrip("\n").split("=", 1) for line in f
+                 if line.startswith("BR2_"))
+        return {k: v.strip('"') for k, v in pairs}
+
+
+def _ffi_in_micropython(buildroot: str, out: str) -> bool:
+    """Return: whether micropython.mk would build MicroPython's ffi module
+    (MICROPY_PY_FFI=1, which it decides from BR2_PACKAGE_LIBFFI alone)."""
+    opts = _printvars(buildroot, out, ["MICROPYTHON_MAKE_OPTS"])["MICROPYTHON_MAKE_OPTS"]
+    assert re.search(r"\bMICROPY_PY_FFI=[01]\b", opts), opts
+    return "MICROPY_PY_FFI=1" in opts.split()
+
+
+def test_zaurus_runs_micropython_only(buildroot: str, outputs: "Dict[str, str]") -> None:
+    """The 64 MB Zaurus: micropython with micropython-lib, no python3, the
+    package on its MicroPython side with none of the CPython-only options,
+    and micropython built with its ffi module (the agent's kill, pidfd,
+    SO_PEERCRED and mlockall go through it)."""
+    name = "memagent_zaurus_c3000_defconfig"
+    assert name in MPY_CONFIGS, MPY_CONFIGS
+    config = _config(outputs[name])
+    want = {"BR2_PACKAGE_MICROPYTHON": "y", "BR2_PACKAGE_MICROPYTHON_LIB": "y",
+            "BR2_PACKAGE_LIBFFI": "y", "BR2_PACKAGE_PYTHON_MEMAGENT": "y",
+            "BR2_PACKAGE_PYTHON_MEMAGENT_MICROPYTHON": "y",
+            "BR2_PACKAGE_PYTHON_MEMAGENT_PROFILE": "zaurus-c3000"}
+    assert {k: config.get(k) for k in want} == want
+    python = sorted(k for k in config if k.startswith("BR2_PACKAGE_PYTHON3")
+                    or re.match(r"BR2_PACKAGE_PYTHON_MEMAGENT_(CPYTHON|UDEV|EVDEV|DBUS)$", k))
+    assert python == [], python
+    assert _ffi_in_micropython(buildroot, outputs[name])
+
+
+def test_gta02_can_run_micropython(buildroot: str, tmp_path: "os.PathLike[str]") -> None:
+    """The GTA02 defconfig with the change its comment describes (micropython
+    for python3, the package's MicroPython side, no EVDEV and DBUS) and
+    without micropython-lib: a clean configuration in which the package's own
+    select gives micropython its ffi module.  The CPython-only options cannot
+    be set beside micropython: olddefconfig drops them."""
+    lines = []
+    for line in _defconfig("memagent_openmoko_gta02_defconfig").splitlines():
+        if line == "BR2_PACKAGE_PYTHON3=y":
+            lines += ["BR2_PACKAGE_MICROPYTHON=y", "BR2_PACKAGE_PYTHON_MEMAGENT_MICROPYTHON=y"]
+        elif not re.match(r"BR2_PACKAGE_PYTHON_MEMAGENT_(EVDEV|DBUS)=", line):
+            lines.append(line)
+    assert len(lines) == len(_defconfig("memagent_openmoko_gta02_defconfig").splitlines()) - 1
+    out = str(tmp_path)
+    defconfig = os.path.join(out, "gta02_micropython_defconfig")
+    with open(defconfig, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    _make(buildroot, out, "BR2_DEFCONFIG=" + defconfig, "defconfig")
+    proc = subprocess.run([sys.executable,
+                           os.path.join(buildroot, "support", "scripts", "check-dotconfig.py"),
+                           os.path.join(out, ".config"), defconfig],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout == "", proc.stdout + proc.stderr
+    config = _config(out)
+    assert "BR2_PACKAGE_PYTHON3" not in config and "BR2_PACKAGE_MICROPYTHON_LIB" not in config
+    assert config.get("BR2_PACKAGE_LIBFFI") == "y"
+    assert _ffi_in_micropython(buildroot, out)
+    cpython_only = ["BR2_PACKAGE_PYTHON_MEMAGENT_" + o for o in ("UDEV", "EVDEV", "DBUS")]
+    with open(os.path.join(out, ".config"), "a") as f:
+        f.write("".join(o + "=y\n" for o in cpython_only))
+    _make(buildroot, out, "olddefconfig")
+    config = _config(out)
+    assert [o for o in cpython_only if o in config] == []
+    assert config.get("BR2_PACKAGE_PYTHON_MEMAGENT_MICROPYTHON") == "y"
+
+
+def test_micropython_lib_is_not_on_the_agents_path(buildroot: str) -> None:
+    """micropython-lib goes to the directory micropython.mk names; the
+    package's MicroPython tree is elsewhere.  A module there (os, json,
+    select, socket, ...) would replace MicroPython's built-in module of that
+    name for the agent."""
+    with open(os.path.join(buildroot, "package", "micropython", "micropython.mk")) as f:
+        mk = f.read()
+    dirs = set(re.findall(r"cp -a \S+ \$\(TARGET_DIR\)(/\S+)", mk))
+    assert dirs == {"/usr/lib/micropython"}, dirs
+    ours = _mpy_lib().rstrip("/") + "/"
+    for theirs in dirs:
+        theirs = theirs.rstrip("/") + "/"
+        assert not (ours.startswith(theirs) or theirs.startswith(ours)), (ours, theirs)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -298,9 +441,14 @@ def test_every_download_has_a_hash(buildroot: str, outputs: "Dict[str, str]",
     assert ours["downloads"] == [] and ours["licenses"] == "GPL-2.0+"
     fetched = _make(buildroot, outputs[name], "python-memagent-source", silent=False)
     assert "Nothing to be done for 'python-memagent-source'" in fetched, fetched
-    # the setuptools type builds through PEP 517: pypa-build and installer
-    assert {"host-python-setuptools", "host-python-pypa-build",
-            "host-python-installer", "python3"} <= set(ours["dependencies"])
+    if _interpreter(_defconfig(name)) == "python3":
+        # the setuptools type builds through PEP 517: pypa-build and installer
+        assert {"host-python-setuptools", "host-python-pypa-build",
+                "host-python-installer", "python3"} <= set(ours["dependencies"])
+    else:
+        # a copy: nothing to build it with, and no python3 on the target
+        assert not [d for d in ours["dependencies"] if "python" in d], ours["dependencies"]
+        assert "python3" not in info and {"micropython", "libffi"} <= set(info)
 
 
 def _hash_lists(buildroot: str, path: str, source: str) -> bool:
@@ -334,6 +482,7 @@ def test_check_package_is_clean(buildroot: str) -> None:
                                "pip install python-magic flake8")
     files = sorted(os.path.join(d, n) for d, _, names in os.walk(EXTERNAL) for n in names)
     files.append(os.path.join(ROOT, "board/common/rootfs-overlay/etc/init.d/S60memagent"))
+    files.append(LAUNCHER)  # a shell script: shellcheck
     proc = subprocess.run([python, os.path.join(buildroot, "utils", "check-package"),
                            "--br2-external"] + files,
                           cwd=buildroot, capture_output=True, text=True, timeout=300)
@@ -344,57 +493,78 @@ def test_check_package_is_clean(buildroot: str) -> None:
 
 
 def _printvars(buildroot: str, out: str, names: "List[str]") -> "Dict[str, str]":
-    """Return: Buildroot's expanded values of the variables ``names``.  In
-    printvars' recipe $(@D) is ".", so the hooks' $(@D) paths come out
-    relative to the package's build directory."""
+    """Return: Buildroot's expanded values of the variables ``names`` (a name
+    with % is a make pattern: all that match, maybe none).  In printvars'
+    recipe $(@D) is ".", so the hooks' $(@D) paths come out relative to the
+    package's build directory."""
     text = _make(buildroot, out, "printvars", "QUOTED_VARS=YES",
                  "VARS=" + " ".join(names))
     values = dict(item.split("=", 1) for item in shlex.split(text))
-    missing = set(names) - set(values)
+    missing = {n for n in names if "%" not in n} - set(values)
     assert not missing, "not defined: %s" % sorted(missing)
     return values
 
 
+class Installed(NamedTuple):
+    """What the ``installed`` fixture made for one defconfig."""
+
+    name: str  # the defconfig
+    target: str  # TARGET_DIR
+    build: str  # the package's build directory
+    mpy_lib: str  # PYTHON_MEMAGENT_MPY_LIB on a MicroPython target, else ""
+
+
 @pytest.fixture(scope="module", params=CONFIGS)
 def installed(request: pytest.FixtureRequest, buildroot: str,
-              outputs: "Dict[str, str]") -> "Tuple[str, str, str]":
+              outputs: "Dict[str, str]") -> Installed:
     """Run the package's steps as Buildroot would for one defconfig: rsync
-    the local site, build the wheel, install it with pyinstaller.py, run the
-    install hooks (the SysV and the systemd one both).
-    Returns: (defconfig name, target directory, build directory)."""
-    # setuptools before 70.1 needs the wheel package to build a wheel
-    python = _buildroot_python({
-        "build": "import build", "installer": "import installer",
-        "setuptools >= 70.1 or wheel":
-        "import importlib.util as u, sys; sys.exit(not (u.find_spec("
-        "'setuptools.command.bdist_wheel') or u.find_spec('wheel')))"},
-        "pip install 'setuptools>=70.1' build installer")
+    the local site; for python3 build the wheel and install it with
+    pyinstaller.py, for micropython run the package's install commands (the
+    copy); then the install hooks (the SysV and the systemd one both)."""
     name = request.param
     out = outputs[name]
-    v = _printvars(buildroot, out, [
-        "PYTHON_MEMAGENT_OVERRIDE_SRCDIR", "PYTHON_MEMAGENT_OVERRIDE_SRCDIR_RSYNC_EXCLUSIONS",
-        "RSYNC_VCS_EXCLUSIONS", "PYTHON_MEMAGENT_BUILDDIR", "PYTHON_MEMAGENT_SETUP_TYPE",
-        "PKG_PYTHON_SETUPTOOLS_BUILD_CMD", "PKG_PYTHON_SETUPTOOLS_INSTALL_TARGET_CMD",
-        "PYTHON_MEMAGENT_POST_INSTALL_TARGET_HOOKS", "TARGET_DIR"])
-    assert v["PYTHON_MEMAGENT_SETUP_TYPE"] == "setuptools"
+    micropython = _interpreter(_defconfig(name)) == "micropython"
+    # One printvars (each one parses all of Buildroot: 5-8 s): the package's
+    # variables, the hooks among them.
+    names = ["PYTHON_MEMAGENT_OVERRIDE_SRCDIR", "PYTHON_MEMAGENT_OVERRIDE_SRCDIR_RSYNC_EXCLUSIONS",
+             "RSYNC_VCS_EXCLUSIONS", "PYTHON_MEMAGENT_BUILDDIR",
+             "PYTHON_MEMAGENT_POST_INSTALL_TARGET_HOOKS", "TARGET_DIR", "PYTHON_MEMAGENT_%"]
+    if micropython:
+        names += ["PYTHON_MEMAGENT_INSTALL_TARGET_CMDS", "PYTHON_MEMAGENT_MPY_LIB"]
+    else:
+        # setuptools before 70.1 needs the wheel package to build a wheel
+        python = _buildroot_python({
+            "build": "import build", "installer": "import installer",
+            "setuptools >= 70.1 or wheel":
+            "import importlib.util as u, sys; sys.exit(not (u.find_spec("
+            "'setuptools.command.bdist_wheel') or u.find_spec('wheel')))"},
+            "pip install 'setuptools>=70.1' build installer")
+        names += ["PYTHON_MEMAGENT_SETUP_TYPE", "PKG_PYTHON_SETUPTOOLS_BUILD_CMD",
+                  "PKG_PYTHON_SETUPTOOLS_INSTALL_TARGET_CMD"]
+    v = _printvars(buildroot, out, names)
     # Buildroot adds hooks of its own (REMOVE_CONFLICTING_USELESS_FILES_IN_TARGET)
     hooks = [h for h in v["PYTHON_MEMAGENT_POST_INSTALL_TARGET_HOOKS"].split()
              if h.startswith("PYTHON_MEMAGENT_")]
     assert "PYTHON_MEMAGENT_INSTALL_CONFIG" in hooks, hooks
     hooks += ["PYTHON_MEMAGENT_INSTALL_INIT_SYSV", "PYTHON_MEMAGENT_INSTALL_INIT_SYSTEMD"]
-    v.update(_printvars(buildroot, out, hooks))
+    assert set(hooks) <= set(v), "not defined: %s" % sorted(set(hooks) - set(v))
     build = v["PYTHON_MEMAGENT_BUILDDIR"]
     os.makedirs(build)
     # pkg-generic.mk's rsync step for local and override sources
     _sh("rsync -au --chmod=u=rwX,go=rX %s %s %s/ %s" % (
         v["PYTHON_MEMAGENT_OVERRIDE_SRCDIR_RSYNC_EXCLUSIONS"], v["RSYNC_VCS_EXCLUSIONS"],
         v["PYTHON_MEMAGENT_OVERRIDE_SRCDIR"], build), ROOT)
-    # pkg-python.mk's build and install steps, host-python3 being `python`
-    _sh("%s %s" % (shlex.quote(python), v["PKG_PYTHON_SETUPTOOLS_BUILD_CMD"]), build)
-    _sh("%s %s" % (shlex.quote(python), v["PKG_PYTHON_SETUPTOOLS_INSTALL_TARGET_CMD"]), build)
+    if micropython:
+        # pkg-generic.mk's install step: the package's own commands
+        _sh(v["PYTHON_MEMAGENT_INSTALL_TARGET_CMDS"], build)
+    else:
+        # pkg-python.mk's build and install steps, host-python3 being `python`
+        assert v["PYTHON_MEMAGENT_SETUP_TYPE"] == "setuptools"
+        _sh("%s %s" % (shlex.quote(python), v["PKG_PYTHON_SETUPTOOLS_BUILD_CMD"]), build)
+        _sh("%s %s" % (shlex.quote(python), v["PKG_PYTHON_SETUPTOOLS_INSTALL_TARGET_CMD"]), build)
     for hook in hooks:
         _sh(v[hook], build)
-    return name, v["TARGET_DIR"], build
+    return Installed(name, v["TARGET_DIR"], build, v.get("PYTHON_MEMAGENT_MPY_LIB", ""))
 
 
 def _sh(script: str, cwd: str) -> None:
@@ -404,32 +574,22 @@ def _sh(script: str, cwd: str) -> None:
     assert proc.returncode == 0, "%s\n%s%s" % (script, proc.stdout, proc.stderr)
 
 
-def test_local_site_leaves_out_what_git_ignores(installed: "Tuple[str, str, str]") -> None:
+def test_local_site_leaves_out_what_git_ignores(installed: Installed) -> None:
     """The rsync of the repository skips the qemu rig's cache, .tox and old
     build products; the sources the wheel needs are there."""
-    _, _, build = installed
+    build = installed.build
     for ignored in ("board/qemu-arm/cache", ".tox", ".git", "agent/__pycache__"):
         assert not os.path.exists(os.path.join(build, ignored)), ignored
     assert os.path.isfile(os.path.join(build, "agent", "runtime", "agent.py"))
 
 
-def test_target_tree_runs(installed: "Tuple[str, str, str]") -> None:
-    """The target gets the memagent script, the package with its plugins and
-    data, the board's config, the init script and unit (and the D-Bus policy
-    with that option); the installed copy runs and reads its config."""
-    name, target, _ = installed
-    libs = [d for d in os.listdir(os.path.join(target, "usr", "lib")) if d.startswith("python3")]
-    assert len(libs) == 1, libs
-    site = os.path.join(target, "usr", "lib", libs[0], "site-packages")
-    with open(os.path.join(target, "usr", "bin", "memagent")) as f:
-        assert f.readline() == "#!/usr/bin/python\n"
-    for rel in ("memagent/runtime/agent.py", "memagent/plugins/release_caches/plugin.py",
-                "memagent/sense/sources/psi.py", "memagent/core/levels.py", "memagent/py.typed"):
-        assert os.path.isfile(os.path.join(site, rel)), rel
-    # The demo and the scenario tools are for workstations: never on a device.
-    assert not os.path.exists(os.path.join(site, "memagent", "demo"))
-    with open(os.path.join(EXTERNAL, "configs", name)) as f:
-        defconfig = f.read()
+def test_target_tree_runs(installed: Installed) -> None:
+    """The target gets /usr/bin/memagent, the package with its plugins, the
+    board's config, the init script and unit (and the D-Bus policy with
+    that option).  python3: the installed copy runs and reads its config.
+    micropython: the launcher and exactly the package's sources."""
+    name, target = installed.name, installed.target
+    defconfig = _defconfig(name)
     modes = {"etc/init.d/S60memagent": 0o755, "etc/default/memagent": 0o644,
              "etc/memagent/memagent.conf": 0o644,
              "usr/lib/systemd/system/memagent.service": 0o644}
@@ -444,6 +604,25 @@ def test_target_tree_runs(installed: "Tuple[str, str, str]") -> None:
         expected = f.read()
     with open(os.path.join(target, "etc", "memagent", "memagent.conf"), "rb") as f:
         assert f.read() == expected, "not the config of profile %r" % _profile(defconfig)
+    if installed.mpy_lib:
+        _check_micropython_tree(target, installed.mpy_lib)
+    else:
+        _check_cpython_tree(target)
+
+
+def _check_cpython_tree(target: str) -> None:
+    """The wheel's install: the console script, the package without its demo,
+    and the installed copy runs and loads the config it ships with."""
+    libs = [d for d in os.listdir(os.path.join(target, "usr", "lib")) if d.startswith("python3")]
+    assert len(libs) == 1, libs
+    site = os.path.join(target, "usr", "lib", libs[0], "site-packages")
+    with open(os.path.join(target, "usr", "bin", "memagent")) as f:
+        assert f.readline() == "#!/usr/bin/python\n"
+    for rel in ("memagent/runtime/agent.py", "memagent/plugins/release_caches/plugin.py",
+                "memagent/sense/sources/psi.py", "memagent/core/levels.py", "memagent/py.typed"):
+        assert os.path.isfile(os.path.join(site, rel)), rel
+    # The demo and the scenario tools are for workstations: never on a device.
+    assert not os.path.exists(os.path.join(site, "memagent", "demo"))
     conf = os.path.join(target, "etc", "memagent", "memagent.conf")
     code = ("import sys, memagent.core.config as c; assert c.__file__.startswith(sys.argv[1]); "
             "c.load_config(sys.argv[2]); print('ok')")
@@ -457,6 +636,73 @@ def test_target_tree_runs(installed: "Tuple[str, str, str]") -> None:
     proc = subprocess.run([sys.executable, "-S", os.path.join(target, "usr", "bin", "memagent"),
                            "demo"], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "not installed here" in proc.stderr, proc.stderr
+
+
+def _mpy_sources() -> "Set[str]":
+    """Return: the files the MicroPython tree must hold, relative to its
+    directory: agent/'s .py files as memagent/, plugins/'s as
+    memagent/plugins/, without memagent/demo."""
+    want = set()
+    for path in _memagent_sources():
+        rel = os.path.relpath(path, ROOT).split(os.sep)
+        if rel[0] == "agent" and rel[1] != "demo":
+            want.add("/".join(["memagent"] + rel[1:]))
+        elif rel[0] == "plugins":
+            want.add("/".join(["memagent"] + rel))
+    return want
+
+
+def _check_micropython_tree(target: str, mpy_lib: str) -> None:
+    """The copy: /usr/bin/memagent is the launcher, its directory holds
+    memagent alone, with exactly the package's sources (no demo, no
+    __pycache__ or .pyc, no py.typed), readable by all; no python3."""
+    with open(os.path.join(target, "usr", "bin", "memagent"), "rb") as f, \
+            open(LAUNCHER, "rb") as g:
+        assert f.read() == g.read(), "/usr/bin/memagent is not the MicroPython launcher"
+    assert os.stat(os.path.join(target, "usr", "bin", "memagent")).st_mode & 0o777 == 0o755
+    assert not [d for d in os.listdir(os.path.join(target, "usr", "lib"))
+                if d.startswith("python")], "python3 files on a MicroPython target"
+    lib = os.path.join(target, mpy_lib.lstrip("/"))
+    assert os.listdir(lib) == ["memagent"], os.listdir(lib)
+    found = set()
+    for dirpath, _, filenames in os.walk(lib):
+        assert os.stat(dirpath).st_mode & 0o777 == 0o755, dirpath
+        for n in filenames:
+            path = os.path.join(dirpath, n)
+            assert os.stat(path).st_mode & 0o777 == 0o644, path
+            found.add(os.path.relpath(path, lib).replace(os.sep, "/"))
+    want = _mpy_sources()
+    for rel in ("memagent/__init__.py", "memagent/__main__.py", "memagent/aio.py",
+                "memagent/cli.py", "memagent/runtime/agent.py", "memagent/plugins/__init__.py",
+                "memagent/plugins/kill_background/victims.py"):
+        assert rel in want, rel
+    assert found == want, "missing: %s; extra: %s" % (sorted(want - found), sorted(found - want))
+
+
+@pytest.mark.parametrize("installed", MPY_CONFIGS, indirect=True)
+def test_micropython_imports_the_installed_tree(installed: Installed) -> None:
+    """A real micropython with ffi (Debian trixie's, .ci/micropython-trixie),
+    with the launcher's MICROPYPATH and heap, imports every module that
+    must import under MicroPython (test_micropython's list) from the
+    installed tree, plugins as memagent.plugins."""
+    if not os.access(TRIXIE_MICROPYTHON, os.X_OK):
+        need("trixie's micropython is not installed (sh .ci/micropython-trixie)")
+    lib = os.path.join(installed.target, installed.mpy_lib.lstrip("/"))
+    # Not the launcher itself: it runs `-m memagent`, the CLI, which does
+    # not run on MicroPython yet (argparse).  test_launcher_searches_the_
+    # package_tree checks its MICROPYPATH and heap are these.
+    code = ("import sys\nfor name in sys.argv[1:]:\n"
+            "    m = __import__(name, None, None, ['x'])\n"
+            "    print('imported', name, m.__file__)\n")
+    proc = subprocess.run([TRIXIE_MICROPYTHON, "-X", "heapsize=2M", "-c", code]
+                          + list(MICROPYTHON_MODULES),
+                          env=dict(os.environ, MICROPYPATH=".frozen:" + lib),
+                          capture_output=True, text=True, timeout=60)
+    imported = [line.split()[1:] for line in proc.stdout.splitlines()
+                if line.startswith("imported ")]
+    assert [m for m, _ in imported] == list(MICROPYTHON_MODULES), proc.stdout + proc.stderr
+    elsewhere = [(m, f) for m, f in imported if not f.startswith(lib + "/")]
+    assert elsewhere == [], elsewhere
 
 
 def test_python3_option_table_matches_buildroot(buildroot: str) -> None:

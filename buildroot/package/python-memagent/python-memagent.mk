@@ -7,11 +7,13 @@
 # The package is the memagent repository this external tree lives in:
 # pyproject.toml maps agent/ to memagent and plugins/ to memagent.plugins.
 # A local site has no tarball to hash and its version is "custom".
+#
+# One package, two infrastructures (the choice in Config.in): for python3,
+# the python-package infrastructure builds and installs a wheel (the end of
+# this file); for micropython, which has no packaging and no python3 on the
+# target, the generic one copies the sources (the MicroPython part below).
 PYTHON_MEMAGENT_SITE = $(BR2_EXTERNAL_MEMAGENT_PATH)/..
 PYTHON_MEMAGENT_SITE_METHOD = local
-# pyproject.toml only (no setup.py): Buildroot's setuptools type builds
-# it through PEP 517 ("python -m build -n -w" with host-python-setuptools).
-PYTHON_MEMAGENT_SETUP_TYPE = setuptools
 # pyproject.toml: license = "GPL-2.0-or-later"; the repository has no
 # LICENSE file yet, so there is no PYTHON_MEMAGENT_LICENSE_FILES.
 PYTHON_MEMAGENT_LICENSE = GPL-2.0+
@@ -36,13 +38,6 @@ $(error python-memagent: no board profile $(PYTHON_MEMAGENT_SITE)/board/$(PYTHON
 endif
 endif
 endif
-
-# memagent.demo (the demo and the scenario tools) is for workstations and
-# tests: a device never runs it, and `memagent demo` there says so.
-define PYTHON_MEMAGENT_REMOVE_DEMO
-	rm -rf $(TARGET_DIR)/usr/lib/python$(PYTHON3_VERSION_MAJOR)/site-packages/memagent/demo
-endef
-PYTHON_MEMAGENT_POST_INSTALL_TARGET_HOOKS += PYTHON_MEMAGENT_REMOVE_DEMO
 
 define PYTHON_MEMAGENT_INSTALL_CONFIG
 	$(INSTALL) -D -m 0644 $(PYTHON_MEMAGENT_CONF) \
@@ -71,4 +66,52 @@ define PYTHON_MEMAGENT_INSTALL_INIT_SYSTEMD
 		$(TARGET_DIR)/usr/lib/systemd/system/memagent.service
 endef
 
+ifeq ($(BR2_PACKAGE_PYTHON_MEMAGENT_MICROPYTHON),y)
+
+# The directory micropython searches for memagent: board/common/micropython/
+# memagent, installed as /usr/bin/memagent, sets MICROPYPATH to
+# ".frozen:/usr/lib/memagent/micropython". Not /usr/lib/micropython: there
+# micropython-lib installs os, json, select, socket, time, struct, re, ...
+# and a module on the path replaces MicroPython's built-in module of that
+# name (its "extensible" modules), so the agent would run on micropython-lib's
+# FFI and pure-Python versions (json alone takes 64 KiB more of the heap).
+PYTHON_MEMAGENT_MPY_LIB = /usr/lib/memagent/micropython
+
+# The installed layout: agent/ as memagent/, plugins/ as memagent/plugins/,
+# the .py files only (what the wheel has, less py.typed), and not
+# memagent.demo (see PYTHON_MEMAGENT_REMOVE_DEMO below). rsync takes the
+# first rule that matches, so the exclusions come before the includes.
+PYTHON_MEMAGENT_MPY_RSYNC = rsync -r --chmod=D0755,F0644 --prune-empty-dirs
+PYTHON_MEMAGENT_MPY_ONLY_PY = --exclude=__pycache__/ \
+	--include='*/' --include='*.py' --exclude='*'
+
+# rm -rf first: a module removed from the sources must go from the target.
+define PYTHON_MEMAGENT_INSTALL_TARGET_CMDS
+	rm -rf $(TARGET_DIR)$(PYTHON_MEMAGENT_MPY_LIB)
+	mkdir -p $(TARGET_DIR)$(PYTHON_MEMAGENT_MPY_LIB)
+	$(PYTHON_MEMAGENT_MPY_RSYNC) --exclude=/demo/ $(PYTHON_MEMAGENT_MPY_ONLY_PY) \
+		$(@D)/agent/ $(TARGET_DIR)$(PYTHON_MEMAGENT_MPY_LIB)/memagent
+	$(PYTHON_MEMAGENT_MPY_RSYNC) $(PYTHON_MEMAGENT_MPY_ONLY_PY) \
+		$(@D)/plugins/ $(TARGET_DIR)$(PYTHON_MEMAGENT_MPY_LIB)/memagent/plugins
+	$(INSTALL) -D -m 0755 $(@D)/board/common/micropython/memagent \
+		$(TARGET_DIR)/usr/bin/memagent
+endef
+
+$(eval $(generic-package))
+
+else # python3
+
+# pyproject.toml only (no setup.py): Buildroot's setuptools type builds
+# it through PEP 517 ("python -m build -n -w" with host-python-setuptools).
+PYTHON_MEMAGENT_SETUP_TYPE = setuptools
+
+# memagent.demo (the demo and the scenario tools) is for workstations and
+# tests: a device never runs it, and `memagent demo` there says so.
+define PYTHON_MEMAGENT_REMOVE_DEMO
+	rm -rf $(TARGET_DIR)/usr/lib/python$(PYTHON3_VERSION_MAJOR)/site-packages/memagent/demo
+endef
+PYTHON_MEMAGENT_POST_INSTALL_TARGET_HOOKS += PYTHON_MEMAGENT_REMOVE_DEMO
+
 $(eval $(python-package))
+
+endif
