@@ -80,6 +80,20 @@ else:
         return int(_time.monotonic() * 1000)
 
 
+def untested_interpreter() -> "Optional[str]":
+    """Return: a warning when this MicroPython is not one the shim's use of
+    its asyncio internals was tested with (:data:`TESTED_MICROPYTHON`),
+    else None (CPython: always None)."""
+    if not MICROPYTHON:
+        return None
+    version = tuple(sys.implementation.version[:2])
+    if version in TESTED_MICROPYTHON:
+        return None
+    return ("MicroPython %d.%d is untested: the shim parks tasks in its asyncio's IOQueue "
+            "(a private part), tested with %s" % (version[0], version[1], ", ".join(
+                "%d.%d" % v for v in TESTED_MICROPYTHON)))
+
+
 LEFTOVER_GRACE_MS = 200  # run(): for the tasks still running when main returns
 # The tasks that outlived run()'s end (they ignored their cancellation),
 # kept referenced: garbage-collected, such a coroutine may loop for ever

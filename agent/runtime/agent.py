@@ -164,6 +164,9 @@ class Agent:
         Returns: the exit code.  Raises: sources.SourceUnavailable if a forced
         source cannot open; OSError if the domain cannot be read at start.
         """
+        untested = aio.untested_interpreter()
+        if untested:
+            log.warning("%s", untested)
         for line in selfprotect.protect(self.config.get_int("agent", "oom_score_adj"),
                                         str(self.config.get("agent", "mlockall")),
                                         self.config.get_str("agent", "proc_root")):
