@@ -1,8 +1,10 @@
 """The board bench: the handset day in the qemu ARM guest, side by side:
 nobody but the kernel's OOM killer, Debian's earlyoom (its defaults) and
-memagent (booted through init with the board's profile).
+memagent (booted through init with the board's profile); on request
+(``--contestants``) memagent on MicroPython too, ``memagent-mpy``.
 
     sudo python3 -m bench.board [--mem 128,64] [--runs N] [--json FILE]
+    sudo python3 -m bench.board --mem 64 --runs 5 --contestants memagent-mpy
 
 The scenario is board/qemu-arm/scenarios/handset_day.py: three registered
 background apps holding caches, an unregistered hog, a page-cache thrash,
@@ -10,14 +12,19 @@ then the foreground grows.  Every contestant gets a fresh boot per memory
 size, through the init scripts with the board profile of that size
 (``--board``: 128 MB qemu-arm, 64 MB zaurus-c3000), and ``--runs`` runs in
 it.  For ``none`` and ``earlyoom`` the guest stops the agent init started.
+``memagent-mpy`` boots with the rig's ``interpreter="micropython"``: Debian
+trixie's micropython from the rig's sidecar, /usr/bin/memagent the
+MicroPython launcher (board/common/micropython/memagent).
 
 Per contestant: the kernel's OOM kills, the apps killed (by the tool or by
 the kernel) and in which order, whether the foreground survived, the trims
 the apps answered, the PSI ``some`` stall (/proc/pressure/memory ``total=``
 over the growth), the time from the first sample at or below the profile's
 CRITICAL until the memory is back above it for good, and the time spent at
-or below it.  Then the tools' own memory: memagent's RSS in the guest beside
-a bare ``python3 -c "import asyncio"`` and earlyoom's.
+or below it.  Then the tools' own memory (/proc/PID/smaps_rollup Rss, with
+VmRSS beside it: on 6.1 VmRSS lags) beside the bare interpreter with
+``import asyncio`` (python3 for memagent, micropython for memagent-mpy), and
+how long each took from its exec to watching.
 
 Prints markdown tables; exit status 1 if a boot failed, 2 if it cannot run
 here (no qemu-system-arm).  Every process signalled lives in the guest.
@@ -43,7 +50,10 @@ sys.path.pop(0)
 
 Result = Dict[str, Any]
 BOARDS = {128: "qemu-arm", 64: "zaurus-c3000"}
-CONTESTANTS = ("none", "earlyoom", "memagent")
+CONTESTANTS = ("none", "earlyoom", "memagent", "memagent-mpy")
+# memagent-mpy only when asked: the agent's MicroPython port is new
+DEFAULT_CONTESTANTS = ("none", "earlyoom", "memagent")
+INTERPRETER = {"memagent-mpy": "micropython"}  # the others: python3
 
 
 def load_rig() -> Any:
@@ -73,7 +83,8 @@ def boot(mem: int, board: str, spec: str, runs: int, timeout_s: float, out_dir: 
     rig = load_rig()
     try:
         res = rig.run(SCENARIO, args=(spec, "runs=%d" % runs), mem_mb=mem, timeout_s=timeout_s,
-                      out_dir=out_dir, boot_init=True, board=board)
+                      out_dir=out_dir, boot_init=True, board=board,
+                      interpreter=INTERPRETER.get(spec, "python3"))
     except rig.RigError as e:
         raise RuntimeError("the qemu rig cannot run: %s" % e) from e
     data = res.files.get("handset-%s.json" % spec)
@@ -96,7 +107,8 @@ def summarise(spec: str, part: Result) -> Result:
     if not part["runs"]:
         why = "; ".join(m for _, m in part["results"]) or part.get("panic") or (
             "timed out" if part["timed_out"] else "no RESULT")
-        return {"contestant": spec, "na": "no run completed: " + why}
+        return {"contestant": spec, "na": "no run completed: " + why,
+                "bare": bare_interpreter(spec, part["facts"])}
     figs = [handset_day.analyse(r) for r in part["runs"]]
     orders: Dict[str, int] = {}
     for f in figs:
@@ -119,10 +131,25 @@ def summarise(spec: str, part: Result) -> Result:
             "not_recovered": sum(1 for f in figs if f["recovery_ms"] is None),
             "below_crit_ms": _median([f["below_crit_ms"] for f in figs]),
             "wall_s": _median([f["wall_ms"] / 1000 for f in figs]),
-            "tool_rss": first["tool"].get("rss") or {"VmRSS": first["tool"].get("rss_kib")},
+            "tool_rss": handset_day.tool_rss(first),
+            "startup": first["tool"].get("startup") or {},
+            "tool_start_ms": first.get("tool_start_ms"),
             "avail_cost_kib": first["a0_kib"] - first["avail_with_tool_kib"],
-            "bare_asyncio_kib": part["facts"].get("python_asyncio_vmrss_kib"),
+            "bare": bare_interpreter(spec, part["facts"]),
             "elapsed_s": part["elapsed_s"], "panic": part.get("panic")}
+
+
+def bare_interpreter(spec: str, facts: Dict[str, str]) -> Dict[str, Any]:
+    """Return: the bare interpreter the guest measured beside ``spec`` (its
+    name, Rss and VmRSS in KiB, start-up in ms; None where not measured)."""
+    name = "micropython" if spec == "memagent-mpy" else "python3"
+    prefix = "micropython_asyncio" if spec == "memagent-mpy" else "python_asyncio"
+    return {"name": name, "rss_kib": facts.get(prefix + "_rss_kib"),
+            "vmrss_kib": facts.get(prefix + "_vmrss_kib"), "ms": facts.get(prefix + "_ms")}
+
+
+def _kib(value: Any) -> str:
+    return "-" if value in (None, "None") else "%s KiB" % value
 
 
 def _ms(value: Optional[float]) -> str:
@@ -163,16 +190,31 @@ def table(mem: int, board: str, rows: List[Result], runs: int) -> List[str]:
              for r in rows if r.get("panic") and "na" not in r]
     if ended:
         out += ["", "A boot ended in a kernel panic: " + "; ".join(ended) + "."]
-    out += ["", "| tool | VmRSS | RssAnon | available memory it took | bare `python3 -c "
-            "\"import asyncio\"` VmRSS |", "|---|---:|---:|---:|---:|"]
+    out += ["", "| tool | Rss (smaps_rollup) | Anonymous | VmRSS | available memory it "
+            "took | exec -> status answer, -> plugins started | bare interpreter with `import "
+            "asyncio`: Rss (VmRSS), start-up |", "|---|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
-        if "na" in row or row["contestant"] == "none":
+        if row["contestant"] == "none" or "na" in row and row["bare"]["rss_kib"] is None:
             continue
-        rss = row["tool_rss"]
-        out.append("| %s | %s KiB | %s | %s KiB | %s |" % (
-            row["contestant"], rss.get("VmRSS"),
-            "%s KiB" % rss["RssAnon"] if rss.get("RssAnon") else "-", row["avail_cost_kib"],
-            "%s KiB" % row["bare_asyncio_kib"] if row["bare_asyncio_kib"] else "-"))
+        if "na" in row:  # the bare interpreter was measured before the tool failed
+            rss, st, bare = {}, {"exec_to_status_ms": None}, row["bare"]
+            row = dict(row, avail_cost_kib=None)
+        else:
+            rss, st, bare = row["tool_rss"], row["startup"], row["bare"]
+        if st:
+            started = "%s, %s" % (_ms(st.get("exec_to_status_ms")),
+                                  _ms(st.get("exec_to_ready_ms")))
+        else:  # earlyoom: from its start to its banner
+            started = "%s (its banner)" % _ms(row["tool_start_ms"])
+        if bare["rss_kib"] is None:
+            bare_text = "-"
+        else:
+            bare_text = "%s: %s (%s)%s" % (bare["name"], _kib(bare["rss_kib"]),
+                                           _kib(bare["vmrss_kib"]),
+                                           ", %s ms" % bare["ms"] if bare["ms"] else "")
+        out.append("| %s | %s | %s | %s | %s | %s | %s |" % (
+            row["contestant"], _kib(rss.get("Rss")), _kib(rss.get("Anonymous")),
+            _kib(rss.get("VmRSS")), _kib(row["avail_cost_kib"]), started, bare_text))
     return out
 
 
@@ -181,8 +223,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--mem", default="128,64", help="guest RAM sizes in MB (128, 64)")
     p.add_argument("--runs", type=int, default=3, help="handset days per boot")
-    p.add_argument("--contestant", action="append", dest="contestants",
-                   choices=CONTESTANTS, help="repeatable (default: all three)")
+    p.add_argument("--contestant", "--contestants", action="append", dest="contestants",
+                   metavar="NAME[,NAME]",
+                   help="%s; repeatable or comma-separated (default: %s)"
+                   % (", ".join(CONTESTANTS), ",".join(DEFAULT_CONTESTANTS)))
     p.add_argument("--timeout-s", type=float, default=420.0, help="per boot")
     p.add_argument("--json", help="also write the raw runs and the rows here")
     opts = p.parse_args(argv)
@@ -190,7 +234,11 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     unknown = [m for m in opts.mem if m not in BOARDS]
     if unknown:
         p.error("--mem: %s (a board profile exists for %s)" % (unknown, sorted(BOARDS)))
-    opts.contestants = opts.contestants or list(CONTESTANTS)
+    names = [n.strip() for arg in opts.contestants or [] for n in arg.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CONTESTANTS]
+    if unknown:
+        p.error("--contestant: %s (choose from %s)" % (", ".join(unknown), ", ".join(CONTESTANTS)))
+    opts.contestants = list(dict.fromkeys(names)) or list(DEFAULT_CONTESTANTS)
     return opts
 
 

@@ -33,6 +33,7 @@ import re
 import shlex
 import shutil
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -76,6 +77,35 @@ PACKAGES = [
 ]
 # Architecture "all" packages: downloaded without the ":armhf" qualifier.
 ARCH_ALL = ("python3-pyudev", "python3-jeepney")
+# The MicroPython sidecar (interpreter="micropython"): Debian trixie's
+# micropython 1.25, which has asyncio and ffi, needs glibc 2.38; the guest
+# has bookworm's 2.36.  So it runs from /opt/trixie with trixie's own loader
+# and libraries (see README.md, "MicroPython"), which only it uses.  These
+# are the packages it comes from; the guest gets only the binary and the
+# shared objects it loads (build_sidecar).
+TRIXIE_SUITE = "trixie"
+TRIXIE_PACKAGES = ["micropython", "libc6", "libffi8", "libgcc-s1", "libmbedcrypto16",
+                   "libmbedtls21", "libmbedx509-7"]
+SIDECAR = "/opt/trixie"
+TRIPLET = "arm-linux-gnueabihf"
+INTERPRETERS = ("python3", "micropython")
+# /usr/bin/micropython in the guest.  The loader is started through a link
+# named micropython, so that the process is called "micropython" (comm is
+# the name exec'd), not "ld-linux-armhf.", in ps and in the OOM reports.
+# --library-path is the loader's own: nothing the interpreter starts
+# inherits it (an LD_LIBRARY_PATH would give bookworm's programs trixie's libc).
+MICROPYTHON_WRAPPER = b"""#!/bin/sh
+# Debian trixie's micropython on this bookworm guest: its glibc 2.38 and
+# libraries in %(sidecar)s, through its own loader (board/qemu-arm/rig.py).
+exec %(sidecar)s/bin/micropython --library-path %(sidecar)s/usr/lib/%(triplet)s \\
+    %(sidecar)s/usr/bin/micropython "$@"
+""" % {b"sidecar": SIDECAR.encode(), b"triplet": TRIPLET.encode()}
+# /usr/bin/memagent on the MicroPython guest: the launcher a MicroPython
+# image installs.  It finds the package in /usr/lib/micropython (a link to
+# /opt/memagent here, the layout the Buildroot package installs) and the
+# interpreter as `micropython` on PATH (the wrapper above).
+MPY_LAUNCHER = BOARDS / "common" / "micropython" / "memagent"
+
 KERNEL_META = "linux-image-armmp"
 KERNEL_RE = re.compile(r"^linux-image-[0-9.]+-[0-9]+-armmp$")
 
@@ -193,6 +223,64 @@ def _select_debs(have):
     kernels = sorted((n for n in have if KERNEL_RE.match(n)),
                      key=lambda n: have[n].stat().st_mtime)
     return [have[p] for p in PACKAGES], have[kernels[-1]]
+
+
+def _debian_mirror():
+    """Return: the Debian mirror apt already uses (deb822 or one-line sources)."""
+    src = Path("/etc/apt/sources.list.d/debian.sources")
+    if src.exists():
+        m = re.search(r"^URIs:\s*(\S+)", src.read_text(), re.M)
+        if m:
+            return m.group(1)
+    for lst in [Path("/etc/apt/sources.list")] + sorted(Path("/etc/apt/sources.list.d")
+                                                       .glob("*.list")):
+        if lst.exists():
+            m = re.search(r"^deb\s+(?:\[[^]]*\]\s+)?(\S*/debian/?)\s", lst.read_text(), re.M)
+            if m:
+                return m.group(1)
+    return "http://deb.debian.org/debian"
+
+
+def ensure_trixie_debs():
+    """Return: {package name: .deb path} of TRIXIE_PACKAGES (armhf), downloading
+    what is missing into cache/debs-trixie/ with a private apt state (the host's
+    apt sources, lists and pins are not touched): the mirror apt already uses,
+    suite trixie, main.  Their own directory: libc6, libffi8 and libgcc-s1 are
+    also the guest's (bookworm) package names.  Raises: RigError."""
+    debdir = CACHE / "debs-trixie"
+    with _lock():
+        debdir.mkdir(parents=True, exist_ok=True)
+        have = _cached_debs(debdir)
+        missing = [p for p in TRIXIE_PACKAGES if p not in have]
+        if not missing:
+            return have
+        with tempfile.TemporaryDirectory(prefix="apt-trixie-", dir=CACHE) as tmp:
+            apt = Path(tmp)
+            for d in ("lists/partial", "archives/partial", "preferences.d"):
+                (apt / d).mkdir(parents=True)
+            (apt / "status").write_text("")
+            (apt / "sources.list").write_text(
+                "deb [trusted=yes] %s %s main\n" % (_debian_mirror(), TRIXIE_SUITE))
+            opts = ["-o", "Dir::Etc::sourcelist=%s" % (apt / "sources.list"),
+                    "-o", "Dir::Etc::sourceparts=-",
+                    "-o", "Dir::Etc::preferencesparts=%s" % (apt / "preferences.d"),
+                    "-o", "Dir::State::Lists=%s" % (apt / "lists"),
+                    "-o", "Dir::State::status=%s" % (apt / "status"),
+                    "-o", "Dir::Cache=%s" % apt,
+                    "-o", "APT::Architecture=armhf", "-o", "APT::Architectures=armhf",
+                    "-o", "Acquire::Languages=none"]
+            if os.geteuid() == 0:  # _apt cannot write into a root-owned cache
+                opts += ["-o", "APT::Sandbox::User=root"]
+            log("apt-get update (%s, armhf, private lists) and download %s"
+                % (TRIXIE_SUITE, " ".join(missing)))
+            _run(["apt-get"] + opts + ["update", "-qq"], stdout=subprocess.DEVNULL)
+            _run(["apt-get"] + opts + ["download", "-qq"] + missing, cwd=debdir,
+                 stdout=subprocess.DEVNULL)
+        have = _cached_debs(debdir)
+    still = [p for p in TRIXIE_PACKAGES if p not in have]
+    if still:
+        raise RigError("%s packages still missing after download: %s" % (TRIXIE_SUITE, still))
+    return have
 
 
 # --------------------------------------------------------------- cpio
@@ -464,6 +552,128 @@ def _build(out, debs, kdeb, modules):
     shutil.rmtree(kroot)
 
 
+# --------------------------------------------------------------- MicroPython sidecar
+
+def elf_deps(data):
+    """Return: (the DT_NEEDED sonames, the PT_INTERP path or None) of a 32-bit
+    little-endian ELF file's bytes (the guest's).  Raises: RigError otherwise."""
+    if data[:6] != b"\x7fELF\x01\x01":
+        raise RigError("not a 32-bit little-endian ELF file")
+    phoff, shoff = struct.unpack_from("<II", data, 28)
+    phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", data, 42)
+    interp = None
+    for i in range(phnum):
+        p_type, p_offset, _, _, p_filesz = struct.unpack_from("<IIIII", data,
+                                                               phoff + i * phentsize)
+        if p_type == 3:  # PT_INTERP
+            interp = data[p_offset:p_offset + p_filesz].rstrip(b"\0").decode()
+    sections = [struct.unpack_from("<IIIIIII", data, shoff + i * shentsize)
+                for i in range(shnum)]
+    needed = []
+    for _, sh_type, _, _, offset, size, link in sections:
+        if sh_type != 6:  # SHT_DYNAMIC; sh_link is its string table
+            continue
+        strtab = sections[link][4]
+        for tag, val in struct.iter_unpack("<iI", data[offset:offset + size]):
+            if tag == 0:  # DT_NULL
+                break
+            if tag == 1:  # DT_NEEDED
+                needed.append(data[strtab + val:data.index(b"\0", strtab + val)].decode())
+    return needed, interp
+
+
+def _in_root(root, path):
+    """Return: ``path`` (absolute in the tree ``root``) with its symbolic
+    links resolved inside ``root``, None if it does not exist there."""
+    p = root / path.lstrip("/")
+    for _ in range(40):
+        if not p.is_symlink():
+            return p if p.exists() else None
+        target = os.readlink(p)
+        p = (root / target.lstrip("/")) if target.startswith("/") else (p.parent / target)
+    return None
+
+
+def _sidecar_files(root):
+    """Return: {path in the guest: host file} of what micropython needs out
+    of the unpacked packages in ``root``: the binary, its loader and the
+    closure of DT_NEEDED, each library under its soname.  Raises: RigError."""
+    binary = _in_root(root, "/usr/bin/micropython")
+    if binary is None:
+        raise RigError("no /usr/bin/micropython in the %s packages" % TRIXIE_SUITE)
+    libdir = "%s/usr/lib/%s" % (SIDECAR, TRIPLET)
+    files = {SIDECAR + "/usr/bin/micropython": binary}
+    todo = [binary]
+    while todo:
+        needed, interp = elf_deps(todo.pop().read_bytes())
+        for name in needed + ([interp] if interp else []):
+            soname = os.path.basename(name)
+            if "%s/%s" % (libdir, soname) in files:
+                continue
+            for d in ("/usr/lib/" + TRIPLET, "/lib/" + TRIPLET, "/usr/lib", "/lib"):
+                found = _in_root(root, "%s/%s" % (d, soname))
+                if found:
+                    break
+            else:
+                raise RigError("%s: %s is in none of the %s packages"
+                               % (TRIXIE_SUITE, soname, TRIXIE_SUITE))
+            files["%s/%s" % (libdir, soname)] = found
+            todo.append(found)
+    return files
+
+
+@dataclasses.dataclass
+class Sidecar:
+    initrd: Path        # a gzip'd cpio for the initramfs: payload/opt/trixie, /usr/bin/micropython
+    files: dict         # {path in the guest: size in bytes}
+    packages: list      # the .deb file names
+
+
+def build_sidecar():
+    """Build (or reuse) the MicroPython sidecar: an initramfs part that
+    stage 1 copies to the root like the per-run payload.  Rebuilt when the
+    trixie .debs (their names carry the versions) or rig.py change; built
+    once per cache otherwise.  Returns: a Sidecar.  Raises: RigError."""
+    have = ensure_trixie_debs()
+    debs = [have[p] for p in TRIXIE_PACKAGES]
+    h = hashlib.sha256(BUILD_VERSION.encode())
+    _hash_files(h, debs + [Path(__file__)])
+    out = CACHE / "sidecar" / h.hexdigest()[:16]
+    with _lock():
+        if not (out / "done").exists():
+            log("building the MicroPython sidecar %s (one-time)" % out.name)
+            if out.exists():
+                shutil.rmtree(out)
+            out.mkdir(parents=True)
+            root = out / "root"
+            root.mkdir()
+            for deb in debs:
+                _extract_deb(deb, root)
+            files = _sidecar_files(root)
+            c = Cpio()
+            for guest, host in sorted(files.items()):
+                c.file("payload" + guest, host.read_bytes(),
+                       0o755 if os.access(host, os.X_OK) else 0o644)
+            c.symlink("payload%s/bin/micropython" % SIDECAR,
+                      "../usr/lib/%s/%s" % (TRIPLET, os.path.basename(
+                          elf_deps(files[SIDECAR + "/usr/bin/micropython"].read_bytes())[1])))
+            c.file("payload/usr/bin/micropython", MICROPYTHON_WRAPPER, 0o755)
+            (out / "sidecar.gz").write_bytes(_gzip(c.finish()))
+            (out / "files.txt").write_text("".join(
+                "%s %d\n" % (g, f.stat().st_size) for g, f in sorted(files.items())))
+            shutil.rmtree(root)
+            (out / "done").write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
+            for old in sorted((CACHE / "sidecar").iterdir(),
+                              key=lambda d: d.stat().st_mtime)[:-2]:
+                if old != out:
+                    shutil.rmtree(old, ignore_errors=True)
+    files = {}
+    for line in (out / "files.txt").read_text().splitlines():
+        guest, size = line.rsplit(" ", 1)
+        files[guest] = int(size)
+    return Sidecar(out / "sidecar.gz", files, [d.name for d in debs])
+
+
 # --------------------------------------------------------------- payload
 
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".git", ".pytest_cache",
@@ -493,37 +703,47 @@ def profile_path(board):
     return path
 
 
-def _add_init_files(root, board):
+def _add_init_files(root, board, interpreter="python3"):
     """Put under ``root`` what a device image has for booting through init:
     the rootfs overlay (/etc/init.d/S60memagent, /etc/default/memagent, the
     D-Bus policy), the board's profile as /etc/memagent/memagent.conf,
-    /usr/bin/memagent, and the marker that makes rig-init run the init
-    scripts."""
+    /usr/bin/memagent (for ``interpreter`` micropython the MicroPython
+    launcher, else ENTRY_POINT), and the marker that makes rig-init run the
+    init scripts."""
     profile = profile_path(board)
     shutil.copytree(OVERLAY, root, dirs_exist_ok=True)
     shutil.copyfile(profile, root / "etc/memagent/memagent.conf")
     entry = root / "usr/bin/memagent"
     entry.parent.mkdir(parents=True, exist_ok=True)
-    entry.write_bytes(ENTRY_POINT)
+    entry.write_bytes(MPY_LAUNCHER.read_bytes() if interpreter == "micropython"
+                      else ENTRY_POINT)
     entry.chmod(0o755)
     (root / "rig").mkdir(exist_ok=True)
     (root / "rig/boot-init").write_text(board + "\n")
 
 
-def build_payload(script, args, repo, mem_mb, env=None, board=None):
+def build_payload(script, args, repo, mem_mb, env=None, board=None, interpreter="python3"):
     """Per-run initramfs part: scenario, generated runner, memagent tree; with
-    ``board`` (a profile name) also the init scripts and that board's config."""
+    ``board`` (a profile name) also the init scripts and that board's config.
+    With ``interpreter`` micropython, /usr/lib/micropython is a link to
+    /opt/memagent (micropython's default path and the launcher's default
+    MEMAGENT_MPY_LIB: ``micropython -m memagent`` works as ``python3 -m
+    memagent`` does); the sidecar itself is another part (build_sidecar)."""
     script = Path(script).resolve()
     if not script.is_file():
         raise RigError("no such scenario: %s" % script)
+    if interpreter not in INTERPRETERS:
+        raise RigError("no interpreter %r (%s)" % (interpreter, ", ".join(INTERPRETERS)))
     with tempfile.TemporaryDirectory(prefix="rig-payload-") as tmp:
         root = Path(tmp)
         copied = _copy_memagent(Path(repo), root) if repo else []
         _compileall(root, "opt/memagent")
         if board:
-            _add_init_files(root, board)
+            _add_init_files(root, board, interpreter)
         c = Cpio()
         c.tree(root, "payload")
+        if interpreter == "micropython":
+            c.symlink("payload/usr/lib/micropython", "/opt/memagent")
     suffix = script.suffix
     target = "/rig/scenario" + suffix
     if suffix == ".py":
@@ -534,7 +754,8 @@ def build_payload(script, args, repo, mem_mb, env=None, board=None):
         cmd = [target]
     lines = ["#!/bin/sh", "# generated by rig.py",
              "export RIG_MEM_MB=%d" % mem_mb,
-             "export RIG_SCENARIO=%s" % shlex.quote(script.name)]
+             "export RIG_SCENARIO=%s" % shlex.quote(script.name),
+             "export RIG_INTERPRETER=%s" % interpreter]
     for k, v in (env or {}).items():
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
             raise RigError("bad environment variable name %r" % k)
@@ -620,7 +841,7 @@ def qemu_command(base, initrd, mem_mb, extra_args=""):
 
 def run(script, args=(), mem_mb=128, timeout_s=120, out_dir=None, repo=DEFAULT_REPO,
         echo=False, env=None, kernel_args="", modules=MODULES, boot_init=False,
-        board=DEFAULT_BOARD):
+        board=DEFAULT_BOARD, interpreter="python3"):
     """Boot the guest, run ``script`` in it and return a RunResult.
 
     Files the guest hands back are written to out_dir (a new temporary
@@ -629,6 +850,14 @@ def run(script, args=(), mem_mb=128, timeout_s=120, out_dir=None, repo=DEFAULT_R
     a device would: busybox syslogd, then /etc/init.d/S??* start (the agent
     from S60memagent, with board/<board>/memagent.conf), the scenario, and
     the scripts' stop in reverse order before the power-off.
+
+    ``interpreter``: the agent's, "python3" (the default) or "micropython":
+    the guest gets Debian trixie's micropython in /opt/trixie as
+    /usr/bin/micropython (build_sidecar) and the memagent tree as its
+    /usr/lib/micropython; with ``boot_init``, /usr/bin/memagent is the
+    MicroPython launcher (board/common/micropython/memagent).  python3 stays
+    in the guest either way (the scenarios use it).  The scenario sees the
+    choice as RIG_INTERPRETER.
     """
     if shutil.which("qemu-system-arm") is None:
         raise RigError("qemu-system-arm not found (apt-get install -y qemu-system-arm)")
@@ -637,13 +866,17 @@ def run(script, args=(), mem_mb=128, timeout_s=120, out_dir=None, repo=DEFAULT_R
     t_build = time.monotonic()
     base = build_base(modules)
     payload, copied = build_payload(script, args, repo, mem_mb, env,
-                                    board=board if boot_init else None)
+                                    board=board if boot_init else None,
+                                    interpreter=interpreter)
+    # the kernel unpacks each gzip'd cpio in turn; stage 1 copies payload/ to the root
+    sidecar = build_sidecar().initrd.read_bytes() if interpreter == "micropython" else b""
     initrd = out / ".initrd.gz"
-    initrd.write_bytes(base.initrd.read_bytes() + payload)
+    initrd.write_bytes(base.initrd.read_bytes() + sidecar + payload)
     if repo and not copied:
         log("note: no agent/ or plugins/ in %s; guest has an empty memagent package" % repo)
-    log("image ready in %.1f s (kernel %s, %d MB RAM)" % (
-        time.monotonic() - t_build, base.kernel_package, mem_mb))
+    log("image ready in %.1f s (kernel %s, %d MB RAM%s)" % (
+        time.monotonic() - t_build, base.kernel_package, mem_mb,
+        ", the agent on MicroPython" if interpreter == "micropython" else ""))
 
     cmd = qemu_command(base, initrd, mem_mb, kernel_args)
     (out / "qemu-cmdline.txt").write_text(shlex.join(cmd) + "\n")
@@ -779,6 +1012,10 @@ def main(argv=None):
     ap.add_argument("--board", default=None,
                     help="board profile for --init: board/BOARD/memagent.conf (default "
                          "%s; implies --init)" % DEFAULT_BOARD)
+    ap.add_argument("--interpreter", choices=INTERPRETERS, default="python3",
+                    help="the agent's interpreter: micropython adds Debian trixie's "
+                         "micropython (/usr/bin/micropython) and, with --init, makes "
+                         "/usr/bin/memagent the MicroPython launcher (default python3)")
     ap.add_argument("-q", "--quiet", action="store_true", help="do not echo the console")
     ap.add_argument("--build-only", action="store_true", help="only fetch and build the image")
     ap.add_argument("scenario", nargs="?")
@@ -789,6 +1026,8 @@ def main(argv=None):
         if a.build_only:
             base = build_base(modules)
             print(base.dir)
+            if a.interpreter == "micropython":
+                print(build_sidecar().initrd.parent)
             return EXIT_OK
         if not a.scenario:
             ap.error("scenario is required")
@@ -802,7 +1041,8 @@ def main(argv=None):
         res = run(a.scenario, a.args, mem_mb=a.mem, timeout_s=a.timeout, out_dir=out,
                   repo=None if a.no_repo else a.repo, echo=not a.quiet, env=env,
                   kernel_args=a.append, modules=modules,
-                  boot_init=a.init or a.board is not None, board=a.board or DEFAULT_BOARD)
+                  boot_init=a.init or a.board is not None, board=a.board or DEFAULT_BOARD,
+                  interpreter=a.interpreter)
     except RigError as e:
         log("error: %s" % e)
         return EXIT_HOST

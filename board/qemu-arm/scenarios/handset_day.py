@@ -10,9 +10,11 @@ In the qemu guest, booted through init with a board profile::
 CONTESTANT: ``memagent`` (the agent as the init script runs it, with the
 board's profile; the scenario stops it, adds ``--events-json`` to
 MEMAGENT_ARGS in /etc/default/memagent, as an integrator would, and starts
-it again with ``S60memagent start``), ``earlyoom`` (Debian's, its defaults)
-or ``none`` (the kernel's OOM killer); for these two the agent stays
-stopped.  A0 (MemAvailable) and an empty app's private memory are measured
+it again with ``S60memagent start``), ``memagent-mpy`` (the same on
+MicroPython: the guest must be booted with ``--interpreter micropython``,
+which makes /usr/bin/memagent the MicroPython launcher), ``earlyoom``
+(Debian's, its defaults) or ``none`` (the kernel's OOM killer); for these
+two the agent stays stopped.  A0 (MemAvailable) and an empty app's private memory are measured
 once per boot, with no tool running, so every contestant gets the same sizes.
 
 The processes, sized from A0 (each share is the process's private memory,
@@ -33,7 +35,7 @@ The apps are forked from this driver, as a handset's zygote forks its apps
 (see "the apps" below).  The foreground registers as a service; the driver
 (root: a trusted client, standing for the UI shell) then sends
 ``foreground`` with its pid.  Prints FACT lines and RESULT: for
-``memagent`` every :func:`checks` must hold, for the others the runs must
+``memagent`` and ``memagent-mpy`` every :func:`checks` must hold, for the others the runs must
 complete.  Hands back ``handset-<contestant>.json`` (the raw runs,
 analysed again by bench/board.py) and ``oom-<contestant>.txt`` (the
 kernel's OOM reports).  CPython 3.9+ (pidfd), stdlib and memagent only.
@@ -76,6 +78,11 @@ DEFAULTS_FILE = "/etc/default/memagent"
 CONFIG = "/etc/memagent/memagent.conf"
 EVENTS = "/var/log/memagent-events.jsonl"
 PIDFILE = "/var/run/memagent.pid"
+SYSLOG = "/var/log/messages"
+READY_LINE = "plugins started in"  # the agent's log line once its plugins run
+CONTESTANTS = ("none", "memagent", "earlyoom", "memagent-mpy")
+AGENTS = ("memagent", "memagent-mpy")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 THRASH_FILE = "/var/tmp/handset-thrash"
 BARE_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 # The reader: busybox sh and dd, measured in the guest: RssAnon 44 KiB (sh)
@@ -303,6 +310,67 @@ def app_private_kib() -> int:
 # -- the guest around the scenario ------------------------------------------------------
 
 
+def syslog_text() -> str:
+    """Return: the syslog so far ("" if there is none)."""
+    try:
+        with open(SYSLOG, errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def uptime_s() -> float:
+    """Return: seconds since the kernel started (a process's start time's clock)."""
+    with open("/proc/uptime") as f:
+        return float(f.read().split()[0])
+
+
+def alive(pid: int) -> bool:
+    """Return: True while ``pid`` exists and is not a zombie."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def started_s(pid: int) -> Optional[float]:
+    """Return: when ``pid`` started (its exec follows), in seconds since boot."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return int(f.read().rpartition(")")[2].split()[19]) / CLK_TCK
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def smaps_kib(pid: int) -> Dict[str, int]:
+    """Return: the "kB" fields of /proc/PID/smaps_rollup (Rss, Anonymous...), {} if gone."""
+    out = {}
+    try:
+        with open("/proc/%d/smaps_rollup" % pid) as f:
+            for line in f:
+                words = line.split()
+                if len(words) == 3 and words[2] == "kB":
+                    out[words[0].rstrip(":")] = int(words[1])
+    except (OSError, ValueError):
+        return {}
+    return out
+
+
+def launcher_error() -> str:
+    """Return: "; " and the last line /usr/bin/memagent prints when run in
+    the foreground for up to 5 s (start-stop-daemon -b sends its stderr to
+    /dev/null), or "" if it keeps running."""
+    try:
+        p = subprocess.run(["/usr/bin/memagent", "run", "--config", CONFIG, "--no-socket"],
+                           env=BARE_ENV, stdin=subprocess.DEVNULL, capture_output=True,
+                           text=True, timeout=5)
+    except subprocess.TimeoutExpired:
+        return ""
+    lines = (p.stdout + p.stderr).strip().splitlines()
+    return "; in the foreground it exits %d: %s" % (p.returncode, lines[-1] if lines else "")
+
+
 def psi_some_total_us() -> int:
     """Return: /proc/pressure/memory's ``some total=`` (µs since boot)."""
     with open("/proc/pressure/memory") as f:
@@ -368,30 +436,56 @@ def agent_apps() -> Dict[str, Result]:
 
 class InitAgent(kill_bench.Contestant):
     """The agent as the init script runs it, with ``--events-json`` added to
-    MEMAGENT_ARGS; started once per boot and left running for the shutdown."""
+    MEMAGENT_ARGS; started once per boot and left running for the shutdown.
+    ``label``: memagent, or memagent-mpy when /usr/bin/memagent is the
+    MicroPython launcher (the rig's --interpreter micropython)."""
 
-    label = "memagent"
-
-    def __init__(self) -> None:
+    def __init__(self, label: str = "memagent") -> None:
+        self.label = label
         self.offset = 0
         self.rss: Dict[str, Optional[int]] = {}
+        self.startup: Dict[str, Optional[int]] = {}
 
     def start(self, place: Place, tmp: str) -> None:
         if read_pid() is None:
             with open(DEFAULTS_FILE, "w") as f:
                 f.write('MEMAGENT_CONFIG="%s"\nMEMAGENT_ARGS="--events-json %s"\n'
                         % (CONFIG, EVENTS))
+            seen = len(syslog_text())
             rc, out = initscript("start")
-            deadline = time.monotonic() + 60
-            while not self._answers():
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the agent does not answer after start: %s" % out)
-                time.sleep(0.2)
-            time.sleep(1.0)  # the plugins' on_start
+            self.startup = self._watch_start(seen, out)
         self.offset = os.path.getsize(EVENTS) if os.path.exists(EVENTS) else 0
         pid = read_pid()
+        # smaps_rollup's Rss: on 6.1 VmRSS lags (its counters sync every 64 faults)
+        smaps = smaps_kib(pid) if pid else {}
         self.rss = {k: status_kib(pid, k) if pid else None for k in ("VmRSS", "RssAnon")}
+        self.rss.update(Rss=smaps.get("Rss"), Anonymous=smaps.get("Anonymous"))
         self.rss_kib = self.rss["VmRSS"]
+
+    def _watch_start(self, seen: int, out: str) -> Dict[str, Optional[int]]:
+        """Wait (polling every 20 ms) until the agent answers on the socket and
+        its READY_LINE is in the syslog.  Returns: ms from its exec to each.
+        Raises: RuntimeError if it exits, or does not answer within 60 s."""
+        deadline = time.monotonic() + 60
+        pid, status_s, ready_s = None, None, None
+        while status_s is None or ready_s is None:
+            pid = pid or read_pid()
+            if pid is None or not alive(pid):  # s-s-d wrote the pidfile before the exec
+                raise RuntimeError("the agent exited after start: %s%s"
+                                   % (out.strip(), launcher_error()))
+            if status_s is None and self._answers():
+                status_s = uptime_s()
+            if ready_s is None and READY_LINE in syslog_text()[seen:]:
+                ready_s = uptime_s()
+            if time.monotonic() > deadline:
+                if status_s is None:
+                    raise RuntimeError("the agent does not answer after start: %s%s"
+                                       % (out.strip(), launcher_error()))
+                break  # it answers, and does not log READY_LINE to the syslog
+            time.sleep(0.02)
+        start = started_s(pid) if pid else None
+        return {k: None if t is None or start is None else round((t - start) * 1000)
+                for k, t in (("exec_to_status_ms", status_s), ("exec_to_ready_ms", ready_s))}
 
     @staticmethod
     def _answers() -> bool:
@@ -405,17 +499,17 @@ class InitAgent(kill_bench.Contestant):
             f.seek(self.offset)
             kills, notes = kill_bench.parse_events(f)
         return {"kills": kills, "notes": notes, "log": "", "rss_kib": self.rss_kib,
-                "rss": self.rss}
+                "rss": self.rss, "startup": self.startup}
 
 
 def contestant(spec: str) -> kill_bench.Contestant:
-    """Return: the contestant for ``none``, ``memagent`` or ``earlyoom``.
-    Raises: ValueError for anything else."""
-    if spec == "memagent":
-        return InitAgent()
+    """Return: the contestant for ``none``, ``memagent``, ``memagent-mpy`` or
+    ``earlyoom``.  Raises: ValueError for anything else."""
+    if spec in AGENTS:
+        return InitAgent(spec)
     if spec in ("none", "earlyoom"):
         return kill_bench.contestant(spec)
-    raise ValueError("unknown contestant %r (none, memagent, earlyoom)" % spec)
+    raise ValueError("unknown contestant %r (%s)" % (spec, ", ".join(CONTESTANTS)))
 
 
 # -- one run --------------------------------------------------------------------------
@@ -477,8 +571,11 @@ def run_once(place: Place, tool: kill_bench.Contestant, sizes: Result, crit_kib:
     Raises: RuntimeError if the tool or an app fails to start."""
     oom0, dmesg0 = place.oom_kills(), dmesg_ooms()
     avail0, total = place.avail_kib()
+    t_start = time.monotonic()
     tool.start(place, tmp)
+    tool_start_ms = round((time.monotonic() - t_start) * 1000)
     avail_tool = place.avail_kib()[0]
+    tool_smaps = smaps_kib(tool.proc.pid) if tool.proc is not None else {}
     sock = SOCKET if isinstance(tool, InitAgent) else ""
     reader = place.spawn(["sh", "-c", THRASH % THRASH_FILE], set_adj(-1000),
                          stdout=subprocess.DEVNULL, start_new_session=True)
@@ -521,6 +618,7 @@ def run_once(place: Place, tool: kill_bench.Contestant, sizes: Result, crit_kib:
             "oom_kills": place.oom_kills() - oom0, "dmesg_ooms": dmesg_ooms() - dmesg0,
             "start_ms": start_ms, "psi_some_us": psi1 - psi_start,
             "psi_growth_us": psi1 - psi0, "protected": protected, "tool": what,
+            "tool_start_ms": tool_start_ms, "tool_smaps": tool_smaps,
             "calm_after_kib": kill_bench.wait_calm(place, avail_tool)}
 
 
@@ -652,13 +750,34 @@ def setup(total_kib: int) -> None:
                    check=True)
 
 
-def bare_asyncio_kib() -> Optional[int]:
-    """Return: VmRSS of ``python3 -c "import asyncio"`` (sampled after 2 s)."""
-    bare = subprocess.Popen([sys.executable, "-c", "import asyncio, time; time.sleep(3)"])
-    time.sleep(2)
-    rss = status_kib(bare.pid)
-    bare.wait()
-    return rss
+def bare_interpreter(spec: str) -> None:
+    """FACT the footprint of the agent's interpreter with nothing but
+    ``import asyncio`` (rigguest.footprint: smaps_rollup Rss, VmRSS beside
+    it), and for MicroPython its start-up (median of 5 runs), for scale."""
+    import rigguest
+
+    if spec == "memagent-mpy":
+        bare = rigguest.footprint(["micropython", "-c", rigguest.BARE % "asyncio"])
+        rigguest.fact("micropython_asyncio_ms",
+                      rigguest.startup_ms(["micropython", "-c", "import asyncio"], runs=5))
+        prefix = "micropython_asyncio"
+    else:
+        bare = rigguest.footprint([sys.executable, "-c", rigguest.BARE % "asyncio"])
+        prefix = "python_asyncio"
+    for key in ("rss_kib", "vmrss_kib"):
+        rigguest.fact("%s_%s" % (prefix, key), bare[key])
+
+
+def tool_rss(run: Result) -> Dict[str, Optional[int]]:
+    """Return: the tool's memory once it watched, in KiB: VmRSS and RssAnon
+    (/proc/PID/status), Rss and Anonymous (/proc/PID/smaps_rollup; VmRSS
+    lags it on 6.1), those that were measured."""
+    tool = run["tool"]
+    out = dict(tool.get("rss") or {"VmRSS": tool.get("rss_kib")})
+    for key in ("Rss", "Anonymous"):
+        if out.get(key) is None and (run.get("tool_smaps") or {}).get(key) is not None:
+            out[key] = run["tool_smaps"][key]
+    return out
 
 
 def guest_main(argv: List[str]) -> int:
@@ -667,9 +786,13 @@ def guest_main(argv: List[str]) -> int:
 
     from memagent.core.config import load_config, thresholds_from_config
 
-    if not argv or argv[0] not in ("none", "memagent", "earlyoom"):
+    if not argv or argv[0] not in CONTESTANTS:
         raise SystemExit(__doc__)
     spec, runs = argv[0], int(argv[1].partition("=")[2]) if len(argv) > 1 else 1
+    if spec == "memagent-mpy" and os.environ.get("RIG_INTERPRETER") != "micropython":
+        rigguest.result(False, "memagent-mpy: boot the guest with --interpreter micropython "
+                        "(rig.run(..., interpreter=\"micropython\"))")
+        return 0
     set_adj(-1000)()  # the driver is no one's victim
     place = Place()
     total = place.avail_kib()[1]
@@ -678,8 +801,8 @@ def guest_main(argv: List[str]) -> int:
     results, figs = [], []
     try:
         setup(total)
-        if spec == "memagent":
-            rigguest.fact("python_asyncio_vmrss_kib", bare_asyncio_kib())
+        if spec in AGENTS:
+            bare_interpreter(spec)
         a0 = kill_bench.wait_calm(place, place.avail_kib()[0])
         sizes = sizes_kib(a0, app_private_kib())
         for key in ("VmRSS", "RssAnon"):  # the apps share its pages; it is at -1000
@@ -700,10 +823,10 @@ def guest_main(argv: List[str]) -> int:
         line + "\n" for line in dmesg.splitlines()
         if "Out of memory" in line or "invoked oom-killer" in line or "oom_reaper" in line))
     print_facts(results, figs)
-    failed = [c for fig in figs for c in checks(fig)] if spec == "memagent" else []
+    failed = [c for fig in figs for c in checks(fig)] if spec in AGENTS else []
     rigguest.result(not failed, "; ".join(failed) or "%s: %d runs, %s" % (
         spec, len(figs), "trims first, kills in class order, no kernel OOM kill, "
-        "the foreground lives" if spec == "memagent" else "completed"))
+        "the foreground lives" if spec in AGENTS else "completed"))
     return 0
 
 
@@ -714,9 +837,13 @@ def print_facts(results: List[Result], figs: List[Result]) -> None:
     run = results[0]
     fact("a0_kib", run["a0_kib"])
     fact("avail_with_tool_kib", run["avail_with_tool_kib"])
-    for key, value in sorted((run["tool"].get("rss") or {"VmRSS": run["tool"]["rss_kib"]})
-                             .items()):
+    for key, value in sorted(tool_rss(run).items()):
         fact("tool_%s_kib" % key.lower(), value)
+    # how long the tool took to watch: an agent from its exec to its first
+    # status answer and to its READY_LINE; earlyoom from its start to its banner
+    for key, value in sorted((run["tool"].get("startup") or {}).items()):
+        fact("tool_%s" % key, value)
+    fact("tool_start_ms", run.get("tool_start_ms"))
     fact("sizes", json.dumps(run["sizes"], separators=(",", ":")))
     for key in ("first_low_ms", "low_lead_ms", "low_first",
                 "trims", "trimmed_kib", "first_trim_ms", "first_kill_ms", "trims_first",
