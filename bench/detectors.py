@@ -119,15 +119,49 @@ class EarlyoomRule:
             return
 
 
-class AgentProcess:
-    """``python -m memagent run --source SOURCE`` on a memcg, as a child of
-    the bench (outside the memcg), with its log and events in ``workdir``."""
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCHER = os.path.join(REPO, "board", "common", "micropython", "memagent")
+# Debian trixie's micropython 1.25 with ffi (.ci/micropython-trixie installs it)
+TRIXIE_MICROPYTHON = os.path.join(REPO, ".ci", "cache", "micropython-trixie", "micropython")
 
-    def __init__(self, group_dir: str, workdir: str, source: str = "cgroup1") -> None:
-        self.events_path = os.path.join(workdir, "agent-events.jsonl")
-        self.log_path = os.path.join(workdir, "agent.log")
-        self.argv = [sys.executable, "-m", "memagent", "run", "--memcg", group_dir,
-                     "--source", source, "--events-json", self.events_path, "--no-socket"]
+
+def micropython_lib(workdir: str) -> str:
+    """Lay agent/ out as ``memagent`` and plugins/ as ``memagent/plugins``
+    (symlinks, as MicroPython imports them: it has no package-dir mapping)
+    under ``workdir``.  Returns: the directory for MEMAGENT_MPY_LIB."""
+    lib = os.path.join(workdir, "mpy-lib")
+    pkg = os.path.join(lib, "memagent")
+    if not os.path.isdir(pkg):
+        os.makedirs(pkg)
+        agent = os.path.join(REPO, "agent")
+        for name in os.listdir(agent):
+            if name != "__pycache__":
+                os.symlink(os.path.join(agent, name), os.path.join(pkg, name))
+        os.symlink(os.path.join(REPO, "plugins"), os.path.join(pkg, "plugins"))
+    return lib
+
+
+class AgentProcess:
+    """``memagent run --source SOURCE`` on a memcg, as a child of the bench
+    (outside the memcg), with its log and events in ``workdir``: on this
+    Python (``python -m memagent``), or with ``micropython`` (an
+    interpreter's path) through the board's MicroPython launcher."""
+
+    def __init__(self, group_dir: str, workdir: str, source: str = "cgroup1",
+                 micropython: Optional[str] = None) -> None:
+        tag = "-mpy" if micropython else ""
+        self.label = "memagent run (%s%s)" % (source, ", MicroPython" if micropython else "")
+        self.events_path = os.path.join(workdir, "agent%s-events.jsonl" % tag)
+        self.log_path = os.path.join(workdir, "agent%s.log" % tag)
+        args = ["run", "--memcg", group_dir, "--source", source, "--events-json",
+                self.events_path, "--no-socket"]
+        self.env: Dict[str, str] = {}
+        if micropython:
+            self.argv = ["sh", LAUNCHER] + args
+            self.env = {"MEMAGENT_MICROPYTHON": micropython,
+                        "MEMAGENT_MPY_LIB": micropython_lib(workdir)}
+        else:
+            self.argv = [sys.executable, "-m", "memagent"] + args
         self.proc: Optional["subprocess.Popen[bytes]"] = None
         self._log: Optional[IO[bytes]] = None
 
@@ -136,7 +170,7 @@ class AgentProcess:
         Raises: RuntimeError with its log if it exits or stays silent."""
         import memagent
 
-        env = dict(os.environ)
+        env = dict(os.environ, **self.env)
         package_dir = os.path.dirname(os.path.abspath(memagent.__file__))
         if os.path.basename(package_dir) == "memagent":  # not installed: show the child where
             root = os.path.dirname(package_dir)

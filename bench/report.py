@@ -32,10 +32,11 @@ def _lead_table(lead: Result, limit_mib: int) -> List[str]:
 def _churn_table(churn: Result) -> List[str]:
     out = ["### False positives: page-cache churn, %.0f s over a %d MiB file (%d passes)"
            % (churn["seconds"], churn["file_mib"], churn["passes"]), "",
-           "Lowest available estimate during the churn: %.1f%% of the memcg; memagent agent "
-           "wakeups: %.0f/min." % (churn["min_avail_pct"], churn["agent_wakeups_per_min"]), "",
-           "| detector | LOW events |", "|---|---:|"]
-    out += ["| %s | %d |" % (r["detector"], r["low_events"]) for r in churn["rows"]]
+           "Lowest available estimate during the churn: %.1f%% of the memcg." % (
+               churn["min_avail_pct"]), "",
+           "| detector | LOW events | wakeups/min |", "|---|---:|---:|"]
+    out += ["| %s | %d | %s |" % (r["detector"], r["low_events"], r.get("wakeups_per_min", "-"))
+            for r in churn["rows"]]
     return out
 
 
@@ -85,44 +86,52 @@ def _row(rows: List[Result], prefix: str, key: str = "detector") -> Optional[Res
     return next((r for r in rows if str(r[key]).startswith(prefix)), None)
 
 
+def _agents(rows: List[Result], key: str = "detector") -> List[Result]:
+    return [r for r in rows if str(r[key]).startswith("memagent run")]
+
+
+def _lead_goal(row: Result) -> List[Any]:
+    name = row["detector"]
+    if not row["fired"] or row["avail_pct"] is None:
+        return [False, "%s: first LOW with 10-30%% of the memcg available, before the "
+                "OOM kill: no LOW" % name]
+    pct, before = row["avail_pct"], row["before_oom"]
+    return [LOW_WINDOW_PCT[0] <= pct <= LOW_WINDOW_PCT[1] and before,
+            "%s: first LOW with 10-30%% of the memcg available, before the OOM kill: "
+            "%.1f%% available, %s the kill" % (name, pct, "before" if before else "AFTER")]
+
+
 def goals(result: Result) -> List[List[Any]]:
-    """Return: [ok, text] for each goal whose part was run."""
+    """Return: [ok, text] for each goal whose part was run, per agent (this
+    Python's, and MicroPython's when it ran)."""
     out: List[List[Any]] = []
     if "lead" in result:
-        row = _row(result["lead"]["rows"], "memagent run")
-        if row is None or not row["fired"] or row["avail_pct"] is None:
-            out.append([False, "first LOW with 10-30% of the memcg available, before the "
-                        "OOM kill: no LOW"])
-        else:
-            pct, before = row["avail_pct"], row["before_oom"]
-            out.append([LOW_WINDOW_PCT[0] <= pct <= LOW_WINDOW_PCT[1] and before,
-                        "first LOW with 10-30%% of the memcg available, before the OOM kill: "
-                        "%.1f%% available, %s the kill" % (pct, "before" if before
-                                                            else "AFTER")])
+        out += [_lead_goal(row) for row in _agents(result["lead"]["rows"])] or [
+            [False, "first LOW before the OOM kill: no agent row"]]
     if "churn" in result:
-        row = _row(result["churn"]["rows"], "memagent run")
-        n = row["low_events"] if row else -1
-        out.append([n == 0, "no LOW during page-cache churn: %d LOW events" % n])
+        for row in _agents(result["churn"]["rows"]):
+            out.append([row["low_events"] == 0, "%s: no LOW during page-cache churn: %d LOW "
+                        "events" % (row["detector"], row["low_events"])])
     if "idle" in result:
-        rows = result["idle"]["rows"]
-        agent = _row(rows, "memagent", "process")
-        bare = _row(rows, "python3", "process")
-        if agent:
+        for agent in _agents(result["idle"]["rows"], "process"):
             w = agent["wakeups_per_min"]
-            out.append([w <= MAX_IDLE_WAKEUPS_PER_MIN,
-                        "<= 1 wakeup/min while calm (event-driven source): %.1f/min" % w])
+            out.append([w <= MAX_IDLE_WAKEUPS_PER_MIN, "%s: <= 1 wakeup/min while calm "
+                        "(event-driven source): %.1f/min" % (agent["process"], w)])
     if "idle-cache" in result:
-        agent = _row(result["idle-cache"]["rows"], "memagent", "process")
-        events_per_min = result["idle-cache"]["kernel_events"] * 60 / result["idle-cache"][
-            "seconds"]
-        if agent:
+        part = result["idle-cache"]
+        events_per_min = part["kernel_events"] * 60 / part["seconds"]
+        for agent in _agents(part["rows"], "process"):
             w = agent["wakeups_per_min"]
             out.append([w <= max(events_per_min, MAX_IDLE_WAKEUPS_PER_MIN),
-                        "no wakeups of its own while the kernel trims idle page cache: "
-                        "%.1f/min for %.1f kernel events/min" % (w, events_per_min)])
-        if agent and bare:
-            ratio = agent["rss_kib"] / bare["rss_kib"]
-            out.append([ratio <= MAX_RSS_RATIO,
-                        "agent RSS <= 1.3x a bare 'import asyncio' interpreter: %d / %d KiB "
-                        "= %.2fx" % (agent["rss_kib"], bare["rss_kib"], ratio)])
+                        "%s: no wakeups of its own while the kernel trims idle page cache: "
+                        "%.1f/min for %.1f kernel events/min" % (agent["process"], w,
+                                                                events_per_min)])
+            bare = _row(part["rows"], "micropython" if "MicroPython" in agent["process"]
+                        else "python3", "process")
+            if bare:
+                ratio = agent["rss_kib"] / bare["rss_kib"]
+                out.append([ratio <= MAX_RSS_RATIO,
+                            "%s: RSS <= 1.3x its bare interpreter with asyncio: %d / %d KiB "
+                            "= %.2fx" % (agent["process"], agent["rss_kib"], bare["rss_kib"],
+                                         ratio)])
     return out

@@ -28,7 +28,13 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import report  # noqa: E402
-from bench.detectors import AgentProcess, EarlyoomRule, RawEvents, Sampled  # noqa: E402
+from bench.detectors import (  # noqa: E402
+    TRIXIE_MICROPYTHON,
+    AgentProcess,
+    EarlyoomRule,
+    RawEvents,
+    Sampled,
+)
 from memagent import aio  # noqa: E402
 from memagent.demo import memcg, scenario  # noqa: E402
 
@@ -80,12 +86,35 @@ def _row(label: str, t_ms: Optional[int], avail_kib: Optional[int], start_ms: in
             "before_oom": t_ms < kill_ms}
 
 
+def start_agents(opts: argparse.Namespace, hs: scenario.Handset) -> List[AgentProcess]:
+    """Return: the agent on this Python and, with ``--micropython``, on
+    MicroPython, both started on ``hs``.  Raises: RuntimeError."""
+    agents = [AgentProcess(hs.path, hs.scratch)]
+    if opts.micropython:
+        agents.append(AgentProcess(hs.path, hs.scratch, micropython=opts.micropython))
+    started: List[AgentProcess] = []
+    try:
+        for agent in agents:
+            agent.start()
+            started.append(agent)
+    except RuntimeError:
+        for agent in started:
+            agent.stop()
+        raise
+    return agents
+
+
+def stop_agents(agents: List[AgentProcess]) -> None:
+    """SIGTERM every agent."""
+    for agent in agents:
+        agent.stop()
+
+
 def lead_time(opts: argparse.Namespace) -> Result:
     """Part 1.  Returns: per-detector first event on the ramp, and the ramp's end."""
     with scenario.Handset(opts.memcg_mib) as hs:
         aio.run(hs.fill_page_cache())
-        agent = AgentProcess(hs.path, hs.scratch)
-        agent.start()
+        agents = start_agents(opts, hs)
         raws = raw_detectors(hs.path, opts.memcg_mib)
         oom = RawEvents("oom", hs.path, "memory.oom_control", "")
         rule = EarlyoomRule(hs.path)
@@ -101,13 +130,14 @@ def lead_time(opts: argparse.Namespace) -> Result:
         try:
             end = aio.run(_attached(hs, raws + [oom], rule, watch, body()))
         finally:
-            agent.stop()
+            stop_agents(agents)
         # The memcg's OOM eventfd fires as it goes under OOM, before the kill.
         kill_ms = min(oom.first_ms(start_ms) or end.end_ms, end.end_ms)
         firsts: List[Tuple[str, Optional[int], Optional[int]]] = []
-        note = next((n for n in agent.notes() if n["level"] != "NORMAL"), None)
-        firsts.append(("memagent run (cgroup1)", note["t_ms"] if note else None,
-                       note["avail_kib"] if note else None))
+        for agent in agents:
+            note = next((n for n in agent.notes() if n["level"] != "NORMAL"), None)
+            firsts.append((agent.label, note["t_ms"] if note else None,
+                           note["avail_kib"] if note else None))
         low = watch.first_at_least(1)
         firsts.append(("memagent in-process (%s + 100 ms)" % watch.source_label,
                        low.t_ms if low else None, low.avail_kib if low else None))
@@ -120,16 +150,16 @@ def lead_time(opts: argparse.Namespace) -> Result:
                 for label, t, avail in firsts]
     return {"rows": rows, "oom_killed": end.oom_killed, "rate_mib_s": opts.rate_mib_s,
             "end_s": (end.end_ms - start_ms) / 1000, "oom_s": (kill_ms - start_ms) / 1000,
-            "allocated_mib": progress.last(), "agent_log_tail": agent.log()[-300:].decode()}
+            "allocated_mib": progress.last(),
+            "agent_log_tail": agents[-1].log()[-300:].decode(errors="replace")}
 
 
 def false_positives(opts: argparse.Namespace) -> Result:
     """Part 2.  Returns: LOW events per detector during the churn."""
     with scenario.Handset(opts.memcg_mib) as hs:
         hs.file(opts.memcg_mib * 3)  # written before anyone watches
-        agent = AgentProcess(hs.path, hs.scratch)
-        agent.start()
-        ctxt0 = agent.status()["ctxt"]
+        agents = start_agents(opts, hs)
+        ctxt0 = [agent.status()["ctxt"] for agent in agents]
         raws = raw_detectors(hs.path, opts.memcg_mib)
         rule = EarlyoomRule(hs.path)
         watch = scenario.Watch(hs.path)
@@ -138,21 +168,21 @@ def false_positives(opts: argparse.Namespace) -> Result:
         try:
             end = aio.run(_attached(hs, raws, rule, watch,
                                     hs.churn(opts.churn_s, 3, progress)))
-            ctxt = agent.status()["ctxt"] - ctxt0
+            ctxt = [agent.status()["ctxt"] - c0 for agent, c0 in zip(agents, ctxt0)]
         finally:
-            agent.stop()
+            stop_agents(agents)
         minutes = (end.end_ms - start_ms) / 60000
-        lows = [n for n in agent.notes() if n["prev_level"] == "NORMAL"
-                and n["level"] != "NORMAL"]
-        rows = [{"detector": "memagent run (cgroup1)", "low_events": len(lows)},
-                {"detector": "memagent in-process (%s + 100 ms)" % watch.source_label,
+        rows = [{"detector": agent.label, "low_events": sum(
+            1 for n in agent.notes() if n["prev_level"] == "NORMAL" and n["level"] != "NORMAL"),
+            "wakeups_per_min": round(c / minutes, 1)} for agent, c in zip(agents, ctxt)]
+        rows += [{"detector": "memagent in-process (%s + 100 ms)" % watch.source_label,
                  "low_events": sum(1 for n in watch.notes if n.prev_level == 0 and n.level)}]
         rows += [{"detector": raw.label, "low_events": raw.count(start_ms, end.end_ms)}
                  for raw in raws]
         rows.append({"detector": rule.label, "low_events": len(rule.onsets)})
         min_avail = min(r.avail_kib for r in watch.readings)
     return {"rows": rows, "seconds": round(minutes * 60, 1), "passes": progress.last(),
-            "file_mib": opts.memcg_mib * 3, "agent_wakeups_per_min": round(ctxt / minutes, 1),
+            "file_mib": opts.memcg_mib * 3, "agent_wakeups_per_min": round(ctxt[0] / minutes, 1),
             "min_avail_pct": round(100 * min_avail / (opts.memcg_mib << 10), 1)}
 
 
@@ -193,24 +223,27 @@ def _idle(opts: argparse.Namespace, fill: bool) -> Result:
     with scenario.Handset(opts.memcg_mib) as hs:
         if fill:
             aio.run(hs.fill_page_cache())
-        agent = AgentProcess(hs.path, hs.scratch)
-        agent.start()
+        agents = start_agents(opts, hs)
         others = [Sampled("python3 -c 'import asyncio, time; time.sleep()'",
                           [sys.executable, "-c", "import asyncio, time; time.sleep(%d)"
                            % (opts.idle_s + 30)])]
+        if opts.micropython:
+            others.append(Sampled("micropython -c 'import asyncio, ffi, socket'",
+                                  [opts.micropython, "-c", "import asyncio, ffi, socket, time; "
+                                   "time.sleep(%d)" % (opts.idle_s + 30)]))
         eo = _earlyoom_argv()
         if eo is not None:
             others.append(Sampled("earlyoom " + " ".join(eo[1:]), eo))
         watch = scenario.Watch(hs.path)  # to see what the kernel reports meanwhile
         try:
             time.sleep(2.0)  # start-up is not idling
-            before = [agent.status()] + [o.status() for o in others]
+            before = [a.status() for a in agents] + [o.status() for o in others]
             aio.run(scenario.watching(watch, hs.idle(opts.idle_s)))
-            after = [agent.status()] + [o.status() for o in others]
+            after = [a.status() for a in agents] + [o.status() for o in others]
         finally:
-            agent.stop()
+            stop_agents(agents)
             errs = [o.stop() for o in others]
-        labels = ["memagent run (cgroup1)"] + [o.label for o in others]
+        labels = [a.label for a in agents] + [o.label for o in others]
         for label, b, a in zip(labels, before, after):
             rows.append({"process": label, "wakeups_per_min":
                          round((a["ctxt"] - b["ctxt"]) * 60 / opts.idle_s, 1),
@@ -232,6 +265,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--parts", default="lead,churn,idle,idle-cache",
                    help="comma-separated subset")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--micropython", default=TRIXIE_MICROPYTHON if os.access(
+        TRIXIE_MICROPYTHON, os.X_OK) else None, help="also run the agent on this MicroPython "
+        "(with ffi), side by side (default: trixie's in .ci/cache, if installed)")
+    p.add_argument("--no-micropython", dest="micropython", action="store_const", const=None)
     opts = p.parse_args(argv)
     if opts.quick:
         opts.churn_s = min(opts.churn_s, 15.0)

@@ -54,9 +54,17 @@ start_server = asyncio.start_server
 StreamReader = asyncio.StreamReader
 StreamWriter = asyncio.StreamWriter
 
+# MicroPython collects when its heap is full, so the whole heap (2 MB) is
+# touched, and resident, before the first collection.  A collection every
+# GC_THRESHOLD_BYTES of allocation keeps the touched part near what is live.
+GC_THRESHOLD_BYTES = 32 * 1024
+
 if MICROPYTHON:  # pragma: no cover - exercised under the micropython tox env
     import builtins
+    import gc
     import time as _time
+
+    gc.threshold(GC_THRESHOLD_BYTES)  # type: ignore[attr-defined]
 
     from . import _mpstream as _mp
 

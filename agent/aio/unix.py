@@ -36,8 +36,8 @@ MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
 SYS_PIDFD_SEND_SIGNAL, SYS_PIDFD_OPEN, SYS_PROCESS_MRELEASE = 424, 434, 448
 SOL_SOCKET, SO_PEERCRED = 1, 17
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-ENOENT = 2
-ESRCH = 3
+# errno values MicroPython's errno module does not name (the same on x86 and ARM)
+ENOENT, ESRCH, EBUSY, ENOSYS, ENOPROTOOPT, ENOTSUP = 2, 3, 16, 38, 92, 95
 
 if MICROPYTHON and not TYPE_CHECKING:  # pragma: no cover - exercised under MicroPython
     from . import _libc as _sys
@@ -149,7 +149,7 @@ def pidfd_open(pid: int) -> "Optional[int]":
     try:
         return _sys.pidfd_open(pid)
     except OSError as e:
-        if e.args and e.args[0] == errno.ENOSYS:
+        if e.args and e.args[0] == ENOSYS:
             return None
         raise
 

@@ -18,7 +18,6 @@ exits and has its pid reused, all before the agent accepts, is bound to
 the new process if it has the same uid.
 """
 
-import errno
 import socket
 
 from ..aio import unix
@@ -79,7 +78,7 @@ def peer_pidfd(sock: "Any") -> "Tuple[Optional[int], str]":
     try:
         pidfd: int = unix.getsockopt_int(sock, unix.SOL_SOCKET, SO_PEERPIDFD)
     except OSError as e:
-        if e.args and e.args[0] == errno.ENOPROTOOPT:
+        if e.args and e.args[0] == unix.ENOPROTOOPT:
             return None, ""  # a kernel before 6.5 (6.5-6.8 say EINVAL for a reaped peer)
         return None, "exited (SO_PEERPIDFD: %s)" % (e.args[-1] if e.args else e)
     return pidfd, ""

