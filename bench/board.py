@@ -94,6 +94,7 @@ def boot(mem: int, board: str, spec: str, runs: int, timeout_s: float, out_dir: 
             "panic": panic[0].partition("]")[2].strip() if panic else None,
             "elapsed_s": round(res.elapsed_s, 1),
             "oom_lines": (res.files.get("oom-%s.txt" % spec) or b"").decode(errors="replace"),
+            "messages": (res.files.get("messages-%s.txt" % spec) or b"").decode(errors="replace"),
             "kernel": res.kernel, "console_tail": "" if data else rig.explain(res.console)}
 
 

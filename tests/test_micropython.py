@@ -4,6 +4,7 @@ unix port: same fixtures, same traces, and the output must equal CPython's."""
 import glob
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -218,3 +219,53 @@ def test_the_dispatcher_abandons_a_hostile_hook_under_micropython(micropython_ff
     assert (calls, abandoned, skipped, disabled) == ("4", "1", "2", "['swallows']"), result
     assert int(ms) < 1000  # one 50 ms timeout, then skips (loose)
     assert "plugin swallows disabled" in out.stderr
+
+
+KILL_UNDER_MICROPYTHON = """
+import sys
+from memagent import aio
+from memagent.core.pidfs import read_stat
+from memagent.plugins.kill_background import pidkill
+pid = int(sys.argv[1])
+st = read_stat(pid, "/proc")
+async def main():
+    print("SUPPORTED", pidkill.supported())
+    wrong = await pidkill.kill(pid, st.started + 1, grace_ms=200, wait_ms=500)
+    print("REUSED", wrong.outcome, wrong.signalled)
+    r = await pidkill.kill(pid, st.started, grace_ms=300, wait_ms=3000)
+    print("KILLED", r.outcome, r.sigkill, r.mrelease)
+aio.run(main())
+"""
+
+
+def test_kill_by_pidfd_under_micropython(micropython_ffi: str) -> None:
+    # kill_background's kill on MicroPython: pidfd_open, pidfd_send_signal
+    # and process_mrelease by syscall number through ffi, with the start-time
+    # check.  The victim is this test's own child: it ignores SIGTERM and
+    # holds 64 MiB, so SIGKILL and process_mrelease both run.
+    victim = subprocess.Popen([sys.executable, "-c",
+                               "import signal, time; signal.signal(signal.SIGTERM, "
+                               "signal.SIG_IGN); b = bytearray(64 << 20); "
+                               "print('ready', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert victim.stdout is not None and victim.stdout.readline() == "ready\n"
+        with tempfile.TemporaryDirectory() as tmp:
+            package_layout(tmp)
+            out = subprocess.run([micropython_ffi, "-c", KILL_UNDER_MICROPYTHON,
+                                  str(victim.pid)],
+                                 env=dict(os.environ, MICROPYPATH=".frozen:" + tmp),
+                                 capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        lines = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines()}
+        assert lines["SUPPORTED"] == ["None"], out.stdout
+        assert lines["REUSED"] == ["reused", "False"], out.stdout  # nothing signalled
+        outcome, sigkill, mrelease = lines["KILLED"][0], lines["KILLED"][1], lines["KILLED"][2:]
+        assert (outcome, sigkill) == ("killed", "True"), out.stdout
+        # "ok", or ESRCH when the kernel had reaped it already
+        assert mrelease[0] in ("ok", "ESRCH:"), out.stdout
+        assert victim.wait(5) == -signal.SIGKILL
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()

@@ -154,20 +154,24 @@ def eventfd(initval, flags):
     return _check(_f("eventfd", "i", "ii")(initval, flags), "eventfd")
 
 
-def _syscall(number, a, b, c, what):
-    return _check(_f("syscall", "l", "llll")(number, a, b, c), what)
+def _syscall(number, args, what):
+    """syscall(number, *args), always with 4 arguments (the rest 0): a
+    variadic call reads as many as the kernel's call takes, and a missing
+    flags argument of pidfd_send_signal was garbage: EINVAL (measured)."""
+    a, b, c, d = (tuple(args) + (0, 0, 0, 0))[:4]
+    return _check(_f("syscall", "l", "lllll")(number, a, b, c, d), what)
 
 
 def pidfd_open(pid):
-    return _syscall(434, pid, 0, 0, "pidfd_open")
+    return _syscall(434, (pid, 0), "pidfd_open")
 
 
 def pidfd_send_signal(pidfd, sig):
-    _syscall(424, pidfd, sig, 0, "pidfd_send_signal")
+    _syscall(424, (pidfd, sig, 0, 0), "pidfd_send_signal")  # info NULL, flags 0
 
 
 def process_mrelease(pidfd):
-    _syscall(448, pidfd, 0, 0, "process_mrelease")
+    _syscall(448, (pidfd, 0), "process_mrelease")
 
 
 def mlockall(flags):

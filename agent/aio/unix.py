@@ -224,6 +224,17 @@ def epoll() -> "Any":
     return _sys.Epoll()
 
 
+_ERRNO_NAMES = {1: "EPERM", 2: "ENOENT", 3: "ESRCH", 4: "EINTR", 9: "EBADF", 10: "ECHILD",
+                11: "EAGAIN", 13: "EACCES", 16: "EBUSY", 22: "EINVAL", 24: "EMFILE",
+                32: "EPIPE", 38: "ENOSYS", 92: "ENOPROTOOPT", 95: "EOPNOTSUPP"}
+
+
+def errno_name(err: int) -> str:
+    """Return: the symbolic name of errno ``err`` ("ESRCH"), or its number
+    as text (MicroPython's errno names few of them)."""
+    return str(errno.errorcode.get(err) or _ERRNO_NAMES.get(err) or err)
+
+
 def why(e: BaseException) -> str:
     """Return: the text of an error for a log line: an OSError's message
     ("No such file or directory"; MicroPython's OSError has no strerror),

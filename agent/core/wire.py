@@ -155,7 +155,38 @@ def load_line(line: bytes) -> "Dict[str, Any]":
         raise ProtocolError("malformed", "not a JSON object on one line")
     if not isinstance(obj, dict):
         raise ProtocolError("malformed", "a message is a JSON object")
+    if b"\\ud" in line or b"\\uD" in line:
+        obj = _joined(obj)
     return obj
+
+
+def _join_pairs(text: str) -> str:
+    """Return: ``text`` with each UTF-16 surrogate pair as the one character
+    it encodes.  MicroPython's json leaves "\\ud83d\\ude00" (how CPython's
+    json.dumps sends an emoji) as two lone surrogates, which the name check
+    then refused; CPython's json joins them itself, and a lone one stays."""
+    out, i, n = [], 0, len(text)
+    while i < n:
+        c = ord(text[i])
+        if 0xD800 <= c <= 0xDBFF and i + 1 < n and 0xDC00 <= ord(text[i + 1]) <= 0xDFFF:
+            out.append(chr(0x10000 + ((c - 0xD800) << 10) + (ord(text[i + 1]) - 0xDC00)))
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def _joined(value: "Any") -> "Any":
+    """Return: ``value`` with :func:`_join_pairs` applied to every string
+    (keys too); nesting is bounded by the line's depth check."""
+    if isinstance(value, str):
+        return _join_pairs(value)
+    if isinstance(value, list):
+        return [_joined(v) for v in value]
+    if isinstance(value, dict):
+        return {_join_pairs(k): _joined(v) for k, v in value.items()}
+    return value
 
 
 # -- encoding ----------------------------------------------------------------

@@ -30,7 +30,6 @@ least) before reuse, so that needs 32,768 forks in one tick.
 The same on CPython and MicroPython: every call is :mod:`memagent.aio.unix`'s.
 """
 
-import errno
 
 try:
     from typing import Any, Dict, Optional, Tuple
@@ -76,7 +75,7 @@ def process_mrelease(pidfd: int) -> str:
         return "unsupported: %s" % e
     except OSError as e:
         err = e.args[0] if e.args else 0
-        return "%s: %s" % (errno.errorcode.get(err, str(err)), unix.strerror(err))
+        return "%s: %s" % (unix.errno_name(err), unix.strerror(err))
     return "ok"
 
 

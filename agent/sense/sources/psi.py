@@ -49,7 +49,7 @@ def _reason(e: OSError) -> str:
     """Return: why the kernel refused, for the log."""
     code = e.errno or 0
     known = _REASONS.get(code)
-    return known if known else "%s (%s)" % (unix.why(e), errno.errorcode.get(code, "?"))
+    return known if known else "%s (%s)" % (unix.why(e), unix.errno_name(code))
 
 
 class PsiSource(FdSource):
