@@ -98,6 +98,33 @@ def boot(mem: int, board: str, spec: str, runs: int, timeout_s: float, out_dir: 
             "kernel": res.kernel, "console_tail": "" if data else rig.explain(res.console)}
 
 
+def boots(mem: int, board: str, spec: str, opts: argparse.Namespace, out_dir: str) -> Result:
+    """``opts.runs`` handset days with ``spec``: in one boot, or with
+    ``opts.fresh`` each in a boot of its own (nothing left over from the
+    run before: the apps' memory, the agent's state).  Returns: as
+    :func:`boot`, the runs and the logs of every boot together, the FACTs
+    of each FACT key joined with ";" as the scenario does within a boot.
+    Raises: RuntimeError."""
+    if not opts.fresh:
+        return boot(mem, board, spec, opts.runs, opts.timeout_s, out_dir)
+    parts = [boot(mem, board, spec, 1, opts.timeout_s, "%s-%d" % (out_dir, i))
+             for i in range(opts.runs)]
+    merged = dict(parts[0])
+    merged["runs"] = [r for p in parts for r in p["runs"]]
+    keys = {k for p in parts for k in p["facts"]}
+    merged["facts"] = {k: ";".join(p["facts"].get(k, "None") for p in parts) for k in keys}
+    # the tools' memory is measured once per boot: the first boot's figures
+    merged["facts"].update({k: v for k, v in parts[0]["facts"].items()
+                            if k.startswith(("tool_", "micropython_", "python3_", "bare_"))})
+    merged["results"] = [r for p in parts for r in p["results"]]
+    merged["timed_out"] = any(p["timed_out"] for p in parts)
+    merged["panic"] = next((p["panic"] for p in parts if p["panic"]), None)
+    merged["elapsed_s"] = round(sum(p["elapsed_s"] for p in parts), 1)
+    for key in ("oom_lines", "messages", "console_tail"):
+        merged[key] = "".join(p[key] for p in parts)
+    return merged
+
+
 def _median(values: List[Any]) -> Optional[float]:
     kept = [v for v in values if v is not None]
     return statistics.median(kept) if kept else None
@@ -223,7 +250,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     """Return: the options."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--mem", default="128,64", help="guest RAM sizes in MB (128, 64)")
-    p.add_argument("--runs", type=int, default=3, help="handset days per boot")
+    p.add_argument("--runs", type=int, default=3, help="handset days per boot (per "
+                   "contestant, with --fresh)")
+    p.add_argument("--fresh", action="store_true", help="a fresh boot for each run")
     p.add_argument("--contestant", "--contestants", action="append", dest="contestants",
                    metavar="NAME[,NAME]",
                    help="%s; repeatable or comma-separated (default: %s)"
@@ -259,8 +288,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             board, parts, rows = BOARDS[mem], {}, []
             for spec in opts.contestants:
                 try:
-                    part = boot(mem, board, spec, opts.runs, opts.timeout_s,
-                                os.path.join(tmp, "%d-%s" % (mem, spec)))
+                    part = boots(mem, board, spec, opts, os.path.join(tmp, "%d-%s" % (mem, spec)))
                 except RuntimeError as e:
                     print("bench.board: %s" % e, file=sys.stderr)
                     return 1
