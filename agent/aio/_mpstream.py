@@ -33,6 +33,7 @@ READ_CHUNK = 4096
 IN_BUDGET_BYTES = 256 * 1024
 _held = [0]  # bytes held in every UnixStream's input buffer
 ACCEPT_BACKOFF_MS = 100  # out of fds: the listening socket stays readable
+ACCEPT_BATCH = 16  # connections accepted per wake, then the others run
 
 
 def _wait_read(obj):
@@ -237,15 +238,18 @@ class UnixServer:
     async def _accept_loop(self):
         while True:
             await _wait_read(self.sock)
-            try:
-                conn, _ = self.sock.accept()
-            except OSError as e:
-                if e.args[0] in (EMFILE, ENFILE):
-                    await asyncio.sleep_ms(ACCEPT_BACKOFF_MS)
-                continue
-            conn.setblocking(False)
-            stream = UnixStream(conn, self.limit)
-            asyncio.create_task(self.handler(stream, stream))
+            # Drain the backlog per wake (at most ACCEPT_BATCH): one accept
+            # per wake left a flood's clients with EAGAIN from connect().
+            for _ in range(ACCEPT_BATCH):
+                try:
+                    conn, _ = self.sock.accept()
+                except OSError as e:
+                    if e.args[0] in (EMFILE, ENFILE):
+                        await asyncio.sleep_ms(ACCEPT_BACKOFF_MS)
+                    break
+                conn.setblocking(False)
+                stream = UnixStream(conn, self.limit)
+                asyncio.create_task(self.handler(stream, stream))
 
     def close(self):
         """Stop accepting and close the listening socket."""
