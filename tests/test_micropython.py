@@ -269,3 +269,30 @@ def test_kill_by_pidfd_under_micropython(micropython_ffi: str) -> None:
         if victim.poll() is None:
             victim.kill()
             victim.wait()
+
+
+SURROGATES = r"""
+from memagent.core.wire import load_line
+from memagent.core.protocol import check_name
+obj = load_line(b'{"name": "\\ud83d\\ude00x", "lone": "\\ud800", "k\\ud83d\\ude01": 1}')
+def code_points(text):
+    return "-".join("%x" % ord(c) for c in text)
+print(code_points(obj["name"]), code_points(obj["lone"]), sorted(code_points(k) for k in obj))
+print(check_name(obj["name"]) == obj["name"])
+"""
+
+
+def test_escaped_surrogate_pairs_decode_as_on_cpython(micropython: str) -> None:
+    # CPython's json.dumps sends an emoji as "\ud83d\ude00"; MicroPython's
+    # json left two lone surrogates, and the agent refused such app names.
+    outs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        package_layout(tmp)
+        for cmd, env in (([micropython], {"MICROPYPATH": ".frozen:" + tmp}),
+                         ([sys.executable], {"PYTHONPATH": tmp})):
+            out = subprocess.run(cmd + ["-c", SURROGATES], env=dict(os.environ, **env),
+                                 capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out.stderr
+            outs.append(out.stdout)
+    assert outs[0] == outs[1], outs
+    assert outs[1].startswith("1f600-78 d800 ") and "True" in outs[1], outs
