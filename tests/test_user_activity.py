@@ -331,7 +331,7 @@ import sys
 
 from memagent.aio import unix
 from memagent.plugins.user_activity import reader
-from memagent.plugins.user_activity.plugin import drain
+from memagent.plugins.user_activity.plugin import UserActivity, drain
 
 data, tmp, fifo = sys.argv[1:4]
 
@@ -421,6 +421,29 @@ fd = unix.open_fd("/dev/ptmx", unix.O_RDWR)
 pty = struct.unpack("I", unix.ioctl_read(fd, 0x80045430, 4))[0]
 unix.close(fd)
 say("ioctl", {"via": unix.VIA, "pty_number_is_small": 0 <= pty < 65536})
+
+# The plugin's rescan over FIFO devices (its epoll set by hand: no Agent
+# here): a device whose writer has gone hangs up (select.poll) and is
+# dropped, then opened again under the same name.
+ua = UserActivity(opener=reader.EvdevReader)
+ua._epoll = unix.epoll()
+ua.pattern = tmp + "/event*"
+first = ua.rescan()
+w = unix.open_fd(tmp + "/event0", unix.O_WRONLY | unix.O_NONBLOCK)
+unix.write(w, struct.pack(reader.NATIVE, 0, 0, 1, 30, 1) +  # KEY_A pressed, in this layout
+           struct.pack(reader.NATIVE, 0, 0, 0, 0, 0))  # SYN_REPORT
+n = drain(ua.devices[tmp + "/event0"], 4)
+unix.close(w)
+second = ua.rescan()
+ua._epoll.close()
+
+
+def names(paths):
+    return [p.rsplit("/", 1)[1] for p in paths]
+
+
+say("rescan", {"first": [names(x) for x in first], "drain": list(n),
+               "after_hang_up": [names(x) for x in second], "dropped": ua.dropped})
 """
 
 
@@ -431,6 +454,7 @@ def run_reader_script(cmd: "List[str]", tmp: str, env: "Dict[str, str]") -> "Dic
     os.makedirs(work)
     fifo = os.path.join(work, "fifo")
     os.mkfifo(fifo)
+    os.mkfifo(os.path.join(work, "event0"))
     script = os.path.join(work, "reader_script.py")
     with open(script, "w") as f:
         f.write(READER_SCRIPT)
@@ -470,6 +494,8 @@ def test_the_reader_is_the_same_on_cpython_and_micropython(tmp_path: Any) -> Non
     assert fifo["events"] == cp["keyboard"]["events"] and fifo["pendings"][-1] == 0
     assert cp["refused"] == {"errors": [[errno.ENOTTY, "Inappropriate ioctl for device"]] * 2,
                              "fds_leaked": 0}
+    assert cp["rescan"] == {"first": [["event0"], []], "drain": [2, 1],
+                            "after_hang_up": [["event0"], ["event0"]], "dropped": 1}
 
 
 def test_drain_is_bounded_and_ends_at_a_hang_up(tmp_path: Any) -> None:
