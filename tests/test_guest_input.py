@@ -1,6 +1,8 @@
-"""The user_activity plugin on real evdev devices: uinput keyboards in the
-qemu ARM guest (this machine has no /dev/uinput and no python-evdev; the guest
-has both).  Judged by the FACT and RESULT lines of scenarios/input.py.
+"""The user_activity plugin on real evdev devices: uinput keyboards, a touch
+screen and an accelerometer in the qemu ARM guest (this machine has no
+/dev/uinput; the guest has it, and python-evdev to make the devices and to
+check the plugin's own reader against).  Judged by the FACT and RESULT lines
+of scenarios/input.py.
 """
 
 import os
@@ -16,6 +18,15 @@ SCENARIO = os.path.join(RIG_DIR, "scenarios", "input.py")
 
 def test_user_activity_on_uinput_keyboards(tmp_path: Any) -> None:
     _, facts = boot_script(SCENARIO, str(tmp_path))
+    # Phase 0: the reader parses what python-evdev parses (checked in the
+    # guest, record by record), from 16-byte records; its ioctls work on ARM.
+    assert facts["event_size"] == "16"
+    assert facts["kbd_name"] == "memagent-capture-kbd" and facts["kbd_events"] == "18"
+    assert facts["kbd_bytes"] == "288" and facts["touch_events"] == "50"
+    assert facts["kbd_props"] == "" and facts["touch_props"] == "1"  # INPUT_PROP_DIRECT
+    assert facts["accel_props"] == "6"  # INPUT_PROP_ACCELEROMETER
+    assert facts["not_evdev"] == "25 Inappropriate ioctl for device"  # /dev/null: ENOTTY
+    assert facts["ignored_at_start"].endswith(":accelerometer")
     assert "memagent-kbd1" in facts["devices_at_start"].split(",")
     # Loose bounds: the guest runs under TCG.
     assert int(facts["key_to_active_ms"]) < 1000

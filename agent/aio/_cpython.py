@@ -150,3 +150,13 @@ class Epoll:
     def close(self) -> None:
         """Close the epoll fd (the members stay open)."""
         self._ep.close()
+
+
+def ioctl_read(fd: int, request: int, size: int) -> bytes:
+    """fcntl.ioctl with a ``size``-byte buffer the kernel fills (mutable,
+    so no 1024-byte limit)."""
+    import fcntl
+
+    buf = bytearray(size)
+    fcntl.ioctl(fd, request, buf, True)
+    return bytes(buf)

@@ -305,3 +305,14 @@ class Epoll:
         if self.fd >= 0:
             close(self.fd)
             self.fd = -1
+
+
+def ioctl_read(fd, request, size):
+    """libc's ioctl(fd, request, buf): the request passed as an unsigned
+    long ("L": ffi keeps the bits of an int above 2**31 on 32-bit ARM).
+    ioctl is variadic; called as a fixed (int, unsigned long, pointer)
+    function it gets the same registers on x86_64 and ARM EABI (integer
+    arguments only)."""
+    buf = bytearray(size)
+    _check(_f("ioctl", "i", "iLp")(fd, request, buf), "ioctl")
+    return bytes(buf)

@@ -277,3 +277,12 @@ def stderr_is_null() -> bool:
     except OSError:
         return True
     return (err[1], err[2]) == (null[1], null[2])
+
+
+def ioctl_read(fd: int, request: int, size: int) -> bytes:
+    """ioctl(2) ``request`` (an unsigned long: _IOR numbers have bit 31 set)
+    on ``fd`` with a ``size``-byte buffer the kernel fills (EVIOCGNAME,
+    EVIOCGPROP, TIOCGPTN ...).  Returns: the whole buffer (the caller
+    knows where its data ends).  Raises: OSError (ENOTTY: ``fd`` is not
+    the kind of file that answers ``request``)."""
+    return _sys.ioctl_read(fd, request, size)

@@ -1,9 +1,19 @@
 """The user_activity plugin on real input devices: uinput keyboards in the guest.
 
-input.py
+input.py [capture]
+
+Phase 0, the reader (plugins/user_activity/reader.py, no python-evdev)
+against python-evdev on the same uinput devices: a keyboard types "hi" as a
+USB keyboard reports it (scan code, key, sync) and an autorepeat, a touch
+screen swipes; every record the reader parses equals python-evdev's, and the
+raw bytes parse the same with the armhf layout.  The name and the input
+properties (INPUT_PROP_DIRECT, INPUT_PROP_ACCELEROMETER) come from the
+reader's own ioctls.  The raw bytes are handed back (armhf-keyboard.bin,
+armhf-touch.bin: tests/data/evdev/).  With ``capture``, only this phase.
 
 Phase 1, the agent in this process (loaded by the real plugin loader, only
-user_activity enabled, idle_after_ms = 1500): a uinput keyboard types, the
+user_activity enabled, idle_after_ms = 1500; a uinput accelerometer is
+skipped): a uinput keyboard types, the
 activity goes active, then idle 1.5 s after the last key; a fake backlight
 turns it to screen-off; the keyboard is destroyed (the plugin drops it, the
 agent runs on); a new one is watched after rescan(), another after an
@@ -22,6 +32,7 @@ it acts on is its own, inside this throw-away guest.
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -34,6 +45,7 @@ from memagent import aio
 from memagent.core.config import load_config
 from memagent.core.levels import LOW, NORMAL, Notification
 from memagent.ipc.control import query
+from memagent.plugins.user_activity import reader
 from memagent.runtime.agent import Agent
 
 BACKLIGHT = "/tmp/backlight/panel/bl_power"
@@ -68,11 +80,156 @@ def keyboard(name):
     return ui
 
 
+def wait_node(ui):
+    """Return: ``ui`` once its event node exists."""
+    deadline = time.monotonic() + 5
+    while not os.path.exists(ui.device.path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return ui
+
+
+def accelerometer(name):
+    """Return: a uinput accelerometer (EV_ABS x, y, z; INPUT_PROP_ACCELEROMETER)."""
+    axis = evdev.AbsInfo(0, -512, 512, 0, 0, 0)
+    return wait_node(evdev.UInput({ecodes.EV_ABS: [(ecodes.ABS_X, axis), (ecodes.ABS_Y, axis),
+                                                   (ecodes.ABS_Z, axis)]},
+                                  name=name, input_props=[ecodes.INPUT_PROP_ACCELEROMETER]))
+
+
 def press(ui, value=None):
     """Press and release KEY_A (or send one report with ``value``)."""
     for v in (1, 0) if value is None else (value,):
         ui.write(ecodes.EV_KEY, ecodes.KEY_A, v)
         ui.syn()
+
+
+# -- phase 0: the reader against python-evdev, the captures ----------------------
+
+
+def drain_all(device):
+    """Return: every event ``device`` (the reader or python-evdev's) holds."""
+    out = []
+    while True:
+        try:
+            batch = list(device.read())
+        except BlockingIOError:
+            return out
+        if not batch:
+            return out
+        out.extend(batch)
+
+
+def raw_bytes(fd):
+    """Return: every byte the non-blocking ``fd`` holds."""
+    data = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def type_hi(ui):
+    """Type "hi" as a USB keyboard reports it, then hold "a" (a repeat)."""
+    for code, scan in ((ecodes.KEY_H, 0x7000B), (ecodes.KEY_I, 0x7000C)):
+        for v in (1, 0):
+            ui.write(ecodes.EV_MSC, ecodes.MSC_SCAN, scan)
+            ui.write(ecodes.EV_KEY, code, v)
+            ui.syn()
+    for v in (1, 2, 0):
+        ui.write(ecodes.EV_KEY, ecodes.KEY_A, v)
+        ui.syn()
+
+
+def swipe(ui):
+    """One finger down, 8 moves, up (type B multitouch and the single-touch axes)."""
+    ui.write(ecodes.EV_ABS, ecodes.ABS_MT_SLOT, 0)
+    ui.write(ecodes.EV_ABS, ecodes.ABS_MT_TRACKING_ID, 7)
+    ui.write(ecodes.EV_KEY, ecodes.BTN_TOUCH, 1)
+    for i in range(9):
+        for mt, st, v in ((ecodes.ABS_MT_POSITION_X, ecodes.ABS_X, 100 + 40 * i),
+                          (ecodes.ABS_MT_POSITION_Y, ecodes.ABS_Y, 900 - 20 * i)):
+            ui.write(ecodes.EV_ABS, mt, v)
+            ui.write(ecodes.EV_ABS, st, v)
+        ui.syn()
+    ui.write(ecodes.EV_ABS, ecodes.ABS_MT_TRACKING_ID, -1)
+    ui.write(ecodes.EV_KEY, ecodes.BTN_TOUCH, 0)
+    ui.syn()
+
+
+def touchscreen(name):
+    """Return: a uinput touch screen (INPUT_PROP_DIRECT)."""
+    def axis(high):
+        return evdev.AbsInfo(0, 0, high, 0, 0, 0)
+    caps = {ecodes.EV_KEY: [ecodes.BTN_TOUCH],
+            ecodes.EV_ABS: [(ecodes.ABS_X, axis(719)), (ecodes.ABS_Y, axis(1279)),
+                            (ecodes.ABS_MT_SLOT, axis(9)),
+                            (ecodes.ABS_MT_TRACKING_ID, evdev.AbsInfo(0, 0, 65535, 0, 0, 0)),
+                            (ecodes.ABS_MT_POSITION_X, axis(719)),
+                            (ecodes.ABS_MT_POSITION_Y, axis(1279))]}
+    return wait_node(evdev.UInput(caps, name=name, input_props=[ecodes.INPUT_PROP_DIRECT]))
+
+
+def compare(label, ui, act):
+    """Open ``ui``'s node three ways (raw fd, the reader, python-evdev), run
+    ``act(ui)``, compare.  Returns: the raw bytes."""
+    path = ui.device.path
+    raw = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    ours = reader.open_evdev(path)
+    theirs = evdev.InputDevice(path)
+    try:
+        act(ui)
+        time.sleep(0.2)
+        data = raw_bytes(raw)
+        mine = [tuple(e) for e in drain_all(ours)]
+        want = [(e.sec, e.usec, e.type, e.code, e.value) for e in drain_all(theirs)]
+        fact("%s_name" % label, ours.name)
+        fact("%s_props" % label, ",".join(str(p) for p in ours.input_props()))
+        fact("%s_events" % label, len(mine))
+        fact("%s_bytes" % label, len(data))
+        armhf = reader.ARMHF
+        size = struct.calcsize(armhf)
+        parsed = [struct.unpack_from(armhf, data, at) for at in range(0, len(data), size)]
+        check(ours.name == theirs.name == ui.device.name, "%s: name %r" % (label, ours.name))
+        check(len(mine) > 10 and mine == want, "%s: the reader's events are python-evdev's"
+              % label)
+        check(len(data) == size * len(mine) and parsed == mine,
+              "%s: the raw bytes parse as %s" % (label, armhf))
+        check(ours.pending == 0, "%s: no cut record on an evdev node" % label)
+    finally:
+        os.close(raw)
+        ours.close()
+        theirs.close()
+    return data
+
+
+def phase_reader():
+    fact("event_size", struct.calcsize(reader.NATIVE))
+    check(struct.calcsize(reader.NATIVE) == 16, "struct input_event is 16 bytes on armhf")
+    caps = {ecodes.EV_KEY: [ecodes.KEY_A, ecodes.KEY_H, ecodes.KEY_I],
+            ecodes.EV_MSC: [ecodes.MSC_SCAN]}
+    kbd = wait_node(evdev.UInput(caps, name="memagent-capture-kbd"))
+    touch = touchscreen("memagent-capture-touch")
+    accel = accelerometer("memagent-capture-accel")
+    try:
+        rigguest.handback("armhf-keyboard.bin", data=compare("kbd", kbd, type_hi))
+        rigguest.handback("armhf-touch.bin", data=compare("touch", touch, swipe))
+        dev = reader.open_evdev(accel.device.path)
+        props = dev.input_props()
+        dev.close()
+        fact("accel_props", ",".join(str(p) for p in props))
+        check(props == [ecodes.INPUT_PROP_ACCELEROMETER], "accelerometer: props %s" % props)
+        try:
+            reader.open_evdev("/dev/null")
+            check(False, "/dev/null opened as an evdev node")
+        except OSError as e:
+            fact("not_evdev", "%s %s" % (e.errno, os.strerror(e.errno)))
+    finally:
+        for ui in (kbd, touch, accel):
+            ui.close()
 
 
 # -- phase 1: the states and the devices, in process ----------------------------------
@@ -91,6 +248,7 @@ async def until(cond, timeout_ms=8000):
 async def phase_states():
     sock = "/run/ua-states.sock"
     write_conf("/tmp/states.conf", sock, 1500)
+    accel = accelerometer("memagent-accel")
     kbd1 = keyboard("memagent-kbd1")
     agent = Agent(load_config("/tmp/states.conf"), config_path="/tmp/states.conf")
     plugins = {p.name: p for p in agent.dispatcher.plugins}
@@ -106,6 +264,9 @@ async def phase_states():
     fact("devices_at_start", ",".join(names))
     check("memagent-kbd1" in names and view["unavailable"] is None, "kbd1 watched at start")
     check(st["activity"]["feeder"] == "evdev", "feeding")
+    ignored = view["state"]["ignored"]
+    fact("ignored_at_start", ",".join("%s:%s" % item for item in sorted(ignored.items())))
+    check(ignored.get(accel.device.path) == "accelerometer", "the accelerometer skipped")
 
     check(await until(lambda: state() == "idle") is not None, "idle after start")
     press(kbd1)
@@ -158,6 +319,7 @@ async def phase_states():
     check(code == 0 and not plugin.devices and agent.activity.feeder is None, "clean stop")
     kbd2.close()
     kbd3.close()
+    accel.close()
 
 
 # -- phase 2: what input costs the agent ------------------------------------------
@@ -241,6 +403,10 @@ def phase_cost(label, idle_ms, calm_s):
 
 
 def main():
+    phase_reader()
+    if sys.argv[1:] == ["capture"]:
+        check.finish("the reader reads what python-evdev reads; captures handed back")
+        return
     aio.run(phase_states())
     calm, quiet = phase_cost("quiet", 60000, 4)
     _, eager = phase_cost("eager", 0, 0)

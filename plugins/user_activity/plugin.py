@@ -1,13 +1,12 @@
 """The built-in plugin ``user_activity``: is the user there?  Reads the input
-devices (python-evdev) and records the last user input time in the agent's
-user presence (``services.presence``), which ``kill_background`` consults.
-It also sets that presence up from ``[user_activity] idle_after_ms`` and
-``backlight``.
+devices (:mod:`.reader`: struct input_event straight from the evdev nodes)
+and records the last user input time in the agent's user presence
+(``services.presence``), which ``kill_background`` consults.  It also sets
+that presence up from ``[user_activity] idle_after_ms`` and ``backlight``.
 
-CPython only: python-evdev is a C extension, and the devices are multiplexed
-with ``select.epoll``.  Without python-evdev the plugin sets ``unavailable``,
-logs it once, and the agent runs on; the activity state stays ``"unknown"``
-(policy treats that as active).
+The same on CPython and MicroPython: open, read and the two ioctls (name,
+input properties) go through :mod:`memagent.aio.unix`, the devices are
+multiplexed with its epoll.  No python-evdev.
 
 How it reads, in one place: every matched device (``[user_activity] devices``,
 default ``/dev/input/event*``) is registered in one epoll object, and one task
@@ -28,7 +27,9 @@ re-matches the pattern; ``on_device`` calls it for an input event device
 added or removed (published by ``device_watch`` from uevents), and
 ``on_pressure`` calls it too (a listdir and a zero-timeout poll per device,
 no timer).  Accelerometers (INPUT_PROP_ACCELEROMETER) are skipped:
-they report EV_ABS all the time without a user.
+they report EV_ABS all the time without a user.  A matched node that is no
+evdev node (``/dev/input/mouse0`` under ``devices = /dev/input/*``) fails to
+open (ENOTTY) and is never read.
 """
 
 import select
@@ -46,16 +47,17 @@ from memagent.core.config import Key
 from memagent.core.logs import get_logger
 from memagent.runtime.services import Activity, Services
 
+from . import reader
+
 log = get_logger("memagent.plugin.user_activity")
 
 FEEDER = "evdev"
-MISSING = "python-evdev is not installed (apt install python3-evdev, or pip install evdev)"
-# Event types from linux/input-event-codes.h (kernel ABI, so no evdev.ecodes).
+# Event types from linux/input-event-codes.h (kernel ABI).
 EV_SYN, EV_KEY, EV_REL, EV_ABS, EV_MSC = 0, 1, 2, 3, 4
 USER_EVENTS = (EV_KEY, EV_REL, EV_ABS)
 INPUT_PROP_ACCELEROMETER = 6
-# python-evdev reads at most 64 events per read(); 4 reads cover a keyboard's
-# whole kernel buffer (64 events) and most of a touch screen's.  What is
+# A read() returns at most 64 events (reader.READ_EVENTS); 4 reads cover a
+# keyboard's whole kernel buffer (64 events) and most of a touch screen's.  What is
 # left keeps the epoll fd readable and is read on the next wake.
 READS_PER_WAKE = 4
 QUIET_MAX_MS = 1000
@@ -73,7 +75,8 @@ def drain(device: Any, reads: int = READS_PER_WAKE) -> Tuple[int, int]:
     """Read what ``device`` holds, at most ``reads`` times.
 
     Returns: (events read, of which user input).  Raises: OSError from the
-    read (ENODEV: the device is gone); BlockingIOError only ends the drain.
+    read (ENODEV: the device is gone); BlockingIOError (nothing left) and an
+    empty batch (EOF, or part of a record) only end the drain.
     """
     total = user = 0
     for _ in range(reads):
@@ -81,22 +84,11 @@ def drain(device: Any, reads: int = READS_PER_WAKE) -> Tuple[int, int]:
             batch = list(device.read())
         except BlockingIOError:
             break
+        if not batch:
+            break
         total += len(batch)
         user += sum(1 for event in batch if event.type in USER_EVENTS)
     return total, user
-
-
-def evdev_opener() -> Tuple[Optional[Opener], Optional[str]]:
-    """Return: (python-evdev's InputDevice, None), or (None, why it cannot be
-    imported)."""
-    try:
-        import evdev
-    except ImportError:
-        return None, MISSING
-    except Exception as e:  # a broken install: report it, never crash the agent
-        return None, "python-evdev cannot be imported: %s: %s" % (type(e).__name__, e)
-    opener: Opener = evdev.InputDevice
-    return opener, None
 
 
 def expand_star(pattern: str) -> "List[str]":
@@ -120,13 +112,14 @@ def is_accelerometer(device: Any) -> bool:
     """Return: True if ``device`` says it is an accelerometer (input property)."""
     try:
         return INPUT_PROP_ACCELEROMETER in device.input_props()
-    except Exception:  # no input_props (old evdev, a stand-in) or the ioctl failed
+    except Exception:  # no input_props (a stand-in), or the ioctl failed (a FIFO, Linux < 3.7)
         return False
 
 
-def _why(e: Exception) -> str:
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror
+def _why(e: BaseException) -> str:
+    """Return: an OSError's message, else "Type: message"."""
+    if isinstance(e, OSError):
+        return unix.why(e)
     return "%s: %s" % (type(e).__name__, e)
 
 
@@ -134,7 +127,8 @@ class UserActivity:
     """Feeds the agent's Activity from evdev input (see the module docstring).
 
     ``opener`` (path -> device with ``fileno()``, ``read()``, ``close()`` and
-    ``name``) defaults to ``evdev.InputDevice``, imported at start.
+    ``name``; ``input_props()`` if it can tell) defaults to
+    :func:`.reader.open_evdev`, looked up at start.
     """
 
     name = "user_activity"
@@ -171,8 +165,7 @@ class UserActivity:
 
     async def on_start(self, services: Optional[Services] = None, **kwargs: Any) -> None:
         """Set the user presence up from the config, open the matching
-        devices and start the reading task; without python-evdev, set
-        ``unavailable`` and log it once."""
+        devices and start the reading task."""
         if services is None:
             return
         config = services.config
@@ -181,11 +174,7 @@ class UserActivity:
         self.pattern = config.get_str("devices")
         self.quiet_ms = quiet_ms_for(self.presence.idle_after_ms)
         if self.opener is None:
-            self.opener, why = evdev_opener()
-            if self.opener is None:
-                self.unavailable = why
-                log.warning("plugin %s unavailable: %s", self.name, why)
-                return
+            self.opener = reader.open_evdev
         self._epoll = unix.epoll()
         self._watch = aio.FdWatch(self._epoll.fileno())
         self.rescan()
@@ -223,8 +212,7 @@ class UserActivity:
         """Re-match ``[user_activity] devices``: drop the open devices that
         are no longer there or have hung up, open the new ones.
 
-        Returns: (paths opened, paths dropped); ([], []) before start or
-        without python-evdev.
+        Returns: (paths opened, paths dropped); ([], []) before start.
         """
         if self._epoll is None:
             return [], []
@@ -261,7 +249,7 @@ class UserActivity:
         assert self.opener is not None and self._epoll is not None
         try:
             device = self.opener(path)
-        except Exception as e:  # EACCES, ENODEV, not an evdev node: try again at the next rescan
+        except Exception as e:  # EACCES, ENODEV, ENOTTY (no evdev node): retried at rescans
             why = _why(e)
             if self._failed.get(path) != why:
                 log.info("user_activity: cannot open %s: %s", path, why)
