@@ -99,7 +99,8 @@ MICROPYTHON_MODULES = (
     "memagent.runtime.agent", "memagent.runtime.pluginload", "memagent.runtime.plainlog",
     "memagent.cli", "memagent.plugins.release_caches.plugin",
     "memagent.plugins.kill_background.pidkill", "memagent.plugins.kill_background.plugin",
-    "memagent.plugins.user_activity", "memagent.plugins.device_watch",
+    "memagent.plugins.user_activity", "memagent.plugins.user_activity.reader",
+    "memagent.plugins.user_activity.plugin", "memagent.plugins.device_watch",
     "memagent.plugins.notify_ui",
 )
 BANNED = ("import re\n", "import dataclasses", "from dataclasses", "from __future__",

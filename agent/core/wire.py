@@ -156,7 +156,8 @@ def load_line(line: bytes) -> "Dict[str, Any]":
     if not isinstance(obj, dict):
         raise ProtocolError("malformed", "a message is a JSON object")
     if b"\\ud" in line or b"\\uD" in line:
-        obj = _joined(obj)
+        joined: "Dict[str, Any]" = _joined(obj)
+        return joined
     return obj
 
 

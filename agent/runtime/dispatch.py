@@ -205,7 +205,7 @@ class Dispatcher:
     def describe(self) -> "List[Dict[str, Any]]":
         """Return: one dict per plugin for ``memagent status``: its ``name``,
         ``unavailable`` (the plugin's attribute of that name: why it cannot
-        work here, e.g. "install python3-evdev"; None when it works) and
+        work here, e.g. "install python3-jeepney"; None when it works) and
         ``state`` (what its ``status()`` method returns, if it has one; an
         error there is reported in place, never raised)."""
         out = []

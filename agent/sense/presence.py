@@ -1,6 +1,6 @@
 """Is the user there?  The agent's view of user activity and the screen.
 
-The plugin ``user_activity`` (python-evdev) calls :meth:`Activity.note_input`
+The plugin ``user_activity`` (it reads evdev nodes) calls :meth:`Activity.note_input`
 on every input event; other code only asks :meth:`Activity.state`.  The
 screen is read from the backlight's ``bl_power`` only when asked (no timer:
 reading it at pressure time costs nothing while calm).
