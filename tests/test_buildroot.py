@@ -672,7 +672,7 @@ def _check_micropython_tree(target: str, mpy_lib: str) -> None:
             assert os.stat(path).st_mode & 0o777 == 0o644, path
             found.add(os.path.relpath(path, lib).replace(os.sep, "/"))
     want = _mpy_sources()
-    for rel in ("memagent/__init__.py", "memagent/__main__.py", "memagent/aio.py",
+    for rel in ("memagent/__init__.py", "memagent/__main__.py", "memagent/aio/__init__.py",
                 "memagent/cli.py", "memagent/runtime/agent.py", "memagent/plugins/__init__.py",
                 "memagent/plugins/kill_background/victims.py"):
         assert rel in want, rel
