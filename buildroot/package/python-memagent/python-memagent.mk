@@ -11,7 +11,8 @@
 # One package, two infrastructures (the choice in Config.in): for python3,
 # the python-package infrastructure builds and installs a wheel (the end of
 # this file); for micropython, which has no packaging and no python3 on the
-# target, the generic one copies the sources (the MicroPython part below).
+# target, the generic one copies the sources, compiled to .mpy bytecode by
+# default (the MicroPython part below).
 PYTHON_MEMAGENT_SITE = $(BR2_EXTERNAL_MEMAGENT_PATH)/..
 PYTHON_MEMAGENT_SITE_METHOD = local
 # pyproject.toml: license = "GPL-2.0-or-later"; the repository has no
@@ -77,6 +78,10 @@ ifeq ($(BR2_PACKAGE_PYTHON_MEMAGENT_MICROPYTHON),y)
 # FFI and pure-Python versions (json alone takes 64 KiB more of the heap).
 PYTHON_MEMAGENT_MPY_LIB = /usr/lib/memagent/micropython
 
+# micropython runs the agent, and its build directory has the mpy-cross
+# that compiles the bytecode below.
+PYTHON_MEMAGENT_DEPENDENCIES += micropython
+
 # The installed layout: agent/ as memagent/, plugins/ as memagent/plugins/,
 # the .py files only (what the wheel has, less py.typed), and not
 # memagent.demo (see PYTHON_MEMAGENT_REMOVE_DEMO below). rsync takes the
@@ -85,7 +90,29 @@ PYTHON_MEMAGENT_MPY_RSYNC = rsync -r --chmod=D0755,F0644 --prune-empty-dirs
 PYTHON_MEMAGENT_MPY_ONLY_PY = --exclude=__pycache__/ \
 	--include='*/' --include='*.py' --exclude='*'
 
+ifeq ($(BR2_PACKAGE_PYTHON_MEMAGENT_MPY_BYTECODE),y)
+# micropython.mk builds mpy-cross for the build machine in its build
+# directory (MICROPYTHON_BUILD_CMDS makes its mpy-cross directory, whose
+# Makefile has BUILD ?= build and PROG = mpy-cross). Being the target
+# micropython's own version, it writes bytecode that interpreter loads:
+# micropython refuses a .mpy of another .mpy version (MPY_VERSION).
+PYTHON_MEMAGENT_MPY_CROSS = $(MICROPYTHON_DIR)/mpy-cross/build/mpy-cross
+
+# Each installed .py becomes a .mpy, and the .py goes: micropython
+# imports x.py rather than x.mpy when both are there. -s names the source
+# in tracebacks as memagent/... (the path in the tree).
+define PYTHON_MEMAGENT_MPY_COMPILE
+	(cd $(TARGET_DIR)$(PYTHON_MEMAGENT_MPY_LIB) && \
+	for src in $$(find memagent -name '*.py' | LC_ALL=C sort); do \
+		$(PYTHON_MEMAGENT_MPY_CROSS) -s $$src -o $${src%.py}.mpy $$src \
+			|| exit 1; \
+		chmod 0644 $${src%.py}.mpy && rm $$src || exit 1; \
+	done)
+endef
+endif
+
 # rm -rf first: a module removed from the sources must go from the target.
+# The sources are copied, then compiled in place with the bytecode option.
 define PYTHON_MEMAGENT_INSTALL_TARGET_CMDS
 	rm -rf $(TARGET_DIR)$(PYTHON_MEMAGENT_MPY_LIB)
 	mkdir -p $(TARGET_DIR)$(PYTHON_MEMAGENT_MPY_LIB)
@@ -93,6 +120,7 @@ define PYTHON_MEMAGENT_INSTALL_TARGET_CMDS
 		$(@D)/agent/ $(TARGET_DIR)$(PYTHON_MEMAGENT_MPY_LIB)/memagent
 	$(PYTHON_MEMAGENT_MPY_RSYNC) $(PYTHON_MEMAGENT_MPY_ONLY_PY) \
 		$(@D)/plugins/ $(TARGET_DIR)$(PYTHON_MEMAGENT_MPY_LIB)/memagent/plugins
+	$(PYTHON_MEMAGENT_MPY_COMPILE)
 	$(INSTALL) -D -m 0755 $(@D)/board/common/micropython/memagent \
 		$(TARGET_DIR)/usr/bin/memagent
 endef
