@@ -115,7 +115,7 @@ def boots(mem: int, board: str, spec: str, opts: argparse.Namespace, out_dir: st
     merged["facts"] = {k: ";".join(p["facts"].get(k, "None") for p in parts) for k in keys}
     # the tools' memory is measured once per boot: the first boot's figures
     merged["facts"].update({k: v for k, v in parts[0]["facts"].items()
-                            if k.startswith(("tool_", "micropython_", "python3_", "bare_"))})
+                            if k.startswith(("tool_", "micropython_", "python_", "bare_"))})
     merged["results"] = [r for p in parts for r in p["results"]]
     merged["timed_out"] = any(p["timed_out"] for p in parts)
     merged["panic"] = next((p["panic"] for p in parts if p["panic"]), None)
