@@ -297,3 +297,22 @@ def test_escaped_surrogate_pairs_decode_as_on_cpython(micropython: str) -> None:
             outs.append(out.stdout)
     assert outs[0] == outs[1], outs
     assert outs[1].startswith("1f600-78 d800 ") and "True" in outs[1], outs
+
+
+def test_the_shims_micropython_internals_are_pinned(micropython_ffi: str) -> None:
+    # The shim parks tasks in MicroPython's asyncio IOQueue (core._io_queue),
+    # a private part: the MicroPython the agent is tested on must be one of
+    # aio.TESTED_MICROPYTHON, else this fails (add it there once the
+    # agent-level tests pass on it); an untested one makes the agent warn.
+    with tempfile.TemporaryDirectory() as tmp:
+        package_layout(tmp)
+        code = ("import sys\nfrom memagent import aio\nprint(sys.implementation.version[:2], "
+                "aio.TESTED_MICROPYTHON)\nprint(aio.untested_interpreter())\n"
+                "aio.TESTED_MICROPYTHON = ()\nprint(aio.untested_interpreter())\n")
+        out = subprocess.run([micropython_ffi, "-c", code],
+                             env=dict(os.environ, MICROPYPATH=".frozen:" + tmp),
+                             capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[1] == "None", lines  # this version is a tested one
+    assert lines[2].startswith("MicroPython 1.25 is untested"), lines  # the check can fail
