@@ -35,14 +35,15 @@ def load_rig() -> "Any":
 
 
 def boot_script(script: str, tmp: str, args: "Tuple[str, ...]" = (),
-                mem_mb: int = 128) -> "Tuple[str, Dict[str, str]]":
-    """Run a scenario in the guest.  Returns: (console, FACT values); the
-    guest kernel's version line is FACT ``kernel``.  A failed run fails the
-    test with its FACT and RESULT lines first (rig.explain)."""
+                mem_mb: int = 128, interpreter: str = "python3") -> "Tuple[str, Dict[str, str]]":
+    """Run a scenario in the guest (``interpreter`` micropython: with the
+    MicroPython sidecar, RIG_INTERPRETER).  Returns: (console, FACT values);
+    the guest kernel's version line is FACT ``kernel``.  A failed run fails
+    the test with its FACT and RESULT lines first (rig.explain)."""
     rig = load_rig()
     try:
         console, _files = rig.run_scenario(script, mem_mb=mem_mb, timeout_s=240,
-                                           out_dir=tmp, args=args)
+                                           out_dir=tmp, args=args, interpreter=interpreter)
     except rig.RigError as e:
         need("the qemu rig cannot build its image here: %s" % e)
     facts = {"kernel": rig.guest_kernel(console)}

@@ -95,3 +95,23 @@ def test_footprint_side_by_side_calm_and_after_hostile_clients(tmp_path: "Any") 
     # the side by side: the CPython agent is several times bigger
     assert int(fs["cpython_calm_rss_kib"]) > 3 * int(fs["micropython_calm_rss_kib"]), fs
     assert 0 < int(fs["earlyoom_calm_rss_kib"]) < int(fs["micropython_calm_rss_kib"]), fs
+
+
+@pytest.mark.parametrize("mode", ["psi", "cgroup2", "poll"])
+def test_sources_on_micropython(mode: str, tmp_path: "Any") -> None:
+    # scenarios/sources.py with memagent on MicroPython: the PSI trigger's
+    # POLLPRI (calm: no reading; a thrash: psi wakes), cgroup v2
+    # memory.events (kernfs POLLPRI) and the poll source each warn before
+    # the memcg's OOM kill, as tests/test_guest.py checks them on CPython.
+    from test_guest import SCENARIO as SOURCES
+    from test_guest import boot_script
+
+    _, fs = boot_script(SOURCES, str(tmp_path), (mode,), interpreter="micropython")
+    assert fs["agent_exe"].startswith("/opt/trixie/"), fs  # MicroPython ran it
+    if mode == "psi":
+        assert fs["calm_readings_8s_to_18s"] == "0" and int(fs["psi_wakes"]) >= 1, fs
+    else:
+        assert fs["oom_kills"] == "1" and fs["alloc_exit"] == "-9", fs
+        assert float(fs["low_lead_s"]) > 0.5, fs
+    if mode == "cgroup2":
+        assert int(fs["events_wakes"]) >= 1, fs

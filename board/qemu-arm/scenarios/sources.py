@@ -60,13 +60,32 @@ def write(path, text):
         f.write(text)
 
 
+# RIG_INTERPRETER micropython (`run --interpreter micropython`): memagent runs
+# on the sidecar's MicroPython, from the launcher's tree (.mpy bytecode).
+MICROPYTHON = os.environ.get("RIG_INTERPRETER") == "micropython"
+MPY_ENV = {"MICROPYPATH": ".frozen:/usr/lib/memagent/micropython"}
+
+
 def memagent(*args, log=None, **kw):
-    """Start ``memagent ARGS``; its stderr goes to the file ``log``, else a pipe."""
+    """Start ``memagent ARGS`` (on MicroPython with RIG_INTERPRETER
+    micropython); its stderr goes to the file ``log``, else a pipe."""
     err = open(log, "w") if log else subprocess.PIPE
-    proc = subprocess.Popen([sys.executable, "-m", "memagent"] + list(args),
-                            stderr=err, text=True, **kw)
+    head = [sys.executable, "-m", "memagent"]
+    if MICROPYTHON:
+        head = ["micropython", "-X", "heapsize=2M", "-m", "memagent"]
+        kw["env"] = dict(os.environ, **MPY_ENV)
+    proc = subprocess.Popen(head + list(args), stderr=err, text=True, **kw)
     proc.log_path = log
     return proc
+
+
+def exe_fact(proc):
+    """FACT agent_exe: which interpreter runs ``proc`` (read once it has
+    exec'd; the sidecar's is its loader in /opt/trixie)."""
+    try:
+        fact("agent_exe", os.readlink("/proc/%d/exe" % proc.pid))
+    except OSError:
+        pass
 
 
 def stop(proc):
@@ -151,6 +170,7 @@ def mode_psi():
     rec = memagent("record", "--source", "psi", "--interval-ms", "600000", "-c",
                    "/tmp/psi-only.conf", "-o", "/tmp/t.jsonl")
     time.sleep(8)  # calm: past the start-up samples, then nothing should wake it
+    exe_fact(rec)
     calm = load_jsonl("/tmp/t.jsonl")[1:]
     time.sleep(10)
     calm_after = load_jsonl("/tmp/t.jsonl")[1:]
@@ -181,6 +201,7 @@ def ramp_in_group(name, max_mb, cache_mb, source):
     rec = memagent("record", "--memcg", group, "--source", source, "--interval-ms", "100",
                    "-o", "/tmp/t.jsonl", log="/tmp/record.log")
     fact("agent_ready_s", "%.2f" % wait_ready([agent, rec], t_exec))
+    exe_fact(agent)
     time.sleep(1)
     t0 = time.time()
     hog = start_alloc(10, max_mb * 2, group)
