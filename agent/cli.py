@@ -220,7 +220,9 @@ def _status_failure(path: str, err: Exception) -> "Tuple[int, str]":
         return STATUS_BUSY, "the agent at %s is busy (%s)" % (path, err)
     if isinstance(err, ReplyTooLarge):
         return STATUS_TOO_LARGE, "the agent at %s sent a reply too large (%s)" % (path, err)
-    if isinstance(err, (FileNotFoundError, ConnectionRefusedError)):
+    if isinstance(err, OSError) and err.args and err.args[0] in (2, 111):
+        # ENOENT (no socket), ECONNREFUSED (nobody listens): by number, which
+        # MicroPython's plain OSError carries too
         return STATUS_NOT_RUNNING, "not running at %s (%s)" % (path, err)
     return STATUS_NO_ANSWER, "the agent at %s did not answer (%s: %s)" % (
         path, type(err).__name__, err)
@@ -240,7 +242,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         st = _local_status(args)
         st["agent"] = "%s; computed from /proc now" % why
     if args.json:
-        print(json.dumps(st, indent=1, sort_keys=True))
+        try:
+            text = json.dumps(st, indent=1, sort_keys=True)
+        except TypeError:  # MicroPython's json takes neither: one line, as it comes
+            text = json.dumps(st)
+        print(text)
     else:
         _print_status(st)
     return code

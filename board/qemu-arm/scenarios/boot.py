@@ -158,8 +158,10 @@ def check_started(check):
     pid = read_pid()
     check(proc_text(pid, "comm") == "memagent", "comm is %r" % proc_text(pid, "comm"))
     cmdline = proc_text(pid, "cmdline")
-    check(cmdline.endswith("/usr/bin/memagent run --config " + CONFIG),
-          "cmdline %r" % cmdline)
+    # CPython runs the script /usr/bin/memagent; the MicroPython launcher
+    # execs `micropython ... -m memagent`
+    check(cmdline.endswith(("/usr/bin/memagent run --config " + CONFIG,
+                            "-m memagent run --config " + CONFIG)), "cmdline %r" % cmdline)
     st = query(60)
     if not check(st is not None, "status on %s within 60 s of the first check" % SOCKET):
         return pid, None
