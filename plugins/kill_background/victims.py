@@ -27,7 +27,6 @@ Runs on MicroPython too (the pid comes from :mod:`memagent.aio.unix`).
 
 import os
 
-from memagent.aio import unix
 from memagent.core.classes import class_of_adj, rank
 from memagent.core.pidfs import (
     Stat,
@@ -269,7 +268,6 @@ def never_map(agent_pids: "Iterable[int]", foreground_pid: "Optional[int]") -> "
     return out
 
 
-
 def pick(proc_root: str, pids: "Optional[Iterable[int]]",
          apps: "Iterable[AppEntry]",
          foreground_pid: "Optional[int]", reach_rank: int, protect: "Iterable[str]",
@@ -279,6 +277,8 @@ def pick(proc_root: str, pids: "Optional[Iterable[int]]",
     as (pid, class, last_active_ms, started, process); never the agent or its
     ancestors, the foreground pid, a ``protect``ed name or a pid of
     ``exclude``."""
+    from memagent.aio import unix  # the policy above imports without the shim
+
     never = never_map(ancestors(unix.getpid(), proc_root), foreground_pid)
     never.update(exclude or {})
     found = scan(proc_root, pids, merge_apps(apps), reach_rank)
