@@ -149,7 +149,8 @@ def _print_status(st: "Dict[str, Any]") -> None:
     print("level:     %s" % st.get("level"))
     print("available: %d KiB of %d KiB (%d%%)" % (avail, total, 100 * avail // total if total
                                                   else 0))
-    for key in ("free_kib", "file_kib", "anon_kib", "psi_some_avg10", "psi_full_avg10"):
+    for key in ("free_kib", "file_kib", "anon_kib", "boost_kib", "psi_some_avg10",
+                "psi_full_avg10"):
         if key in r:
             print("%-10s %s" % (key.split("_")[0] + ":" if "psi" not in key else key + ":",
                                 r[key]))

@@ -663,6 +663,14 @@ def test_target_tree_runs(installed: Installed) -> None:
         expected = f.read()
     with open(os.path.join(target, "etc", "memagent", "memagent.conf"), "rb") as f:
         assert f.read() == expected, "not the config of profile %r" % _profile(defconfig)
+    # the board's kernel settings (the zaurus: no watermark boost), where it has some
+    sysctl = os.path.join(os.path.dirname(_profile_path(_profile(defconfig))), "sysctl.conf")
+    installed_sysctl = os.path.join(target, "etc", "sysctl.d", "60-memagent.conf")
+    if os.path.isfile(sysctl):
+        with open(sysctl, "rb") as f, open(installed_sysctl, "rb") as g:
+            assert g.read() == f.read()
+    else:
+        assert not os.path.exists(installed_sysctl)
     if installed.mpy_lib:
         _check_micropython_tree(target, installed.mpy_lib, installed.bytecode)
     else:

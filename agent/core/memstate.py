@@ -37,6 +37,21 @@ def zone_low_pages(zones: "List[Zone]") -> int:
     return sum(_zone_int(z, "low") for z in zones)
 
 
+def zone_boost_pages(zones: "List[Zone]") -> int:
+    """Return: the sum of the zones' watermark boosts (zoneinfo ``boost``,
+    Linux 5.0+), in pages; 0 when the kernel shows none.
+
+    Why it matters: while a zone's watermarks are boosted (a fragmentation
+    event; ``vm.watermark_boost_factor``), the allocator's min watermark is
+    ``min + boost``, and reclaim that cannot reach it ends in the OOM killer,
+    while MemAvailable counts only the unboosted reserve.  The boost is at
+    least one pageblock: 8 MiB on Debian's armmp kernel.  In the 64 MB ARM
+    guest (46,308 KiB managed, min 804 KiB) every kernel OOM kill of the
+    handset day came with ``boost:8192kB min:8996kB``, one with 4,836 KiB
+    free (2026-12-07, board/qemu-arm/scenarios/handset_day.py)."""
+    return sum(max(_zone_int(z, "boost"), 0) for z in zones)
+
+
 def page_cache_kib(meminfo: "Dict[str, int]") -> int:
     """Return: file-backed page cache in KiB (Active(file)+Inactive(file), or
     Cached+Buffers on 2.6 kernels that do not split the LRU)."""

@@ -13,7 +13,7 @@ except ImportError:  # MicroPython
     pass
 
 # Fields a trace line may carry, besides t_ms/total_kib/avail_kib.
-_OPTIONAL_INTS = ("free_kib", "file_kib", "anon_kib")
+_OPTIONAL_INTS = ("free_kib", "file_kib", "anon_kib", "boost_kib")
 _OPTIONAL_FLOATS = ("psi_some_avg10", "psi_full_avg10")
 
 
@@ -24,11 +24,14 @@ class Reading:
     or the memcg limit).  ``avail_kib``: what can be allocated before the
     domain runs out.  ``free_kib``, ``file_kib``, ``anon_kib``: its parts,
     when known.  ``psi_*_avg10``: PSI stall percentages, when known.
+    ``boost_kib``: the zones' watermark boost, when the kernel boosts: the
+    kernel's OOM point is that much higher than ``avail_kib`` says (see
+    memstate.zone_boost_pages).
     ``event``: what woke the agent (``"poll"``, ``"vmpressure:low"``...).
     """
 
     __slots__ = ("t_ms", "total_kib", "avail_kib", "free_kib", "file_kib", "anon_kib",
-                 "psi_some_avg10", "psi_full_avg10", "event")
+                 "psi_some_avg10", "psi_full_avg10", "event", "boost_kib")
 
     def __init__(self, t_ms: int, total_kib: int, avail_kib: int,
                  free_kib: "Optional[int]" = None, file_kib: "Optional[int]" = None,
@@ -45,6 +48,7 @@ class Reading:
         self.psi_some_avg10 = psi_some_avg10
         self.psi_full_avg10 = psi_full_avg10
         self.event = event
+        self.boost_kib: "Optional[int]" = None
 
     def to_dict(self) -> "Dict[str, Any]":
         """Return: the reading as a JSON-ready dict, without the unknown fields."""

@@ -13,6 +13,7 @@ try:
 except ImportError:  # MicroPython
     pass
 
+from ..aio import unix
 from ..core import memstate, procfs
 from ..core.reading import Reading
 
@@ -41,7 +42,34 @@ class SystemDomain:
     def __init__(self, proc_root: str = "/proc") -> None:
         self.proc_root = proc_root.rstrip("/") or "/"
         self._zones: "Optional[List[Zone]]" = None
+        self._boosts: "Optional[bool]" = None  # decided at the first read
+        self._page_kib: "Optional[int]" = None  # the kernel's, at the first boost read
         self.name = "system"
+
+    def boosts(self) -> bool:
+        """Return: True if the kernel may boost its watermarks: it has
+        ``vm/watermark_boost_factor`` (5.0+) and the factor is not 0.  Read
+        once: then every reading reads zoneinfo too (about 1 KiB per zone)."""
+        if self._boosts is None:
+            try:
+                factor = int(read_text(self.proc_root + "/sys/vm/watermark_boost_factor"))
+            except (OSError, ValueError):
+                factor = 0
+            self._boosts = factor > 0
+        return self._boosts
+
+    def _boost_kib(self) -> "Optional[int]":
+        """Return: the zones' watermark boost in KiB now, or None if the
+        kernel does not boost or zoneinfo cannot be read or parsed."""
+        if not self.boosts():
+            return None
+        try:
+            zones = procfs.parse_zoneinfo(read_text(self.proc_root + "/zoneinfo"))
+        except (OSError, ValueError):
+            return None
+        if self._page_kib is None:
+            self._page_kib = unix.page_size() // 1024
+        return memstate.zone_boost_pages(zones) * self._page_kib
 
     def _zones_once(self) -> "Optional[List[Zone]]":
         # Watermarks only change with min_free_kbytes or hotplug: read once.
@@ -54,17 +82,21 @@ class SystemDomain:
 
     def read(self, t_ms: int, event: str = "poll") -> Reading:
         """Return: a reading of /proc/meminfo (and zoneinfo on kernels
-        without MemAvailable).  Raises: OSError if meminfo cannot be read,
-        procfs.ParseError if it is not meminfo."""
+        without MemAvailable, or that boost their watermarks: the boost is
+        reported beside the available memory, see Reading.boost_kib).
+        Raises: OSError if meminfo cannot be read, procfs.ParseError if it
+        is not meminfo."""
         meminfo = procfs.parse_meminfo(read_text(self.proc_root + "/meminfo"))
         zones = None if "MemAvailable" in meminfo else self._zones_once()
         some, full = _psi_avgs(self.proc_root + "/pressure/memory")
-        return Reading(t_ms, meminfo["MemTotal"],
-                       memstate.estimate_available_kib(meminfo, zones),
-                       free_kib=meminfo.get("MemFree"),
-                       file_kib=memstate.page_cache_kib(meminfo),
-                       anon_kib=meminfo.get("AnonPages"),
-                       psi_some_avg10=some, psi_full_avg10=full, event=event)
+        reading = Reading(t_ms, meminfo["MemTotal"],
+                          memstate.estimate_available_kib(meminfo, zones),
+                          free_kib=meminfo.get("MemFree"),
+                          file_kib=memstate.page_cache_kib(meminfo),
+                          anon_kib=meminfo.get("AnonPages"),
+                          psi_some_avg10=some, psi_full_avg10=full, event=event)
+        reading.boost_kib = self._boost_kib()
+        return reading
 
 
 class MemcgDomain:

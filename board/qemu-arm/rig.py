@@ -739,13 +739,19 @@ def profile_path(board):
 def _add_init_files(root, board, interpreter="python3"):
     """Put under ``root`` what a device image has for booting through init:
     the rootfs overlay (/etc/init.d/S60memagent, /etc/default/memagent, the
-    D-Bus policy), the board's profile as /etc/memagent/memagent.conf,
+    D-Bus policy), the board's profile as /etc/memagent/memagent.conf, its
+    board/<board>/sysctl.conf as /etc/sysctl.d/60-memagent.conf (rig-init
+    applies it first, as Buildroot's S02sysctl does),
     /usr/bin/memagent (for ``interpreter`` micropython the MicroPython
     launcher, else ENTRY_POINT), and the marker that makes rig-init run the
     init scripts."""
     profile = profile_path(board)
     shutil.copytree(OVERLAY, root, dirs_exist_ok=True)
     shutil.copyfile(profile, root / "etc/memagent/memagent.conf")
+    sysctl = profile.parent / "sysctl.conf"  # the board's kernel settings, if any
+    if sysctl.is_file():
+        (root / "etc/sysctl.d").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(sysctl, root / "etc/sysctl.d/60-memagent.conf")
     entry = root / "usr/bin/memagent"
     entry.parent.mkdir(parents=True, exist_ok=True)
     entry.write_bytes(MPY_LAUNCHER.read_bytes() if interpreter == "micropython"

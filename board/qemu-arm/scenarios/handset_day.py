@@ -822,6 +822,10 @@ def guest_main(argv: List[str]) -> int:
     rigguest.handback("oom-%s.txt" % spec, data="".join(
         line + "\n" for line in dmesg.splitlines()
         if "Out of memory" in line or "invoked oom-killer" in line or "oom_reaper" in line))
+    rigguest.handback("dmesg-%s.txt" % spec, data=dmesg[-400000:])  # the whole reports
+    for name in ("zoneinfo", "meminfo", "vmstat"):  # the watermarks' boost, after the day
+        with open("/proc/" + name) as f:
+            rigguest.handback("%s-%s.txt" % (name, spec), data=f.read())
     rigguest.handback("messages-%s.txt" % spec, data=syslog_text()[-200000:])
     print_facts(results, figs)
     failed = [c for fig in figs for c in checks(fig)] if spec in AGENTS else []

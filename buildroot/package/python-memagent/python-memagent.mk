@@ -40,11 +40,17 @@ endif
 endif
 endif
 
+# The board's kernel settings (board/<profile>/sysctl.conf, if it has one),
+# applied at boot by busybox's or procps-ng's S02sysctl.
 define PYTHON_MEMAGENT_INSTALL_CONFIG
 	$(INSTALL) -D -m 0644 $(PYTHON_MEMAGENT_CONF) \
 		$(TARGET_DIR)/etc/memagent/memagent.conf
 	$(INSTALL) -D -m 0644 $(PYTHON_MEMAGENT_OVERLAY)/etc/default/memagent \
 		$(TARGET_DIR)/etc/default/memagent
+	if [ -f $(dir $(PYTHON_MEMAGENT_CONF))sysctl.conf ]; then \
+		$(INSTALL) -D -m 0644 $(dir $(PYTHON_MEMAGENT_CONF))sysctl.conf \
+			$(TARGET_DIR)/etc/sysctl.d/60-memagent.conf; \
+	fi
 endef
 PYTHON_MEMAGENT_POST_INSTALL_TARGET_HOOKS += PYTHON_MEMAGENT_INSTALL_CONFIG
 
