@@ -326,6 +326,37 @@ def test_low_kills_wait_for_an_absent_user_unless_the_domain_thrashes(tmp_path: 
     assert plugin.no_victim == 2
 
 
+def test_low_kills_come_after_the_trims_even_with_always(tmp_path: Any) -> None:
+    # kill_at_low = always, dry run: a lead-time LOW (the memory still above
+    # the LOW threshold, no thrash) only trims, and so does a LOW whose newest
+    # trims freed memory; a LOW below the threshold after trims that freed
+    # nothing may kill (the 64 MB handset day's first kill hit a cached app
+    # 0.4 s after its start, on the forecast, before any trim).
+    plugin = KillBackground()
+    rig = Rig(str(tmp_path), "[kill_background]\nkill_at_low = always\ncooldown_ms = 0\n",
+              plugins=[plugin])
+
+    async def at_low(avail_kib: int, freed_kib: "Optional[int]") -> "Tuple[int, int]":
+        rig.set_level(avail_kib=avail_kib, psi_full=0.0)
+        results = None if freed_kib is None else {
+            "release_caches": {"freed_kib": freed_kib, "t_ms": aio.ticks_ms()}}
+        await plugin.on_pressure(level=LOW, notification=note(LOW, avail_kib),
+                                 results=results)
+        await until_idle(plugin)
+        return plugin.deferred, plugin.sequences
+
+    async def scenario() -> "List[Tuple[int, int]]":
+        await rig.start()
+        th = rig.services(plugin).thresholds
+        seen = [await at_low(th.low_kib + 2000, None),   # the forecast alone
+                await at_low(th.low_kib - 2000, 1500),   # the trims still pay
+                await at_low(th.low_kib - 2000, 0)]      # they freed nothing
+        await rig.close()
+        return seen
+
+    assert aio.run(scenario()) == [(1, 0), (2, 0), (2, 1)]
+
+
 def test_a_thrash_at_low_kills_only_once_the_trims_free_nothing(tmp_path: Any) -> None:
     # A streaming reader's page-cache churn keeps PSI full high at LOW: while
     # the apps' trims still free memory, that alone is no reason to kill.

@@ -2,14 +2,14 @@
 the least valuable background process, one at a time, safely.
 
 Policy (operator's view: docs/kill.md): each level may reach down to a class
-(``[kill_background] low_class``, ``critical_class``); LOW kills only while
-the user is away unless ``kill_at_low`` says otherwise; candidates and their
-order come from :mod:`.victims` (registered apps by class, others by
-oom_score_adj, lowest standing, then least recently used, then largest),
-within the watched domain only (the ``[agent] memcg``'s processes when one
-is set).  The kill itself is :mod:`.pidkill` (pidfd, SIGTERM, grace,
-SIGKILL, process_mrelease), so a recycled pid is never hit; a registered
-app is signalled through the pidfd bound when it connected.
+(``[kill_background] low_class``, ``critical_class``); LOW kills only after
+the trims, and while the user is away unless ``kill_at_low`` says otherwise.
+Candidates and their order come from :mod:`.victims` (registered apps by
+class, others by oom_score_adj; lowest standing, least recently used,
+largest), within the watched domain (the ``[agent] memcg``, if set).  The
+kill is :mod:`.pidkill` (pidfd, SIGTERM, grace, SIGKILL, process_mrelease):
+a recycled pid is never hit; a registered app is signalled through the
+pidfd bound when it connected.
 
 Pacing: on_pressure only starts one background task (the sequence) and
 returns; while it runs, later notifications are only counted.  The sequence
@@ -17,12 +17,10 @@ kills one victim, waits for it to die, re-measures the domain
 (``services.remeasure``), and stops once the level is back below the one that
 started it, the deficit is covered (a CRITICAL sequence: the memory is above
 CRITICAL by ``critical_margin_pct`` of the way to LOW), or ``max_kills`` were
-made; it waits
-``cooldown_ms`` between kills and after the sequence, except at CRITICAL:
-there the next victim goes as soon as the last one is dead and re-measured.  ``dry_run`` (the
-default) records the victim it would pick and signals nothing; the same
-choice at the same level is recorded once per pressure episode (until the
-level is back to NORMAL), not at every reminder.  The same on MicroPython.
+made; it waits ``cooldown_ms`` between kills and after the sequence, except
+at CRITICAL (the next victim goes once the last is dead and re-measured).
+``dry_run`` (the default) records the victim it would pick, signals nothing,
+once per choice and pressure episode.  The same on MicroPython.
 """
 
 try:
@@ -135,18 +133,25 @@ class KillBackground:
         self._task = aio.create_task(self._sequence(level, reason, deficit))
 
     def _low_allowed(self, now_ms: int) -> bool:
-        """Return: True if a kill at LOW may go now: ``kill_at_low`` is
-        "always"; or "idle" and the user is away, or the domain thrashes (PSI
-        ``full`` at or above ``[levels] thrash_full_pct`` and the apps' trims
-        free nothing more: a stalled handset is no better for a user who is
-        there; measured in the 64 MB ARM guest, deferring then left a thrash
-        at LOW for over 60 s with no kill)."""
+        """Return: True if a kill at LOW may go now.  Trims first: never while
+        the newest trims still free memory, nor on a lead-time forecast alone
+        (above LOW, not thrashing); with "always" the 64 MB handset day's
+        first kill hit a cached app 0.4-0.5 s after its start, before it was
+        asked to trim (5 of 5 runs, 2026-12-07).  Then ``kill_at_low``:
+        "always"; or "idle" and the user away, or the domain thrashes (PSI
+        ``full`` at or above ``[levels] thrash_full_pct``, the trims freeing
+        nothing more: deferring then left a 64 MB thrash at LOW for over 60 s
+        with no kill).  CRITICAL does not wait for any of it."""
         s, services = self.settings, self.services
         assert s is not None and services is not None
+        if s.kill_at_low == "never":
+            return False
+        reading, th = self._now()
+        if th is not None and (self._trims_pay(th.renotify_ms) or reading is not None and (
+                reading.avail_kib > th.low_kib and not self._thrashing())):
+            return False
         if s.kill_at_low == "always":
             return True
-        if s.kill_at_low != "idle":
-            return False
         return bool(services.presence.user_away(now_ms)) or self._thrashing()
 
     def _thrashing(self) -> bool:
@@ -154,11 +159,9 @@ class KillBackground:
         thrash threshold while the apps' trims no longer free anything.
 
         Why the trims: a streaming reader's page-cache churn (Daniel Spang's
-        report in the mem_notify thread; the handset day's dd through a file
-        of 1.25 x RAM) keeps PSI full over 10% at LOW with nothing in danger.
-        In the 128 MB guest the thrash rule alone then killed three apps a
-        run at LOW, each just after trimming it (bench3: their kills freed
-        3,816-6,908 KiB), where earlyoom killed two."""
+        report in the mem_notify thread) keeps PSI full over 10% at LOW with
+        nothing in danger; in the 128 MB guest the thrash rule alone killed
+        three apps a run at LOW, each just after its trim (earlyoom: two)."""
         reading, th = self._now()
         if reading is None or th is None:
             return False
@@ -187,11 +190,7 @@ class KillBackground:
     def _now(self) -> Tuple[Optional[Any], Optional[Any]]:
         """Return: (the newest reading, the thresholds), Nones without services."""
         services = self.services
-        if services is None:
-            return None, None
-        return services.reading, services.thresholds
-
-    # -- the sequence --------------------------------------------------------------
+        return (None, None) if services is None else (services.reading, services.thresholds)
 
     async def _sequence(self, level: int, reason: str, deficit: int) -> None:
         """Kill one victim at a time until the pressure is gone (see the
