@@ -222,6 +222,51 @@ def test_the_dispatcher_abandons_a_hostile_hook_under_micropython(micropython_ff
     assert "plugin swallows disabled" in out.stderr
 
 
+CANCEL_AT_TIMEOUT = """
+from memagent import aio
+async def looping(ev, state):
+    while True:
+        try:
+            await aio.wait_for_ms(ev.wait(), 50)
+        except aio.TimeoutError:
+            state[0] += 1
+async def stop_after(steps):
+    state = [0]
+    task = aio.create_task(looping(aio.Event(), state))
+    await aio.sleep_ms(0)
+    await aio.sleep_ms(50)  # wakes with the 50 ms timeout: then a step at a time
+    for _ in range(steps):
+        await aio.sleep_ms(0)
+    await aio.cancel_and_wait(task)
+    return state[0]
+async def guarded(steps):
+    try:
+        return await aio.wait_for_ms(stop_after(steps), 1000)
+    except aio.TimeoutError:
+        return "lost"
+print("RESULT", [aio.run(guarded(steps)) for steps in range(8)])
+"""
+
+
+def test_a_cancel_as_wait_for_ms_times_out_is_not_lost_under_micropython(
+        micropython_ffi: str) -> None:
+    # MicroPython's Task.cancel() of a task that awaits another task cancels
+    # that one instead: its wait_for_ms awaits its runner once the time has
+    # run out, and a cancel landing then was lost (the caller got
+    # TimeoutError and ran on).  The agent's sensing loop, cancelled at
+    # SIGTERM as its 1 s sampling timeout fired, looped for ever and the
+    # agent never exited (test_hostile's swallow test, 1 run in 20).  Here
+    # the cancel lands at each step around the timeout.
+    with tempfile.TemporaryDirectory() as tmp:
+        package_layout(tmp)
+        out = subprocess.run([micropython_ffi, "-c", CANCEL_AT_TIMEOUT],
+                             env=dict(os.environ, MICROPYPATH=".frozen:" + tmp),
+                             capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    result = [line for line in out.stdout.splitlines() if line.startswith("RESULT")]
+    assert result and "lost" not in result[0], out.stdout + out.stderr
+
+
 KILL_UNDER_MICROPYTHON = """
 import sys
 from memagent import aio

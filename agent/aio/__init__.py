@@ -14,6 +14,7 @@ cgroup v2 kernfs files report).
 
 On MicroPython, which lacks them, the shim provides the Unix streams and
 the signal handlers itself (:mod:`._mpstream`: a signalfd read by a task),
+and its own wait_for_ms (asyncio's loses a cancel, see :func:`wait_for_ms`),
 and FdWatch parks the task in asyncio's IOQueue with the poll mask it
 needs.  That IOQueue is a private part of MicroPython's asyncio: the
 versions the shim was tested with are :data:`TESTED_MICROPYTHON`, and a
@@ -185,13 +186,16 @@ async def wait_for_ms(aw: "Awaitable[T]", timeout_ms: int) -> "T":
     this is ``asyncio.timeout``: there, ``wait_for`` returns the result
     when the caller's cancel() races with ``aw`` finishing, and a
     dispatcher cancelled at shutdown in that instant ran on (a real agent
-    hung after SIGTERM with a plugin busy on app events).
+    hung after SIGTERM with a plugin busy on app events).  On MicroPython
+    it is the shim's (:func:`._mpstream.wait_for_ms`): asyncio's there lost
+    a cancel landing just after the time ran out, and an agent stopped at
+    SIGTERM in that instant never exited.
     """
     if _TIMEOUT is not None:
         async with _TIMEOUT(timeout_ms / 1000.0):
             return await aw
     if MICROPYTHON:  # pragma: no cover
-        return await asyncio.wait_for_ms(aw, timeout_ms)  # type: ignore[attr-defined,no-any-return]
+        return await _mp.wait_for_ms(aw, timeout_ms)  # type: ignore[no-any-return]
     return await asyncio.wait_for(aw, timeout_ms / 1000.0)
 
 
@@ -376,7 +380,7 @@ class FdWatch:
             await _mp.wait_fd(self.fd, self.urgent)
             return True
         try:
-            await asyncio.wait_for_ms(_mp.wait_fd(self.fd, self.urgent), timeout_ms)  # type: ignore[attr-defined]
+            await wait_for_ms(_mp.wait_fd(self.fd, self.urgent), timeout_ms)
         except asyncio.TimeoutError:
             return False
         return True

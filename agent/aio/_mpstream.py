@@ -1,6 +1,7 @@
 # mypy: ignore-errors
-"""MicroPython: Unix stream servers and connections, and signals, on its
-asyncio (which has TCP servers only, and no signal handling).
+"""MicroPython: Unix stream servers and connections, signals, and a
+wait_for_ms that never loses its caller's cancel (:func:`wait_for_ms`), on
+its asyncio (which has TCP servers only, and no signal handling).
 
 :class:`UnixStream` is one connection as both the reader and the writer the
 agent uses of CPython's streams: ``read``, a ``readline`` bounded by
@@ -18,6 +19,11 @@ import socket
 import struct
 
 from . import _libc
+
+try:
+    from typing import Any
+except ImportError:  # MicroPython
+    pass
 
 core = getattr(asyncio, "core", None)  # MicroPython's; None on CPython (never used there)
 
@@ -282,6 +288,59 @@ async def open_unix_connection(path, limit):
     sock.setblocking(False)
     stream = UnixStream(sock, limit)
     return stream, stream
+
+
+# -- timeouts -----------------------------------------------------------------------
+
+
+async def wait_for_ms(aw: "Any", timeout_ms: int) -> "Any":
+    """``asyncio.wait_for_ms`` whose caller only ever waits on an Event.
+
+    MicroPython's Task.cancel() of a task that awaits another task cancels
+    the awaited one instead.  Its wait_for awaits its runner task once the
+    time has run out, so a cancel landing then went to that runner (already
+    cancelled) and was lost: the caller got TimeoutError and ran on, and a
+    sensing task stopped at SIGTERM in that instant looped for ever (the
+    agent never exited).  A task waiting on an Event is cancelled itself.
+
+    Returns: what ``aw`` returned.  Raises: what ``aw`` raised;
+    asyncio.TimeoutError when ``timeout_ms`` passes (``aw`` cancelled and
+    waited for, as by wait_for); CancelledError when the caller is
+    cancelled (``aw`` cancelled, not waited for).
+    """
+    wake = asyncio.Event()  # set when aw ends or the time runs out
+    ended = asyncio.Event()
+    box = []
+
+    async def runner() -> None:
+        try:
+            box.append((True, await aw))
+        except BaseException as e:  # noqa: B036 - handed to the caller
+            box.append((False, e))
+        ended.set()
+        wake.set()
+
+    async def clock() -> None:
+        await asyncio.sleep_ms(timeout_ms)
+        wake.set()
+
+    task = asyncio.create_task(runner())
+    timer = asyncio.create_task(clock())
+    try:
+        await wake.wait()
+        if not box:  # the time ran out
+            task.cancel()
+            await ended.wait()
+            raise asyncio.TimeoutError
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        timer.cancel()
+    ok, value = box[0]
+    if ok:
+        return value
+    raise value
 
 
 # -- signals ------------------------------------------------------------------------
