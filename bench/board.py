@@ -154,6 +154,7 @@ def summarise(spec: str, part: Result) -> Result:
             "trimmed_kib": _median([f["trimmed_kib"] for f in figs]),
             "psi_some_ms": _median([f["psi_some_ms"] for f in figs]),
             "psi_growth_ms": _median([f["psi_growth_ms"] for f in figs]),
+            "fg_stall_ms": [f.get("fg_stall_ms") for f in figs],
             "setup_s": _median([f["setup_ms"] / 1000 for f in figs]),
             "recovery_ms": _median([f["recovery_ms"] for f in figs]),
             "not_recovered": sum(1 for f in figs if f["recovery_ms"] is None),
@@ -192,12 +193,13 @@ def table(mem: int, board: str, rows: List[Result], runs: int) -> List[str]:
             "kernel (per run) "
             "| victims, in order (runs) | foreground survived | trims answered, KiB freed "
             "(median) | PSI some stall: the run, the growth (median) "
+            "| the foreground's longest stall (per run) "
             "| CRITICAL -> back above it (median) | time at or below CRITICAL (median) "
             "| apps' start, median; boot, wall |",
-            "|---|---|---|---|---|---|---:|---:|---:|---:|"]
+            "|---|---|---|---|---|---|---:|---:|---:|---:|---:|"]
     for row in rows:
         if "na" in row:
-            out.append("| %s | %s | | | | | | | | |" % (row["contestant"], row["na"]))
+            out.append("| %s | %s | | | | | | | | | |" % (row["contestant"], row["na"]))
             continue
         survived = "%d/%d" % (row["fg_survived"], row["runs"])
         if row["fg_timed_out"]:
@@ -208,10 +210,12 @@ def table(mem: int, board: str, rows: List[Result], runs: int) -> List[str]:
                                           if row["not_recovered"] else "")
         killed = ", ".join("%d + %d" % (tool, all_ - tool)
                            for tool, all_ in zip(row["tool_kills"], row["killed"]))
-        out.append("| %s | %s | %s | %s | %s | %.0f, %.0f | %s, %s | %s | %s | %.1f s; %.0f s |"
+        stalls = ", ".join(_ms(v) for v in row.get("fg_stall_ms") or [])
+        out.append("| %s | %s | %s | %s | %s | %.0f, %.0f | %s, %s | %s | %s | %s "
+                   "| %.1f s; %.0f s |"
                    % (row["contestant"], ", ".join(map(str, row["oom_kills"])), killed,
                       orders, survived, row["trims"] or 0, row["trimmed_kib"] or 0,
-                      _ms(row["psi_some_ms"]), _ms(row["psi_growth_ms"]), back,
+                      _ms(row["psi_some_ms"]), _ms(row["psi_growth_ms"]), stalls, back,
                       _ms(row["below_crit_ms"]), row["setup_s"] or 0, row["elapsed_s"]))
     ended = ["%s: %s after %d run%s" % (r["contestant"], r["panic"], r["runs"],
                                         "" if r["runs"] == 1 else "s")

@@ -82,6 +82,17 @@ def test_analysis_flags_a_service_before_a_cached_app_and_no_recovery() -> None:
             "kills out of class order"} <= set(handset_day.checks(fig))
 
 
+def test_the_foreground_s_longest_stall() -> None:
+    # 5 MiB/s: 200 ms per MiB.  Late by 300 ms at the first point, then on
+    # time, then 1 MiB that took 1,500 ms (1,300 ms of stall), then the hold.
+    run = {"t0_ms": 1000, "rate_mib_s": 5.0,
+           "ramp_points": [[1500, 1.0], [1700, 2.0], [3200, 3.0], [6200, 3.0]]}
+    assert handset_day.longest_stall_ms(run) == 1300
+    assert handset_day.longest_stall_ms(dict(run, ramp_points=[])) is None
+    on_time = [[1000 + 200 * i, float(i)] for i in range(1, 11)] + [[5000, 10.0]]
+    assert handset_day.longest_stall_ms(dict(run, ramp_points=on_time)) == 0
+
+
 def day(board: str, mem_mb: int, tmp: str, interpreter: str = "python3") -> "Any":
     """Boot through init with ``board``'s profile and run the handset day
     with memagent on ``interpreter``.  Returns: the rig's RunResult."""
@@ -125,28 +136,30 @@ def test_handset_day_128mb(tmp_path: Any) -> None:
 
 @pytest.mark.qemu
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "measured 2026-11-25, -26 and 2026-12-07 (docs/bench-board.md): at 64 MB the CPython "
-    "agent takes "
-    "10,544-11,292 KiB of the 29,000 available; the apps take 11-38 s to start (4 s "
-    "without it), the kernel OOM-kills 2-4 of them and the foreground in every run (one "
-    "boot ended in 'System is deadlocked on memory'), and at most one trim is answered; "
-    "no agent and earlyoom lose the foreground too, in 1 to 3 runs of 3"))
 def test_handset_day_64mb(tmp_path: Any) -> None:
-    check_day(day("zaurus-c3000", 64, str(tmp_path)))
+    # The 64 MB board's interpreter is MicroPython (its Buildroot defconfig),
+    # and its kernel boosts no watermarks (board/zaurus-c3000/sysctl.conf).
+    # Measured 2026-12-07 (bench.board --mem 64 --fresh, 6 runs on three
+    # profile versions): trims first, then the hog, both cached apps and the
+    # service, in class order and all by the agent; no kernel OOM kill; the
+    # foreground lives.  earlyoom: 3 kernel kills a run; no agent: the guest
+    # livelocked past the 420 s timeout in 2 of 2 boots.
+    facts = check_day(day("zaurus-c3000", 64, str(tmp_path), interpreter="micropython"))
+    assert int(facts["tool_kills"]) <= 4, facts
+    assert 0 < int(facts["psi_some_ms"]) < 60000, facts  # loose: the thrash is seen at all
 
 
 @pytest.mark.qemu
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "measured 2026-12-07 (docs/bench-board.md, 5 fresh boots): the MicroPython agent "
-    "(2.4 MB) kills cached-old, the hog and mostly cached-new itself, trims first, and the "
-    "foreground lives in 4 of 5 runs, but the kernel still OOM-kills 1-3 apps a run (the "
-    "service, under the reader's page-cache thrash, while MemAvailable reads 11 MB and the "
-    "agent holds LOW); no agent: 3-5 kernel kills, earlyoom: 3-5, the CPython agent: 5 and "
-    "a 'System is deadlocked on memory' panic"))
-def test_handset_day_64mb_micropython(tmp_path: Any) -> None:
-    check_day(day("zaurus-c3000", 64, str(tmp_path), interpreter="micropython"))
+    "measured 2026-11-25, -26 and 2026-12-07 (docs/bench-board.md): at 64 MB the CPython "
+    "agent takes 16.9 MB of Rss (10.3 MB anonymous) of the 26 MB available; with the "
+    "board's watermark boost on, the kernel OOM-killed 2-4 apps and the foreground in "
+    "every run (one boot ended in 'System is deadlocked on memory'); with it off "
+    "(2026-12-07, 3 fresh boots), 4-5 kernel kills a run and the foreground lost in 3 "
+    "of 3, where the MicroPython agent (2.3 MB) keeps it with no kernel kill"))
+def test_handset_day_64mb_cpython(tmp_path: Any) -> None:
+    check_day(day("zaurus-c3000", 64, str(tmp_path)))
 
 
 @pytest.mark.qemu

@@ -673,6 +673,25 @@ def recovery(run: Result) -> Tuple[Optional[int], int]:
     return samples[low[-1] + 1][0] - samples[low[0]][0], below
 
 
+def longest_stall_ms(run: Result) -> Optional[int]:
+    """Return: the foreground's longest stall in its growth, in ms: the
+    largest time between two of its progress points (the growth's start
+    first) beyond what RATE_MIB_S allows for the MiB between them (the
+    hold at full size is no stall); None before any point.  A growth on
+    schedule stalls about 0 ms."""
+    points = run.get("ramp_points") or []
+    if not points:
+        return None
+    rate = run.get("rate_mib_s") or RATE_MIB_S
+    prev_ms, prev_mib, worst = run["t0_ms"], 0.0, 0.0
+    for t_ms, mib in points:
+        if mib <= prev_mib:
+            continue  # the point that ends the hold at full size
+        worst = max(worst, (t_ms - prev_ms) - (mib - prev_mib) * 1000 / rate)
+        prev_ms, prev_mib = t_ms, mib
+    return int(worst)
+
+
 def analyse(run: Result) -> Result:
     """Return: the run's figures: victims in order of death (name, class,
     by "tool"/"kernel"/"exit N"), the trims, whether they came before the
@@ -717,6 +736,7 @@ def analyse(run: Result) -> Result:
             "fg_class": run.get("fg_class"), "timed_out": run["timed_out"],
             "psi_some_ms": run["psi_some_us"] // 1000,
             "psi_growth_ms": run.get("psi_growth_us", 0) // 1000, "recovery_ms": rec_ms,
+            "fg_stall_ms": longest_stall_ms(run) if fg["died_ms"] is None else None,
             "below_crit_ms": below_ms, "protected_alive": all(run["protected"].values()),
             "setup_ms": run["t0_ms"] - run.get("start_ms", run["t0_ms"]),
             "wall_ms": run["end_ms"] - run["t0_ms"]}
@@ -853,7 +873,8 @@ def print_facts(results: List[Result], figs: List[Result]) -> None:
     for key in ("first_low_ms", "low_lead_ms", "low_first",
                 "trims", "trimmed_kib", "first_trim_ms", "first_kill_ms", "trims_first",
                 "tool_kills", "kernel_kills", "oom_kills", "dmesg_ooms", "class_order",
-                "fg_survived", "fg_class", "fg_mib", "psi_some_ms", "psi_growth_ms",
+                "fg_survived", "fg_class", "fg_mib", "fg_stall_ms", "psi_some_ms",
+                "psi_growth_ms",
                 "recovery_ms", "below_crit_ms", "setup_ms", "wall_ms"):
         fact(key, ";".join(str(f[key]) for f in figs))
     fact("kills", ";".join(",".join(v["name"] + ("" if v["by"] == "tool" else
