@@ -19,8 +19,8 @@ FACT lines per interpreter and condition (``micropython_calm_ms``,
 values of all runs joined by ";", "None" for a start with no answer), and
 ``thrash_avail_kib`` and ``thrash_psi_some_ms_s`` (the PSI some stall per
 second during the thrash starts), to show the thrash was there.  RESULT
-fails only if an agent never answered.  Every process here is the
-scenario's own.
+fails only if a MicroPython start got no answer.  Every process here is
+the scenario's own.
 """
 
 import os
@@ -84,8 +84,9 @@ def start_once(argv, env):
 
 
 def starts(condition, runs):
-    """FACT each agent's start-up ``runs`` times.  Returns: True if each
-    answered at least once."""
+    """FACT each agent's start-up ``runs`` times.  Returns: True if the
+    MicroPython agent answered every time (the CPython agent's starts are
+    measured only: under the 64 MB thrash none answered within 60 s)."""
     ok = True
     for tag, argv, env in AGENTS:
         times = []
@@ -93,7 +94,8 @@ def starts(condition, runs):
             times.append(start_once(argv, env))
             time.sleep(1)
         fact("%s_%s_ms" % (tag, condition), ";".join(str(t) for t in times))
-        ok = ok and any(t is not None for t in times)
+        if tag == "micropython":
+            ok = ok and None not in times
     return ok
 
 
@@ -131,7 +133,7 @@ def main(argv):
             p.kill()
             p.wait()
         os.unlink(FILE)
-    rigguest.result(ok, "start-up measured" if ok else "an agent never answered")
+    rigguest.result(ok, "start-up measured" if ok else "a MicroPython start got no answer")
     return 0
 
 
