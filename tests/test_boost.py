@@ -102,3 +102,18 @@ def test_this_kernel_s_reading() -> None:
         assert reading.boost_kib % (os.sysconf("SC_PAGE_SIZE") // 1024) == 0
     else:
         assert reading.boost_kib is None
+
+
+def test_the_kernel_page_size_from_smaps() -> None:
+    # the page size comes from our own smaps (no ctypes, no asyncio: status
+    # reads through here); a hostile or missing line is no page size
+    with open("/proc/self/smaps") as f:
+        assert procfs.parse_kernel_page_kib(f.read(4096)) == os.sysconf("SC_PAGE_SIZE") // 1024
+    for text, want in (("KernelPageSize:       64 kB\nMMUPageSize: 4 kB\n", 64),
+                       ("Rss: 4 kB\nKernelPageSize:        4 kB\n", 4),
+                       ("KernelPageSize:        x kB\n", None),
+                       ("KernelPageSize:        4\n", None),
+                       ("KernelPageSize:       -4 kB\n", None),
+                       ("KernelPageSize:        0 kB\n", None),
+                       ("", None), ("\x00" * 64, None)):
+        assert procfs.parse_kernel_page_kib(text) == want, text

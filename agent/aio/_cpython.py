@@ -160,8 +160,3 @@ def ioctl_read(fd: int, request: int, size: int) -> bytes:
     buf = bytearray(size)
     fcntl.ioctl(fd, request, buf, True)
     return bytes(buf)
-
-
-def page_size() -> int:
-    """Return: the kernel's page size in bytes."""
-    return os.sysconf("SC_PAGE_SIZE")

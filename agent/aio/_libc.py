@@ -142,10 +142,6 @@ def geteuid():
     return _f("geteuid", "i", "")()
 
 
-def page_size():
-    return _f("getpagesize", "i", "")()
-
-
 def unlink(path):
     _check(_f("unlink", "i", "s")(path), path)
 

@@ -95,11 +95,6 @@ def geteuid() -> int:
     return _sys.geteuid()
 
 
-def page_size() -> int:
-    """Return: the kernel's page size in bytes (getpagesize)."""
-    return _sys.page_size()
-
-
 def unlink(path: str) -> None:
     """Remove the file ``path``.  Raises: OSError."""
     _sys.unlink(path)

@@ -137,6 +137,18 @@ def parse_pressure(text: str) -> "Dict[str, Dict[str, float]]":
     return out
 
 
+def parse_kernel_page_kib(text: str) -> "Optional[int]":
+    """Return: the first ``KernelPageSize:`` of /proc/PID/smaps text (the
+    page size of that mapping, Linux 2.6.29+) in KiB, or None if there is
+    none or it is not a positive number of kB."""
+    for line in text.split("\n"):
+        if line.startswith("KernelPageSize:"):
+            words = line.split()
+            value = _int_or_none(words[1]) if len(words) == 3 and words[2] == "kB" else None
+            return value if value is not None and value > 0 else None
+    return None
+
+
 def parse_limit(text: str) -> "Optional[int]":
     """Parse a one-number cgroup file (memory.max, memory.limit_in_bytes...).
 

@@ -13,7 +13,6 @@ try:
 except ImportError:  # MicroPython
     pass
 
-from ..aio import unix
 from ..core import memstate, procfs
 from ..core.reading import Reading
 
@@ -58,6 +57,17 @@ class SystemDomain:
             self._boosts = factor > 0
         return self._boosts
 
+    def _kernel_page_kib(self) -> int:
+        """Return: the kernel's page size in KiB, from the first mapping of
+        our own smaps (its first 4 KiB; no asyncio, no ctypes: ``memagent
+        status`` reads through here too), or 4 if it cannot be read."""
+        try:
+            with open(self.proc_root + "/self/smaps") as f:
+                text = f.read(4096)
+        except OSError:
+            return 4
+        return procfs.parse_kernel_page_kib(text) or 4
+
     def _boost_kib(self) -> "Optional[int]":
         """Return: the zones' watermark boost in KiB now, or None if the
         kernel does not boost or zoneinfo cannot be read or parsed."""
@@ -68,7 +78,7 @@ class SystemDomain:
         except (OSError, ValueError):
             return None
         if self._page_kib is None:
-            self._page_kib = unix.page_size() // 1024
+            self._page_kib = self._kernel_page_kib()
         return memstate.zone_boost_pages(zones) * self._page_kib
 
     def _zones_once(self) -> "Optional[List[Zone]]":

@@ -34,6 +34,8 @@ from memagent.runtime.services import AppView, Services
 log = get_logger("memagent.plugin.release_caches")
 
 BUDGET_MS = 1800  # under the dispatcher's default 2000 ms hook timeout
+# While a LOW round waits for its apps, how often it looks for an escalation.
+ESCALATION_CHECK_MS = 50
 
 
 class ReleaseCaches:
@@ -56,8 +58,11 @@ class ReleaseCaches:
         self.services: Optional[Services] = None
         self.events = 0
         self.busy = 0  # CRITICAL notes that came while a CRITICAL event ran
+        self.escalated = 0  # LOW rounds left to finish alone when CRITICAL came
+        self.late_answers = 0  # answers of those rounds, recorded when they came
         self.last_event: Optional[Dict[str, Any]] = None
         self._task: Optional[Any] = None
+        self._late: Optional[Any] = None  # a LOW round left to finish alone
 
     async def on_start(self, services: Optional[Services] = None, **kwargs: Any) -> None:
         """Keep the services (the apps, the trim path, the config)."""
@@ -126,8 +131,8 @@ class ReleaseCaches:
         deficit = deficit_kib or notification.deficit_kib
         if level < CRITICAL:
             await self._run_event(apps, level, deficit)
-        elif self._task is not None and not self._task.done():
-            self.busy += 1
+        elif any(t is not None and not t.done() for t in (self._task, self._late)):
+            self.busy += 1  # the apps are being asked already
         else:
             self._task = aio.create_task(self._run_event(apps, level, deficit))
         return self.last_event
@@ -142,9 +147,57 @@ class ReleaseCaches:
         log.info("trim event: %s", event)
 
     async def on_stop(self, **kwargs: Any) -> None:
-        """Cancel a CRITICAL trim event still running."""
-        task, self._task = self._task, None
-        await aio.cancel_and_wait(task)
+        """Cancel a CRITICAL trim event, or a LOW round, still running."""
+        for task in (self._task, self._late):
+            await aio.cancel_and_wait(task)
+        self._task = self._late = None
+
+    async def _ask(self, services: Services, asks: List[Tuple[AppView, int]], level: int,
+                   deadline: int) -> Optional[List[Any]]:
+        """Ask each (app, target) of ``asks`` at once.  Returns: the trim
+        results, in order; or, at LOW, None once the monitor is at CRITICAL
+        before they all came: the round then finishes alone, and its answers
+        go to the scheduler when they come (``late_answers``).
+
+        Why: the dispatcher awaits this hook at LOW, and a CRITICAL that came
+        meanwhile waited for the slowest app.  In the 64 MB handset day the
+        thrashing apps took 0.9-1.5 s to answer a LOW round, and the first
+        kill came 1.3-1.5 s after CRITICAL for that alone (2026-12-07)."""
+        box: Dict[str, Any] = {"results": None, "late": False}
+        done = aio.Event()
+
+        async def ask_all() -> None:
+            box["results"] = await aio.gather(*(services.trim(app, level, target, deadline)
+                                                for app, target in asks))
+            done.set()
+            if box["late"]:
+                self._record_round(asks, box["results"])
+                self.late_answers += len(asks)
+
+        task = aio.create_task(ask_all())
+        try:
+            if level >= CRITICAL:
+                await done.wait()
+            while not done.is_set():
+                if services.level >= CRITICAL:
+                    box["late"], self._late = True, task
+                    self.escalated += 1
+                    return None
+                await aio.sleep_ms(ESCALATION_CHECK_MS)
+        except aio.CancelledError:
+            task.cancel()
+            raise
+        results: Optional[List[Any]] = box["results"]
+        return results
+
+    def _record_round(self, asks: List[Tuple[AppView, int]], results: List[Any]) -> int:
+        """Give the scheduler each app's measured answer.  Returns: the KiB freed."""
+        freed_kib = 0
+        for (app, target), result in zip(asks, results):
+            freed = max(result.measured_kib or 0, 0)
+            self.scheduler.record_result(app.app_id, target, freed, aio.ticks_ms())
+            freed_kib += freed
+        return freed_kib
 
     async def _event(self, apps: Dict[int, AppView], level: int,
                      deficit: int) -> Dict[str, Any]:
@@ -156,15 +209,26 @@ class ReleaseCaches:
         left = deficit
         deadline = self.scheduler.deadline_ms(level)
         while left > 0 and aio.ticks_ms() - start_ms + deadline <= self.budget_ms:
-            plan = self.scheduler.plan_round(left, level, aio.ticks_ms())
-            if not plan:
+            asks = [(apps[app_id], target)
+                    for app_id, target in self.scheduler.plan_round(left, level, aio.ticks_ms())
+                    if app_id in apps]
+            if not asks:
                 break
-            results = await aio.gather(*(services.trim(apps[app_id], level, target, deadline)
-                                         for app_id, target in plan if app_id in apps))
-            for (app_id, target), result in zip(plan, results):
-                freed = max(result.measured_kib or 0, 0)
-                self.scheduler.record_result(app_id, target, freed, aio.ticks_ms())
-                asked.append((app_id, target, result.measured_kib))
-                left -= freed
-        return {"deficit_kib": deficit, "freed_kib": deficit - left, "asked": asked,
-                "ms": aio.ticks_ms() - start_ms, "t_ms": start_ms}
+            results = await self._ask(services, asks, level, deadline)
+            if results is None:  # CRITICAL came: the round finishes alone
+                return self._summary(deficit, left, asked, start_ms, escalated=True)
+            left -= self._record_round(asks, results)
+            asked += [(app.app_id, target, result.measured_kib)
+                      for (app, target), result in zip(asks, results)]
+        return self._summary(deficit, left, asked, start_ms)
+
+    @staticmethod
+    def _summary(deficit: int, left: int, asked: List[Tuple[int, int, Optional[int]]],
+                 start_ms: int, escalated: bool = False) -> Dict[str, Any]:
+        """Return: a trim event's record (``escalated``: a LOW event cut
+        short by CRITICAL, its last round still out)."""
+        event = {"deficit_kib": deficit, "freed_kib": deficit - left, "asked": asked,
+                 "ms": aio.ticks_ms() - start_ms, "t_ms": start_ms}
+        if escalated:
+            event["escalated"] = True
+        return event

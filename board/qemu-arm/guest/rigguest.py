@@ -28,6 +28,29 @@ def handback(name, data=None, path=None):
     sys.stdout.flush()
 
 
+# The page-cache thrash of the scenarios: busybox sh and dd re-reading a file
+# bigger than RAM (RssAnon 44 KiB for sh, 984 KiB for dd and its 1 MiB buffer;
+# a Python reader held 1,956 KiB, which the 64 MB guest cannot spare).
+READER = "while :; do dd if=%s of=/dev/null bs=1M 2>/dev/null; done"
+
+
+def thrash_file(path, ratio=1.25):
+    """Write ``path``, ``ratio`` x MemTotal of zeros, sync it and drop it
+    from the page cache.  Returns: its size in MiB."""
+    with open("/proc/meminfo") as f:
+        total_kib = int(f.readline().split()[1])
+    mib = int(total_kib * ratio) // 1024
+    subprocess.run("dd if=/dev/zero of=%s bs=1M count=%d 2>/dev/null; sync; "
+                   "echo 1 > /proc/sys/vm/drop_caches" % (path, mib), shell=True, check=True)
+    return mib
+
+
+def start_reader(path):
+    """Start a reader that streams ``path`` through the page cache without a
+    break.  Returns: its Popen (the shell; kill it to stop the reader)."""
+    return subprocess.Popen(["sh", "-c", READER % path])
+
+
 def fact(key, value):
     """Print a ``FACT key=value`` line (the host's tests read them)."""
     print("FACT %s=%s" % (key, value), flush=True)

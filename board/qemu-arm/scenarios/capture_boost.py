@@ -39,14 +39,9 @@ def read(path: str) -> str:
 
 def main() -> int:
     """Returns: 0; the verdict is the RESULT line."""
-    meminfo = read("/proc/meminfo")
-    total_kib = int(meminfo.split("MemTotal:")[1].split()[0])
-    avail_kib = int(meminfo.split("MemAvailable:")[1].split()[0])
-    subprocess.run("dd if=/dev/zero of=%s bs=1M count=%d 2>/dev/null; sync; echo 1 > "
-                   "/proc/sys/vm/drop_caches" % (FILE, total_kib * 5 // 4 // 1024),
-                   shell=True, check=True)
-    reader = subprocess.Popen(["sh", "-c", "while :; do dd if=%s of=/dev/null bs=1M "
-                               "2>/dev/null; done" % FILE])
+    rigguest.thrash_file(FILE)
+    avail_kib = int(read("/proc/meminfo").split("MemAvailable:")[1].split()[0])
+    reader = rigguest.start_reader(FILE)
     grow_mib = avail_kib * 7 // 10 // 1024
     grower = subprocess.Popen([sys.executable, "-c", (
         "import mmap, time\nheld = []\nfor _ in range(%d):\n"

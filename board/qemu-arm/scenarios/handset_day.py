@@ -85,10 +85,6 @@ AGENTS = ("memagent", "memagent-mpy")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 THRASH_FILE = "/var/tmp/handset-thrash"
 BARE_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-# The reader: busybox sh and dd, measured in the guest: RssAnon 44 KiB (sh)
-# and 984 KiB (dd, its 1 MiB buffer); a Python reader (memagent.demo.loadgen)
-# held 1,956 KiB, which the 64 MB guest cannot spare.
-THRASH = "while :; do dd if=%s of=/dev/null bs=1M 2>/dev/null; done"
 
 
 # -- the apps: forked from this driver, as a zygote forks a handset's apps ------------
@@ -569,6 +565,8 @@ def run_once(place: Place, tool: kill_bench.Contestant, sizes: Result, crit_kib:
              low_kib: int, tmp: str) -> Result:
     """One handset day with ``tool`` watching.  Returns: the raw run.
     Raises: RuntimeError if the tool or an app fails to start."""
+    import rigguest
+
     oom0, dmesg0 = place.oom_kills(), dmesg_ooms()
     avail0, total = place.avail_kib()
     t_start = time.monotonic()
@@ -577,7 +575,7 @@ def run_once(place: Place, tool: kill_bench.Contestant, sizes: Result, crit_kib:
     avail_tool = place.avail_kib()[0]
     tool_smaps = smaps_kib(tool.proc.pid) if tool.proc is not None else {}
     sock = SOCKET if isinstance(tool, InitAgent) else ""
-    reader = place.spawn(["sh", "-c", THRASH % THRASH_FILE], set_adj(-1000),
+    reader = place.spawn(["sh", "-c", rigguest.READER % THRASH_FILE], set_adj(-1000),
                          stdout=subprocess.DEVNULL, start_new_session=True)
     procs: List[App] = []
     sampler = Sampler(place)
@@ -759,15 +757,14 @@ def checks(fig: Result) -> List[str]:
 # -- in the guest -------------------------------------------------------------------------
 
 
-def setup(total_kib: int) -> None:
+def setup() -> None:
     """The agent from init stops (the tools start in run_once); the thrash
     file (1.25 x RAM) is written and dropped from the cache."""
+    import rigguest
+
     if read_pid() is not None:
         initscript("stop")
-    mib = total_kib * 5 // 4 // 1024
-    subprocess.run("dd if=/dev/zero of=%s bs=1M count=%d 2>/dev/null; sync; "
-                   "echo 1 > /proc/sys/vm/drop_caches" % (THRASH_FILE, mib), shell=True,
-                   check=True)
+    rigguest.thrash_file(THRASH_FILE)
 
 
 def bare_interpreter(spec: str) -> None:
@@ -820,7 +817,7 @@ def guest_main(argv: List[str]) -> int:
     os.makedirs("/tmp/handset", exist_ok=True)
     results, figs = [], []
     try:
-        setup(total)
+        setup()
         if spec in AGENTS:
             bare_interpreter(spec)
         a0 = kill_bench.wait_calm(place, place.avail_kib()[0])

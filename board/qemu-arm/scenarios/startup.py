@@ -101,17 +101,13 @@ def starts(condition, runs):
 
 def thrash():
     """Start the holder and the reader.  Returns: their Popen objects."""
-    total_kib = meminfo_kib("MemTotal")
-    subprocess.run("dd if=/dev/zero of=%s bs=1M count=%d 2>/dev/null; sync; echo 1 > "
-                   "/proc/sys/vm/drop_caches" % (FILE, total_kib * 5 // 4 // 1024),
-                   shell=True, check=True)
+    rigguest.thrash_file(FILE)
     hold_mib = max(meminfo_kib("MemAvailable") - HEADROOM_KIB, 0) // 1024
     holder = subprocess.Popen([sys.executable, "-c", (
         "import mmap, time\nm = mmap.mmap(-1, %d << 20)\n"
         "for i in range(0, len(m), 4096):\n    m[i] = 1\ntime.sleep(3600)\n") % hold_mib])
     time.sleep(3)
-    reader = subprocess.Popen(["sh", "-c", "while :; do dd if=%s of=/dev/null bs=1M "
-                               "2>/dev/null; done" % FILE])
+    reader = rigguest.start_reader(FILE)
     time.sleep(3)
     return holder, reader
 
