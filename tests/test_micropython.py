@@ -92,6 +92,7 @@ MICROPYTHON_MODULES = (
     "memagent.plugins", "memagent.plugins.release_caches",
     "memagent.plugins.release_caches.scheduler", "memagent.plugins.kill_background",
     "memagent.plugins.kill_background.settings", "memagent.plugins.kill_background.victims",
+    "memagent.plugins.kill_background.lowrules",
     # the whole agent (issue 11): the shim's system calls, streams and
     # argparse subset, every source, the loader, the CLI and every plugin
     "memagent.aio.unix", "memagent.aio._libc", "memagent.aio._mpstream", "memagent.aio.args",

@@ -32,7 +32,7 @@ from memagent import aio
 from memagent.core.config import ConfigError
 from memagent.core.levels import CRITICAL, LOW, Notification, deficit_kib, level_name
 from memagent.core.logs import get_logger
-from memagent.plugins.kill_background import pidkill, victims
+from memagent.plugins.kill_background import lowrules, pidkill, victims
 from memagent.plugins.kill_background.settings import SCHEMA, SECTION, Settings
 from memagent.runtime.services import Services
 
@@ -69,6 +69,7 @@ class KillBackground:
         # The newest trim event a plugin before this one returned (a dict
         # with freed_kib and t_ms: release_caches' result), for the thrash rule.
         self._trims: Optional[Dict[str, Any]] = None
+        self.last_pool: Optional[Tuple[int, List[int]]] = None  # the last full pick's
 
     async def on_start(self, services: Optional[Services] = None, **kwargs: Any) -> None:
         """Read ``[kill_background]``.  Settings that contradict each other
@@ -133,59 +134,17 @@ class KillBackground:
         self._task = aio.create_task(self._sequence(level, reason, deficit))
 
     def _low_allowed(self, now_ms: int) -> bool:
-        """Return: True if a kill at LOW may go now.  Trims first: never while
-        the newest trims still free memory, nor on a lead-time forecast alone
-        (above LOW, not thrashing); with "always" the 64 MB handset day's
-        first kill hit a cached app 0.4-0.5 s after its start, before it was
-        asked to trim (5 of 5 runs, 2026-12-07).  Then ``kill_at_low``:
-        "always"; or "idle" and the user away, or the domain thrashes (PSI
-        ``full`` at or above ``[levels] thrash_full_pct``, the trims freeing
-        nothing more: deferring then left a 64 MB thrash at LOW for over 60 s
-        with no kill).  CRITICAL does not wait for any of it."""
+        """Return: True if a kill at LOW may go now (:func:`.lowrules.low_allowed`)."""
         s, services = self.settings, self.services
         assert s is not None and services is not None
-        if s.kill_at_low == "never":
-            return False
         reading, th = self._now()
-        if th is not None and (self._trims_pay(th.renotify_ms) or reading is not None and (
-                reading.avail_kib > th.low_kib and not self._thrashing())):
-            return False
-        if s.kill_at_low == "always":
-            return True
-        return bool(services.presence.user_away(now_ms)) or self._thrashing()
-
-    def _thrashing(self) -> bool:
-        """Return: True if the newest reading shows PSI full at or above the
-        thrash threshold while the apps' trims no longer free anything.
-
-        Why the trims: a streaming reader's page-cache churn (Daniel Spang's
-        report in the mem_notify thread) keeps PSI full over 10% at LOW with
-        nothing in danger; in the 128 MB guest the thrash rule alone killed
-        three apps a run at LOW, each just after its trim (earlyoom: two)."""
-        reading, th = self._now()
-        if reading is None or th is None:
-            return False
-        full = reading.psi_full_avg10
-        if full is None or full < th.thrash_full_pct:
-            return False
-        return not self._trims_pay(th.renotify_ms)
+        paying = th is not None and lowrules.trims_pay(self._trims, now_ms, th.renotify_ms)
+        away = s.kill_at_low == "idle" and bool(services.presence.user_away(now_ms))
+        return lowrules.low_allowed(s.kill_at_low, reading, th, paying, away)
 
     def _note_trims(self, results: Optional[Dict[str, Any]]) -> None:
         """Keep the newest trim event among the earlier plugins' ``results``."""
-        for result in (results or {}).values():
-            if isinstance(result, dict) and isinstance(result.get("t_ms"), int) and \
-                    "freed_kib" in result and (self._trims is None or
-                                               result["t_ms"] >= self._trims["t_ms"]):
-                self._trims = result
-
-    def _trims_pay(self, renotify_ms: int) -> bool:
-        """Return: True if the newest trim event, at most two reminders old,
-        freed memory (the apps still have caches to give)."""
-        event = self._trims
-        if event is None:
-            return False
-        fresh = aio.ticks_ms() - event["t_ms"] <= 2 * renotify_ms + 1000
-        return bool(fresh and event.get("freed_kib", 0) > 0)
+        self._trims = lowrules.newest_trims(self._trims, results)
 
     def _now(self) -> Tuple[Optional[Any], Optional[Any]]:
         """Return: (the newest reading, the thresholds), Nones without services."""
@@ -199,6 +158,7 @@ class KillBackground:
         assert s is not None and services is not None
         self.sequences += 1
         freed_total = 0
+        pool: Optional[Tuple[int, List[int]]] = None  # (reach, candidate pids)
         tried: Dict[int, str] = {}  # never twice in one sequence (EPERM, stuck, reused)
         try:
             if self._relieved_already(level):
@@ -212,7 +172,12 @@ class KillBackground:
                 if attempt and (self._relieved(reach) or (
                         reach < CRITICAL and not self._low_allowed(aio.ticks_ms()))):
                     break
-                victim = self.pick(reach, tried)
+                # The sequence's first pick reads every process; the next ones
+                # re-read only its candidates, at the same reach (in the 64 MB
+                # thrash a full scan took 0.4-1.2 s before each kill).
+                pool = pool if pool is not None and pool[0] == reach else None
+                victim = self.pick(reach, tried, pool)
+                pool = pool or self.last_pool
                 if victim is None:
                     self.no_victim += 1
                     log.info("no eligible victim at %s", level_name(reach))
@@ -326,22 +291,28 @@ class KillBackground:
         memcg = self.services.memcg
         return victims.memcg_pids(memcg) if memcg else None
 
-    def pick(self, level: int,
-             exclude: Optional[Dict[int, str]] = None) -> Optional[victims.Candidate]:
+    def pick(self, level: int, exclude: Optional[Dict[int, str]] = None,
+             pool: Optional[Tuple[int, List[int]]] = None) -> Optional[victims.Candidate]:
         """Return: the victim for ``level`` in the watched domain now (never
         a pid of ``exclude``), or None (nothing eligible, or the scope cannot
-        be read: logged)."""
+        be read: logged).  With ``pool`` (level, pids) from an earlier pick,
+        only those pids are read again; without, every process is, and
+        ``self.last_pool`` becomes the candidates found."""
         s, services = self.settings, self.services
         assert s is not None and services is not None
         try:
-            pids = self.scope_pids()
+            pids = pool[1] if pool is not None else self.scope_pids()
         except OSError as e:
             log.warning("plugin %s: cannot list the memcg's processes: %s", self.name, e)
             return None
-        return victims.pick(services.proc_root, pids,
-                            [(a.pid, a.cls, a.last_active_ms, a.started, a.process)
-                             for a in services.apps()],
-                            services.foreground_pid, s.reach_rank(level), s.protect, exclude)
+        found: List[victims.Candidate] = []
+        victim = victims.pick(services.proc_root, pids,
+                              [(a.pid, a.cls, a.last_active_ms, a.started, a.process)
+                               for a in services.apps()], services.foreground_pid,
+                              s.reach_rank(level), s.protect, exclude, found)
+        if pool is None:
+            self.last_pool = (level, [c.pid for c in found])
+        return victim
 
     async def execute(self, victim: victims.Candidate, level: int,
                       reason: str) -> Dict[str, Any]:

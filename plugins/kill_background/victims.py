@@ -271,15 +271,18 @@ def never_map(agent_pids: "Iterable[int]", foreground_pid: "Optional[int]") -> "
 def pick(proc_root: str, pids: "Optional[Iterable[int]]",
          apps: "Iterable[AppEntry]",
          foreground_pid: "Optional[int]", reach_rank: int, protect: "Iterable[str]",
-         exclude: "Optional[Dict[int, str]]" = None) -> "Optional[Candidate]":
+         exclude: "Optional[Dict[int, str]]" = None,
+         found: "Optional[List[Candidate]]" = None) -> "Optional[Candidate]":
     """Return: the first victim among ``pids`` (None: every process of
     ``proc_root``) at ``reach_rank``, or None.  ``apps``: the registered apps
     as (pid, class, last_active_ms, started, process); never the agent or its
     ancestors, the foreground pid, a ``protect``ed name or a pid of
-    ``exclude``."""
+    ``exclude``.  ``found``, if given, receives every candidate read."""
     from memagent.aio import unix  # the policy above imports without the shim
 
     never = never_map(ancestors(unix.getpid(), proc_root), foreground_pid)
     never.update(exclude or {})
-    found = scan(proc_root, pids, merge_apps(apps), reach_rank)
-    return choose(found, reach_rank, protect, never)
+    candidates = scan(proc_root, pids, merge_apps(apps), reach_rank)
+    if found is not None:
+        found[:] = candidates
+    return choose(candidates, reach_rank, protect, never)
