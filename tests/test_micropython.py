@@ -203,16 +203,22 @@ print("RESULT", ms, Counts.calls, d.hooks_abandoned, d.hooks_skipped, sorted(d.d
 """
 
 
+def run_in_package(exe: str, args: "list[str]") -> "subprocess.CompletedProcess[str]":
+    """Run MicroPython ``exe`` with ``args`` (``-c CODE ...``), the package laid
+    out as memagent/ on its path (and its frozen modules first).  Returns: the
+    finished process, output captured."""
+    with tempfile.TemporaryDirectory() as tmp:
+        package_layout(tmp)
+        return subprocess.run([exe] + args, env=dict(os.environ, MICROPYPATH=".frozen:" + tmp),
+                              capture_output=True, text=True, timeout=60)
+
+
 def test_the_dispatcher_abandons_a_hostile_hook_under_micropython(micropython_ffi: str) -> None:
     # The runtime's dispatcher and aio.within_ms on MicroPython's asyncio: a
     # hook that swallows its cancellation is abandoned at its timeout,
     # skipped while it runs, its plugin disabled at the third strike; the
     # plugin after it is called every time, and nothing waits on it.
-    with tempfile.TemporaryDirectory() as tmp:
-        package_layout(tmp)
-        out = subprocess.run([micropython_ffi, "-c", HOSTILE_DISPATCH],
-                             env=dict(os.environ, MICROPYPATH=".frozen:" + tmp),
-                             capture_output=True, text=True, timeout=60)
+    out = run_in_package(micropython_ffi, ["-c", HOSTILE_DISPATCH])
     assert out.returncode == 0, out.stderr
     result = [line.split(None, 5) for line in out.stdout.splitlines()
               if line.startswith("RESULT")]
@@ -258,11 +264,7 @@ def test_a_cancel_as_wait_for_ms_times_out_is_not_lost_under_micropython(
     # SIGTERM as its 1 s sampling timeout fired, looped for ever and the
     # agent never exited (test_hostile's swallow test, 1 run in 20).  Here
     # the cancel lands at each step around the timeout.
-    with tempfile.TemporaryDirectory() as tmp:
-        package_layout(tmp)
-        out = subprocess.run([micropython_ffi, "-c", CANCEL_AT_TIMEOUT],
-                             env=dict(os.environ, MICROPYPATH=".frozen:" + tmp),
-                             capture_output=True, text=True, timeout=60)
+    out = run_in_package(micropython_ffi, ["-c", CANCEL_AT_TIMEOUT])
     assert out.returncode == 0, out.stderr
     result = [line for line in out.stdout.splitlines() if line.startswith("RESULT")]
     assert result and "lost" not in result[0], out.stdout + out.stderr
@@ -297,12 +299,7 @@ def test_kill_by_pidfd_under_micropython(micropython_ffi: str) -> None:
                               stdout=subprocess.PIPE, text=True)
     try:
         assert victim.stdout is not None and victim.stdout.readline() == "ready\n"
-        with tempfile.TemporaryDirectory() as tmp:
-            package_layout(tmp)
-            out = subprocess.run([micropython_ffi, "-c", KILL_UNDER_MICROPYTHON,
-                                  str(victim.pid)],
-                                 env=dict(os.environ, MICROPYPATH=".frozen:" + tmp),
-                                 capture_output=True, text=True, timeout=60)
+        out = run_in_package(micropython_ffi, ["-c", KILL_UNDER_MICROPYTHON, str(victim.pid)])
         assert out.returncode == 0, out.stderr
         lines = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines()}
         assert lines["SUPPORTED"] == ["None"], out.stdout
