@@ -150,20 +150,25 @@ class Peak:
         return self.peak
 
 
-def measure_agent(tag, argv, env):
-    """Start an agent, time it, measure it calm and after the battery."""
+def start_agent(argv, env, sock=SOCKET, timeout_s=60):
+    """Exec an agent that serves ``sock`` and poll it every 20 ms for a
+    status answer.  Returns: (its Popen, ms from exec to the answer or None)."""
     try:
-        os.unlink(SOCKET)
+        os.unlink(sock)
     except OSError:
         pass
     t0 = time.monotonic()
     p = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ready = None
-    while time.monotonic() - t0 < 60 and p.poll() is None:
-        if os.path.exists(SOCKET) and status(SOCKET, 1.0) is not None:
-            ready = round((time.monotonic() - t0) * 1000)
-            break
+    while time.monotonic() - t0 < timeout_s and p.poll() is None:
+        if os.path.exists(sock) and status(sock, 2.0) is not None:
+            return p, round((time.monotonic() - t0) * 1000)
         time.sleep(0.02)
+    return p, None
+
+
+def measure_agent(tag, argv, env):
+    """Start an agent, time it, measure it calm and after the battery."""
+    p, ready = start_agent(argv, env)
     fact(tag + "_ready_ms", ready)
     if ready is None:
         p.kill()

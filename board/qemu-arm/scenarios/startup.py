@@ -30,7 +30,7 @@ import sys
 import time
 
 import rigguest
-from footprint import status
+from footprint import start_agent
 from rigguest import fact
 
 CONFIG = "/etc/memagent/memagent.conf"
@@ -61,19 +61,8 @@ def psi_some_us():
 def start_once(argv, env):
     """Exec an agent, wait for its first status answer, stop it.
     Returns: ms from exec to the answer, or None."""
-    try:
-        os.unlink(SOCKET)
-    except OSError:
-        pass
-    t0 = time.monotonic()
-    p = subprocess.Popen(argv, env=dict({"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, **env),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ready = None
-    while time.monotonic() - t0 < 60 and p.poll() is None:
-        if os.path.exists(SOCKET) and status(SOCKET, 2.0) is not None:
-            ready = round((time.monotonic() - t0) * 1000)
-            break
-        time.sleep(0.02)
+    p, ready = start_agent(argv, dict({"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, **env),
+                           SOCKET)
     p.send_signal(signal.SIGTERM)
     try:
         p.wait(15)
