@@ -163,6 +163,16 @@ def test_sigterm_ignored_gets_sigkill_after_the_grace(procs: Procs) -> None:
         "ESRCH", "ENOSYS", "EINVAL", "unsupported"), result.mrelease
 
 
+def test_no_grace_sends_sigkill_and_no_sigterm(procs: Procs) -> None:
+    # critical_grace_ms = 0 (the 64 MB profile): the victim that would obey
+    # SIGTERM never sees it.
+    child = procs.victim(subprocess.Popen, "nograce", 0)
+    result = kill(child.pid, pidfs.start_time(child.pid), grace_ms=0)
+    assert (result.outcome, result.sigkill) == ("killed", True)
+    assert child.wait(5) == -signal.SIGKILL
+    assert "TERM" not in [line[0] for line in procs.lines()]
+
+
 def test_an_exited_pid_is_never_signalled(procs: Procs) -> None:
     child = procs.victim(subprocess.Popen, "gone", 0)
     started = pidfs.start_time(child.pid)
@@ -467,6 +477,7 @@ def test_a_sequence_s_later_picks_read_only_its_candidates(procs: Procs,
     ("low_class = foreground", "low_class"),
     ("kill_at_low = sometimes", "kill_at_low"),
     ("grace_ms = -1", "grace_ms"),
+    ("critical_grace_ms = -2", "critical_grace_ms"),
     ("max_kills = 0", "max_kills"),
     ("critical_margin_pct = 101", "critical_margin_pct"),
 ])
@@ -476,6 +487,20 @@ def test_a_bad_value_is_a_config_error_naming_its_line(text: str, key: str,
     with pytest.raises(ConfigError, match=r"test.conf:\d+: \[kill_background\] %s: " % key):
         Rig(str(tmp_path), "[kill_background]\ndry_run = no\n%s\n" % text,
             plugins=[KillBackground()])
+
+
+@pytest.mark.parametrize("text, low_ms, critical_ms", [
+    ("grace_ms = 700", 700, 700),  # critical_grace_ms -1: grace_ms's
+    ("grace_ms = 700\ncritical_grace_ms = 0", 700, 0),
+])
+def test_the_grace_at_each_level(text: str, low_ms: int, critical_ms: int,
+                                 tmp_path: Any) -> None:
+    plugin = KillBackground()
+    rig = Rig(str(tmp_path), "[kill_background]\n%s\n" % text, plugins=[plugin])
+    aio.run(plugin.on_start(services=rig.services(plugin)))
+    assert plugin.settings is not None
+    assert (plugin.settings.grace_for(LOW), plugin.settings.grace_for(CRITICAL)) == \
+        (low_ms, critical_ms)
 
 
 def test_contradicting_settings_leave_the_plugin_idle(tmp_path: Any, caplog: Any) -> None:

@@ -11,7 +11,8 @@ exited.  The sequence:
 
 1. ``pidfd_send_signal(SIGTERM)``, then wait up to ``grace_ms`` for the
    pidfd to become readable (the kernel marks it so when the process exits;
-   polled through :class:`memagent.aio.FdWatch`, no timer);
+   polled through :class:`memagent.aio.FdWatch`, no timer); with a
+   ``grace_ms`` of 0 no SIGTERM at all;
 2. if still alive: ``SIGKILL``, then ``process_mrelease`` (Linux 5.15) so
    the kernel reaps the victim's memory at once instead of when its last
    thread leaves the kernel; then wait up to ``wait_ms``.
@@ -168,6 +169,7 @@ async def kill(pid: int, started: Optional[int], grace_ms: int = 1000, wait_ms: 
     ``started`` (with ``process``, a registered app's: if that bound
     process is alive, through its pidfd): SIGTERM, ``grace_ms`` to exit,
     then SIGKILL (and process_mrelease if ``mrelease``) and ``wait_ms`` more.
+    ``grace_ms`` 0: SIGKILL at once, no SIGTERM.
 
     Returns: a KillResult (see there); a reused pid gives REUSED with
     nothing signalled.  Raises: OSError only for an unexpected pidfd_open
@@ -180,9 +182,11 @@ async def kill(pid: int, started: Optional[int], grace_ms: int = 1000, wait_ms: 
         return result
     try:
         t0_ms = aio.ticks_ms()
-        if not _send(pidfd, unix.SIGTERM, result):
+        # No grace: SIGKILL at once, as lmkd does (a SIGTERM then would only
+        # make the victim page in its handler).
+        if grace_ms > 0 and not _send(pidfd, unix.SIGTERM, result):
             return result
-        if await wait_exit(pidfd, grace_ms):
+        if grace_ms > 0 and await wait_exit(pidfd, grace_ms):
             result.outcome = EXITED
         else:
             result.sigkill = True

@@ -328,7 +328,7 @@ class KillBackground:
         # /proc tree then never matches a real one (skipped as "reused").
         # A registered app is signalled through the pidfd bound when it
         # connected (victim.process), never through its pid.
-        result = await pidkill.kill(victim.pid, victim.started, s.grace_ms, s.wait_ms,
+        result = await pidkill.kill(victim.pid, victim.started, s.grace_for(level), s.wait_ms,
                                     s.mrelease, process=victim.process)
         freed = None
         if result.signalled:

@@ -30,7 +30,9 @@ SCHEMA = {
                           doc="the same at CRITICAL"),
     "kill_at_low": Key("str", "idle", choices=KILL_AT_LOW,
                        doc="never, idle (only while the user is away or it thrashes), always"),
-    "grace_ms": Key("int", "1000", low=0, doc="from SIGTERM to SIGKILL"),
+    "grace_ms": Key("int", "1000", low=0, doc="from SIGTERM to SIGKILL (0: SIGKILL at once)"),
+    "critical_grace_ms": Key("int", "-1", low=-1,
+                             doc="the same at CRITICAL; -1: grace_ms"),
     "wait_ms": Key("int", "3000", low=1, doc="for the victim to die after SIGKILL"),
     "cooldown_ms": Key("int", "2000", low=0, doc="between kills, below CRITICAL"),
     "max_kills": Key("int", "4", low=1, doc="per sequence"),
@@ -58,12 +60,19 @@ class Settings:
                               "low_class %r" % (SECTION, self.critical_class, self.low_class))
         self.kill_at_low = section.get_str("kill_at_low")
         self.grace_ms = section.get_int("grace_ms")
+        critical_grace = section.get_int("critical_grace_ms")
+        self.critical_grace_ms = self.grace_ms if critical_grace < 0 else critical_grace
         self.wait_ms = section.get_int("wait_ms")
         self.cooldown_ms = section.get_int("cooldown_ms")
         self.max_kills = section.get_int("max_kills")
         self.protect = [w.strip() for w in section.get_str("protect").split(",") if w.strip()]
         self.mrelease = section.get_bool("mrelease")
         self.critical_margin_pct = section.get_int("critical_margin_pct")
+
+    def grace_for(self, level: int) -> int:
+        """Return: the SIGTERM grace in ms for a kill at ``level`` (0: SIGKILL
+        at once)."""
+        return self.critical_grace_ms if level >= CRITICAL else self.grace_ms
 
     def reach_rank(self, level: int) -> int:
         """Return: the rank of the lowest-standing class ``level`` may reach."""
