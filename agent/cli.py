@@ -104,6 +104,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """``memagent run``: the agent, until SIGTERM (SIGUSR1 dumps its stacks
     to stderr, for a support engineer facing a stuck agent)."""
+    from .runtime import selfprotect
+
+    config = _config(args)
+    # The priority before the imports below: under a thrash they are most of
+    # the start (selfprotect.set_nice).
+    nice = config.get_int("agent", "nice")
+    niced = selfprotect.set_nice(nice) if nice else None
     from . import aio
     from .runtime.agent import Agent
 
@@ -114,8 +121,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     except ImportError:  # MicroPython
         pass
-    config = _config(args)
     setup_logging(config, args.verbose)
+    if niced:
+        log.info("%s", niced)
     events = open(args.events_json, "a") if args.events_json not in (None, "-") else (
         sys.stdout if args.events_json == "-" else None)
     agent = Agent(config, config_path=args.config, events_out=events)

@@ -222,10 +222,15 @@ def test_sighup_reloads_and_bad_config_is_kept_out(memcg: Memcg, tmp_path: Any) 
 @pytest.mark.memcg
 def test_self_protection(memcg: Memcg, tmp_path: Any) -> None:
     tmp = str(tmp_path)
-    agent = start_agent(memcg, tmp, "--mlockall")
+    conf = os.path.join(tmp, "nice.conf")
+    with open(conf, "w") as f:
+        f.write("[agent]\nnice = -5\n")
+    agent = start_agent(memcg, tmp, "--mlockall", "-c", conf)
     try:
         with open("/proc/%d/oom_score_adj" % agent.pid) as f:
             adj = int(f.read())
+        with open("/proc/%d/stat" % agent.pid) as f:
+            nice = int(f.read().rsplit(")", 1)[1].split()[16])
         with open("/proc/%d/status" % agent.pid) as f:
             locked_kib = int(next(ln for ln in f if ln.startswith("VmLck:")).split()[1])
     finally:
@@ -234,6 +239,8 @@ def test_self_protection(memcg: Memcg, tmp_path: Any) -> None:
     # Where the sandbox withholds CAP_SYS_RESOURCE (this CI machine does),
     # the agent must say so plainly and run on.
     assert adj == -1000 or "oom_score_adj -1000 not set" in err
+    # [agent] nice, set before the agent's imports; plain words without CAP_SYS_NICE.
+    assert (nice == -5 and "nice set to -5" in err) or "nice -5 not set" in err, err
 
 
 @pytest.mark.memcg

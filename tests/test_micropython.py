@@ -315,6 +315,24 @@ def test_kill_by_pidfd_under_micropython(micropython_ffi: str) -> None:
             victim.wait()
 
 
+NICE = """
+from memagent.runtime import selfprotect
+print("LINE", selfprotect.set_nice(5))
+with open("/proc/self/stat") as f:
+    print("NICE", f.read().rsplit(")", 1)[1].split()[16])
+"""
+
+
+def test_nice_under_micropython(micropython_ffi: str) -> None:
+    # [agent] nice on MicroPython: setpriority through ffi, in a child (the
+    # test runner keeps its own priority).
+    out = run_in_package(micropython_ffi, ["-c", NICE])
+    assert out.returncode == 0, out.stderr
+    lines = [line.split(None, 1) for line in out.stdout.splitlines()]
+    assert lines[0] == ["LINE", "nice set to 5"], out.stdout
+    assert lines[1] == ["NICE", "5"], out.stdout
+
+
 SURROGATES = r"""
 from memagent.core.wire import load_line
 from memagent.core.protocol import check_name

@@ -82,6 +82,11 @@ def mlockall(flags: int) -> None:
         _raise("mlockall")
 
 
+def set_nice(value: int) -> None:
+    """setpriority(PRIO_PROCESS, 0, value)."""
+    os.setpriority(os.PRIO_PROCESS, 0, value)
+
+
 def mallopt(param: int, value: int) -> bool:
     """glibc's mallopt (False where the C library has none: musl)."""
     try:

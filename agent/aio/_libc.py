@@ -178,6 +178,10 @@ def mlockall(flags):
     _check(_f("mlockall", "i", "i")(flags), "mlockall")
 
 
+def set_nice(value):
+    _check(_f("setpriority", "i", "iii")(0, 0, value), "setpriority")  # PRIO_PROCESS, self
+
+
 def mallopt(param, value):
     try:
         return _f("mallopt", "i", "ii")(param, value) == 1

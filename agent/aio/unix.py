@@ -171,6 +171,12 @@ def mlockall(flags: int) -> None:
     _sys.mlockall(flags)
 
 
+def set_nice(value: int) -> None:
+    """setpriority(2): this process's nice value (-20 highest, 19 lowest).
+    Raises: OSError (EACCES without CAP_SYS_NICE below the current one)."""
+    _sys.set_nice(value)
+
+
 def mallopt(param: int, value: int) -> bool:
     """glibc's mallopt.  Returns: True if it was set (False without it)."""
     return _sys.mallopt(param, value)

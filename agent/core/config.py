@@ -120,6 +120,7 @@ CORE_SCHEMA: "Dict[str, Schema]" = {
               source="auto", memcg="", proc_root="/proc", socket="/run/memagent.sock",
               log="stderr", log_level="info", trace=""),
         mlockall=Key("lock", "no"), oom_score_adj=Key("int", "-1000"),
+        nice=Key("int", "0", low=-20, high=19),
         trace_speed=Key("float", "1.0")),
     "levels": dict(
         _keys("int", "low_kib critical_kib recover_kib critical_recover_kib lead_ms "
