@@ -107,10 +107,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runtime import selfprotect
 
     config = _config(args)
-    # The priority before the imports below: under a thrash they are most of
-    # the start (selfprotect.set_nice).
+    # The configured priority before the imports below: under a thrash they
+    # are most of the start (selfprotect.set_nice).  ``python -m memagent``
+    # ran at -20 until here (__main__); back to 0 it says nothing.
     nice = config.get_int("agent", "nice")
-    niced = selfprotect.set_nice(nice) if nice else None
+    niced = selfprotect.set_nice(nice)
+    niced = niced if nice or "not set" in niced else None
     from . import aio
     from .runtime.agent import Agent
 

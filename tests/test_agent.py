@@ -244,6 +244,21 @@ def test_self_protection(memcg: Memcg, tmp_path: Any) -> None:
 
 
 @pytest.mark.memcg
+def test_the_start_at_nice_minus_20_ends_at_the_configured_nice(memcg: Memcg,
+                                                                 tmp_path: Any) -> None:
+    # `python -m memagent run` starts at -20 (__main__) and settles at
+    # [agent] nice, 0 by default, once the config is read.
+    agent = start_agent(memcg, str(tmp_path))
+    try:
+        with open("/proc/%d/stat" % agent.pid) as f:
+            nice = int(f.read().rsplit(")", 1)[1].split()[16])
+    finally:
+        err = stop_agent(agent)
+    assert nice == 0 or (os.geteuid() != 0 and nice == os.nice(0)), err
+    assert "nice set" not in err and "nice 0 not set" not in err, err
+
+
+@pytest.mark.memcg
 def test_mlockall_onfault_locks_only_what_the_agent_touches(memcg: Memcg, tmp_path: Any) -> None:
     locked = {}
     for mode in ("yes", "onfault"):
