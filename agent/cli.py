@@ -112,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # ran at -20 until here (__main__); back to 0 it says nothing.
     nice = config.get_int("agent", "nice")
     niced = selfprotect.set_nice(nice)
-    niced = niced if nice or "not set" in niced else None
+    quiet = not nice and "not set" not in niced  # back to the default: nothing to say
     from . import aio
     from .runtime.agent import Agent
 
@@ -124,7 +124,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ImportError:  # MicroPython
         pass
     setup_logging(config, args.verbose)
-    if niced:
+    if not quiet:
         log.info("%s", niced)
     events = open(args.events_json, "a") if args.events_json not in (None, "-") else (
         sys.stdout if args.events_json == "-" else None)
