@@ -74,6 +74,7 @@ MICROPYTHON_MODULES = (
     "memagent.core.pidref", "memagent.core.psicheck",
     "memagent.core.classes", "memagent.core.config", "memagent.core.trace",
     "memagent.core.wire", "memagent.core.protocol", "memagent.core.logs",
+    "memagent.core.cusewire",
     # the shim and what measures
     "memagent.aio", "memagent.sense", "memagent.sense.domains", "memagent.sense.presence",
     "memagent.sense.footprint", "memagent.sense.sources", "memagent.sense.sources.base",
