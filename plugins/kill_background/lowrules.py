@@ -47,16 +47,18 @@ def thrashing(reading: "Any", th: "Any", paying: bool) -> bool:
 def low_allowed(kill_at_low: str, reading: "Any", th: "Any", paying: bool,
                 user_away: bool) -> bool:
     """Return: True if a kill at LOW may go now.  Trims first: never while
-    they still free memory (``paying``), nor on a lead-time forecast alone
-    (above LOW, not thrashing); with "always" the 64 MB handset day's first
-    kill hit a cached app 0.4-0.5 s after its start, before it was asked to
-    trim (5 of 5 runs, 2026-12-07).  Then ``kill_at_low``: "always"; or
-    "idle" and the user away, or the domain thrashes (deferring then left a
-    64 MB thrash at LOW for over 60 s with no kill)."""
+    they still free memory (``paying``).  Never with the memory above the
+    LOW threshold: not on a lead-time forecast (with "always" the 64 MB
+    handset day's first kill hit a cached app 0.4-0.5 s after its start,
+    before it was asked to trim, 5 of 5 runs), nor on a thrash (PSI full's
+    avg10 lags: the 128 MB day's second kill came 2 s after the growth had
+    ended, with 23 MB available, in 2 of 3 runs, 2026-12-07; a thrash that
+    goes on reaches CRITICAL through thrash_critical_pct).  Then
+    ``kill_at_low``: "always"; or "idle" and the user away, or the domain
+    thrashes (deferring then left a 64 MB thrash at LOW for over 60 s with
+    no kill)."""
     if kill_at_low == "never":
         return False
-    thrash = thrashing(reading, th, paying)
-    if th is not None and (paying or reading is not None and
-                           reading.avail_kib > th.low_kib and not thrash):
+    if th is not None and (paying or reading is not None and reading.avail_kib > th.low_kib):
         return False
-    return kill_at_low == "always" or user_away or thrash
+    return kill_at_low == "always" or user_away or thrashing(reading, th, paying)
