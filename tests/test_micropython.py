@@ -74,7 +74,7 @@ MICROPYTHON_MODULES = (
     "memagent.core.pidref", "memagent.core.psicheck",
     "memagent.core.classes", "memagent.core.config", "memagent.core.trace",
     "memagent.core.wire", "memagent.core.protocol", "memagent.core.logs",
-    "memagent.core.cusewire",
+    "memagent.core.cusewire", "memagent.core.waiters",
     # the shim and what measures
     "memagent.aio", "memagent.sense", "memagent.sense.domains", "memagent.sense.presence",
     "memagent.sense.footprint", "memagent.sense.sources", "memagent.sense.sources.base",
