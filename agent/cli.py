@@ -11,19 +11,17 @@ refused), 4 busy (the agent refused: too many clients), 5 reply too large,
 import json
 import sys
 
-from . import __version__
+from . import __version__, statuscli
 from .core import logs, procfs, trace
 from .core.config import Config, ConfigError, load_config, thresholds_from_config
-from .core.levels import Monitor, level_name
-from .ipc.ask import ReplyTooLarge, ask
-from .sense import domains, sources
+from .sense import sources
 
 # asyncio (memagent.aio) and the agent are imported only by the commands that
 # run them: `memagent status` stays without, for a handset at pressure
 # (memagent.ipc.ask).
 
 try:
-    from typing import Any, Dict, List, Optional, Tuple
+    from typing import List, Optional
 except ImportError:  # MicroPython
     pass
 try:
@@ -35,14 +33,6 @@ except ImportError:  # MicroPython: the shim's argparse, core.logs' loggers
     logging = None  # type: ignore[assignment]
 
 log = logs.get_logger("memagent")
-
-
-STATUS_NOT_RUNNING, STATUS_BUSY, STATUS_TOO_LARGE, STATUS_NO_ANSWER = 3, 4, 5, 6
-MAX_STATUS_PAGES = 4096  # pages of the app list (one app each at worst)
-
-
-class AgentBusy(Exception):
-    """The agent refused the connection: too many clients."""
 
 
 LOG_LEVELS = {"debug": logs.DEBUG, "info": logs.INFO, "warning": logs.WARNING,
@@ -104,9 +94,25 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """``memagent run``: the agent, until SIGTERM (SIGUSR1 dumps its stacks
     to stderr, for a support engineer facing a stuck agent)."""
+    return _run_agent(args, _config(args))
+
+
+def cmd_cuse(args: argparse.Namespace) -> int:
+    """``memagent cuse``: only the /dev/mem_notify provider: the agent's
+    sensing and the mem_notify_device plugin, no other plugin, no control
+    socket unless --socket.  Returns: the exit code."""
+    config = _config(args)
+    config.set("plugins", "enable", "mem_notify_device")
+    config.preset("mem_notify_device", "enabled", "yes")
+    if args.socket is None:
+        config.set("agent", "socket", "")
+    return _run_agent(args, config)
+
+
+def _run_agent(args: argparse.Namespace, config: Config) -> int:
+    """Run the agent on ``config`` until SIGTERM.  Returns: the exit code."""
     from .runtime import selfprotect
 
-    config = _config(args)
     # The configured priority before the imports below: under a thrash they
     # are most of the start (selfprotect.set_nice).  ``python -m memagent``
     # ran at -20 until here (__main__); back to 0 it says nothing.
@@ -137,108 +143,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
 
 
-def _local_status(args: argparse.Namespace) -> "Dict[str, Any]":
-    from . import aio  # its clock; only when no agent runs
-
-    config = _config(args)
-    memcg = config.get("agent", "memcg")
-    domain = domains.open_domain(str(memcg) if memcg else None,
-                                 config.get_str("agent", "proc_root"))
-    reading = domain.read(aio.ticks_ms(), "status")
-    monitor = Monitor(thresholds_from_config(config, reading.total_kib))
-    monitor.update(reading)
-    return {"agent": "not running: computed from %s now" % domain.name,
-            "level": level_name(monitor.level), "reading": reading.to_dict(),
-            "thresholds": monitor.thresholds.as_dict()}
-
-
-def _print_status(st: "Dict[str, Any]") -> None:
-    r = st.get("reading") or {}
-    total = r.get("total_kib") or 0
-    avail = r.get("avail_kib") or 0
-    print("level:     %s" % st.get("level"))
-    print("available: %d KiB of %d KiB (%d%%)" % (avail, total, 100 * avail // total if total
-                                                  else 0))
-    for key in ("free_kib", "file_kib", "anon_kib", "boost_kib", "psi_some_avg10",
-                "psi_full_avg10"):
-        if key in r:
-            print("%-10s %s" % (key.split("_")[0] + ":" if "psi" not in key else key + ":",
-                                r[key]))
-    for key in ("agent", "source", "pid", "uptime_s", "eta_ms", "fill_kib_s", "readings",
-                "notifications"):
-        if st.get(key) is not None:
-            print("%-10s %s" % (key + ":", st[key]))
-    apps = st.get("apps")
-    if isinstance(apps, dict) and isinstance(apps.get("apps"), list):
-        print("%-10s %d registered, %s connections" % ("apps:", len(apps["apps"]),
-                                                      apps.get("connections")))
-    if st.get("truncated"):
-        print("%-10s %s (the reply had to fit one line)" % ("left out:",
-                                                            ", ".join(st["truncated"])))
-    for name, why in sorted((st.get("unavailable") or {}).items()):
-        print("  %s unavailable: %s" % (name, why))
-    for note in st.get("recent") or []:
-        print("  event: %s <- %s %s avail %s KiB" % (note["level"], note["prev_level"],
-                                                     note["reason"], note["avail_kib"]))
-    for plugin in st.get("plugins") or []:
-        why = plugin.get("unavailable")
-        print("  plugin %s: %s" % (plugin.get("name"), "unavailable: %s" % why if why else "ok"))
-    for act in st.get("actions") or []:
-        fields = ", ".join("%s=%s" % (k, act[k]) for k in sorted(act)
-                           if k not in ("action", "t_ms", "wall"))
-        print("  action: %s %s" % (act.get("action"), fields))
-
-
-def _status_page(path: str, after: int) -> "Dict[str, Any]":
-    """Return: one status reply's status, its app list from ``after`` on.
-    Raises: AgentBusy, ReplyTooLarge, OSError, ValueError (as ask)."""
-    reply = ask(path, "status", fields={"apps_after": after} if after else None)
-    if not reply.get("ok"):
-        if reply.get("code") == "busy":
-            raise AgentBusy(str(reply.get("error", "busy")))
-        raise ValueError(str(reply.get("error", "refused")))
-    st = reply.get("status")
-    if not isinstance(st, dict):
-        raise ValueError("a status reply without a status object")
-    return st
-
-
-def ask_status(path: str) -> "Dict[str, Any]":
-    """Return: the running agent's status, every page of its app list
-    merged (an agent that does not page answers in one).  Raises:
-    AgentBusy; ReplyTooLarge; FileNotFoundError or ConnectionRefusedError
-    when no agent runs; other OSError or ValueError for no usable answer."""
-    st = _status_page(path, 0)
-    apps = st.get("apps")
-    after = 0
-    for _ in range(MAX_STATUS_PAGES):
-        if not isinstance(apps, dict) or not isinstance(apps.get("apps"), list):
-            break
-        nxt = apps.get("apps_next")
-        if isinstance(nxt, bool) or not isinstance(nxt, int) or nxt <= after:
-            break
-        more = _status_page(path, nxt).get("apps")
-        if not isinstance(more, dict) or not isinstance(more.get("apps"), list):
-            raise ValueError("a status page without its apps")
-        apps["apps"].extend(more["apps"])
-        apps["apps_next"], after = more.get("apps_next"), nxt
-    return st
-
-
-def _status_failure(path: str, err: Exception) -> "Tuple[int, str]":
-    """Return: (exit code, what went wrong) when the agent gave no status."""
-    if isinstance(err, AgentBusy):
-        return STATUS_BUSY, "the agent at %s is busy (%s)" % (path, err)
-    if isinstance(err, ReplyTooLarge):
-        return STATUS_TOO_LARGE, "the agent at %s sent a reply too large (%s)" % (path, err)
-    if isinstance(err, OSError) and err.args and err.args[0] in (2, 111):
-        # ENOENT (no socket), ECONNREFUSED (nobody listens): by number, which
-        # MicroPython's plain OSError carries too
-        return STATUS_NOT_RUNNING, "not running at %s (%s)" % (path, err)
-    return STATUS_NO_ANSWER, "the agent at %s did not answer (%s: %s)" % (
-        path, type(err).__name__, err)
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     """``memagent status``: ask the running agent, else read /proc now.
     Returns: 0, or the STATUS_* code saying why the agent did not answer."""
@@ -246,11 +150,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     path = config.get_str("agent", "socket")
     code = 0
     try:
-        st = ask_status(path)
-    except (AgentBusy, OSError, ValueError) as e:
-        code, why = _status_failure(path, e)
+        st = statuscli.ask_status(path)
+    except (statuscli.AgentBusy, OSError, ValueError) as e:
+        code, why = statuscli.status_failure(path, e)
         print("memagent: %s" % why, file=sys.stderr)
-        st = _local_status(args)
+        st = statuscli.local_status(_config(args))
         st["agent"] = "%s; computed from /proc now" % why
     if args.json:
         try:
@@ -259,7 +163,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             text = json.dumps(st)
         print(text)
     else:
-        _print_status(st)
+        statuscli.print_status(st)
     return code
 
 
@@ -345,6 +249,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events-json", help="append notifications and plugins' actions (kills, "
                    "source switches: they have an \"action\" key) as JSON lines here (- stdout)")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("cuse", help="serve /dev/mem_notify through CUSE, and nothing else",
+                       description="The agent's sensing and its mem_notify_device plugin "
+                       "only (root, /dev/cuse): programs written for the 2008 patch's "
+                       "/dev/mem_notify poll it unchanged.  See docs/cuse.md.")
+    _add_common(p)
+    p.add_argument("--socket", help="also serve a control socket here (default: none)")
+    p.add_argument("--log", choices=("stderr", "syslog"))
+    p.add_argument("--mlockall", action="store_true", help="lock the agent's memory")
+    p.add_argument("--events-json", help="append notifications as JSON lines here (- stdout)")
+    p.set_defaults(func=cmd_cuse)
     p = sub.add_parser("status", help="print the current readings and level",
                        epilog="exit codes: 0 the agent answered; when it did not, the level "
                        "computed from /proc now and 3 not running, 4 busy (too many clients), "

@@ -14,4 +14,5 @@ BUILTIN = [
     ("kill_background", "memagent.plugins.kill_background.plugin:KillBackground"),
     ("notify_ui", "memagent.plugins.notify_ui:NotifyUi"),
     ("device_watch", "memagent.plugins.device_watch:DeviceWatch"),
+    ("mem_notify_device", "memagent.plugins.mem_notify_device:MemNotifyDevice"),
 ]

@@ -289,6 +289,10 @@ class DeviceWatch:
                         services.config.get_bool("switch_source"))
         if target is None:
             return None
+        if kind == MEM_NOTIFY_ADD and services.serves_device(device_path):
+            log.info("%s is this agent's own device (mem_notify_device): not reading it",
+                     device_path)
+            return None
         if kind == MEM_NOTIFY_REMOVE:
             if not self._runs_on(devnum):
                 log.info("%s removed, but the agent runs on another device", device_path)

@@ -113,7 +113,7 @@ def test_a_dropin_plugin_sees_the_levels(memcg: Memcg, tmp_path: Any) -> None:
     finally:
         err = stop_agent(agent)
     assert ("plugins: release_caches, user_activity, kill_background, notify_ui, "
-            "device_watch, broken, vendor_plugin") in err
+            "device_watch, mem_notify_device, broken, vendor_plugin") in err
     assert re.search(r"plugins started in \d+ ms", err), err[-3000:]  # the boot test waits for it
     assert "plugin broken: on_level_change raised RuntimeError" in err
     with open(level_file) as f:

@@ -104,6 +104,9 @@ MICROPYTHON_MODULES = (
     "memagent.plugins.user_activity", "memagent.plugins.user_activity.reader",
     "memagent.plugins.user_activity.plugin", "memagent.plugins.device_watch",
     "memagent.plugins.notify_ui",
+    # the /dev/mem_notify provider (issue 12)
+    "memagent.core.memnotify", "memagent.ipc.cuse", "memagent.plugins.mem_notify_device",
+    "memagent.statuscli",
 )
 BANNED = ("import re\n", "import dataclasses", "from dataclasses", "from __future__",
           "import typing\n", "\nfrom typing import")

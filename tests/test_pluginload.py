@@ -380,7 +380,7 @@ def test_the_example_plugin_works_as_a_drop_in(tmp_path: Path,
 
 
 BUILTIN_ORDER = ["release_caches", "user_activity", "kill_background", "notify_ui",
-                 "device_watch"]
+                 "device_watch", "mem_notify_device"]
 
 
 def test_the_builtin_plugins_load_by_default(tmp_path: Path) -> None:
@@ -390,7 +390,8 @@ def test_the_builtin_plugins_load_by_default(tmp_path: Path) -> None:
     assert result.names == BUILTIN_ORDER and result.errors == []
     result = load_plugins(parse_config("[plugins]\ndisable = release_caches, notify_ui\n"),
                           dropin_dir=str(tmp_path / "none"), entry_points=[])
-    assert result.names == ["user_activity", "kill_background", "device_watch"]
+    assert result.names == ["user_activity", "kill_background", "device_watch",
+                            "mem_notify_device"]
 
 
 def test_the_docs_hook_table_is_the_spec() -> None:

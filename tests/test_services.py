@@ -218,6 +218,33 @@ def test_sources_switch_and_refusal(tmp_path: Any) -> None:
     assert [(a["was"], a["source"]) for a in rig.actions("source")] == [("poll", "mem_notify")]
 
 
+def test_a_served_device_is_never_the_source(tmp_path: Any) -> None:
+    fifo = os.path.join(str(tmp_path), "mem_notify")
+    os.mkfifo(fifo)
+    rig = Rig(str(tmp_path), "[sources]\ndevice_path = %s\n" % fifo, plugins=[Probe()])
+
+    async def body(services: Services) -> Any:
+        assert services.switch_source("mem_notify") is True
+        services.serve_device(fifo)  # it runs on it: it switches away at once
+        seen = [services.source, services.serves_device(fifo)]
+        seen.append(services.switch_source("mem_notify"))  # refused while served
+        services.unserve_device(fifo)
+        seen += [services.serves_device(fifo), services.switch_source("mem_notify")]
+        server = services.cuse_device(object(), "mem_notify_test", 0o660, "",
+                                      cuse_path=os.path.join(str(tmp_path), "no-cuse"))
+        try:
+            await server.start()
+        except Exception as e:
+            seen.append(str(e))
+        with pytest.raises(Exception, match="not in"):
+            services.cuse_device(object(), "x", 0o600, "no-such-group-here")
+        return seen
+
+    seen = run(rig, body)
+    assert seen[0] not in ("mem_notify", None) and seen[1:5] == [True, False, False, True]
+    assert "no-cuse" in seen[5] and "modprobe cuse" in seen[5]
+
+
 def test_device_events_reach_every_plugin(tmp_path: Any) -> None:
     probe, second = Probe(), Second()
     rig = Rig(str(tmp_path), plugins=[probe, second])

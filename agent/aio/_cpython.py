@@ -40,7 +40,15 @@ getpid = os.getpid
 geteuid = os.geteuid
 unlink = os.unlink
 chmod = os.chmod
+chown = os.chown
 strerror = os.strerror
+
+
+def monotonic_ms() -> int:
+    """CLOCK_MONOTONIC in milliseconds (time.monotonic is that clock on Linux)."""
+    import time
+
+    return int(time.monotonic() * 1000)
 
 
 def dup(fd: int) -> int:

@@ -150,6 +150,21 @@ def chmod(path, mode):
     _check(_f("chmod", "i", "si")(path, mode), path)
 
 
+def chown(path, uid, gid):
+    _check(_f("chown", "i", "sii")(path, uid, gid), path)
+
+
+def monotonic_ms():
+    # struct timespec as the plain clock_gettime symbol has it: two C longs
+    # (armhf's 64-bit time_t ABI has its own symbol, __clock_gettime64)
+    import struct
+
+    buf = bytearray(16)
+    _check(_f("clock_gettime", "i", "ip")(1, buf), "clock_gettime")  # CLOCK_MONOTONIC
+    sec, nsec = struct.unpack_from("ll", buf, 0)
+    return sec * 1000 + nsec // 1000000
+
+
 def eventfd(initval, flags):
     return _check(_f("eventfd", "i", "ii")(initval, flags), "eventfd")
 

@@ -105,6 +105,18 @@ def chmod(path: str, mode: int) -> None:
     _sys.chmod(path, mode)
 
 
+def chown(path: str, uid: int, gid: int) -> None:
+    """chown(2) (-1 keeps that id).  Raises: OSError."""
+    _sys.chown(path, uid, gid)
+
+
+def monotonic_ms() -> int:
+    """Return: CLOCK_MONOTONIC in milliseconds, the clock other processes
+    read too (MicroPython's ticks_ms is the same clock, wrapped at 2**30).
+    Raises: OSError."""
+    return int(_sys.monotonic_ms())
+
+
 def listdir(path: str) -> "List[str]":
     """Return: the names in directory ``path``.  Raises: OSError."""
     return list(os.listdir(path))

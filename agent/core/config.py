@@ -161,6 +161,7 @@ class Config:
         self.lines = lines or {}
         self.schemas: "Dict[str, Schema]" = dict(CORE_SCHEMA)
         self.overrides: "Dict[Tuple[str, str], str]" = {}  # set(): the command line's
+        self.presets: "Dict[Tuple[str, str], str]" = {}  # preset(): plugins' settings
 
     def _key(self, section: str, key: str) -> Key:
         spec = self.schemas.get(section, {}).get(key)
@@ -215,7 +216,16 @@ class Config:
         Raises: ConfigError."""
         for (section, key), value in self.overrides.items():
             config.set(section, key, value)
+        for (section, key), value in self.presets.items():
+            config.preset(section, key, value)
         return config
+
+    def preset(self, section: str, key: str, value: str) -> None:
+        """Override a plugin's setting before its schema is claimed
+        (``memagent cuse`` turns its plugin on); :meth:`claim` checks it,
+        :meth:`overridden` keeps it."""
+        self.values.setdefault(section, {})[key] = value
+        self.presets[(section, key)] = value
 
     def unclaimed(self) -> "List[str]":
         """Return: the sections the file names (with settings or not) that no

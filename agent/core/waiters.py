@@ -5,7 +5,10 @@ device is one file, keyed by its ``fh``, with its own poll handle.  This is
 the pure policy behind the POLLIN bit of each file:
 
 * **Level-triggered**, like the 2008 patch: a woken file is ``ready``
-  (POLLIN) until the pressure ends; reading the device does not clear it.
+  (POLLIN) until the pressure ends, or until its reader acknowledges the
+  wakeup (:meth:`Waiters.ack`: the provider calls it when the file is
+  read), so that poll, read, poll again waits for the next event instead
+  of spinning.
 * **Exclusive, fair wakeups** (Alan Cox): at LOW one event wakes at most
   ``max_per_event`` files, taken from the front of a FIFO queue ordered by
   when each file last became waiting; a woken file goes to the back, so
@@ -122,6 +125,16 @@ class Waiters:
         """Return: True if ``fh`` has POLLIN pending; False for an unknown fh."""
         f = self._files.get(fh)
         return f is not None and f.ready
+
+    def ack(self, fh: int) -> bool:
+        """Acknowledge a wakeup (the file was read): drop its POLLIN until a
+        later event chooses it again.  It keeps its place in the queue.
+        Returns: True if it was ready; False for an unknown fh."""
+        f = self._files.get(fh)
+        if f is None or not f.ready:
+            return False
+        f.ready = False
+        return True
 
     def set_thresholds(self, fh: int, enter_kib: int, leave_kib: int) -> None:
         """Give ``fh`` its own thresholds: woken at ``avail <= enter_kib``,

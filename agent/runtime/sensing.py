@@ -35,10 +35,12 @@ NOISY_EVENTS = ("vmpressure:low", "vmpressure:medium")
 READ_ERROR_BACKOFF_MS = 1000
 
 
-def source_options(config: Config) -> "sources.SourceOptions":
-    """Return: the sources' options from the [sources] and [agent] sections."""
+def source_options(config: Config, served: "Tuple[str, ...]" = ()) -> "sources.SourceOptions":
+    """Return: the sources' options from the [sources] and [agent] sections;
+    ``served``: device paths this agent serves itself (never its source)."""
     trace = config.get("agent", "trace")
     return sources.SourceOptions(
+        served_paths=served,
         device_path=config.get_str("sources", "device_path"),
         psi_stall_us=config.get_int("sources", "psi_stall_us"),
         psi_window_us=config.get_int("sources", "psi_window_us"),
@@ -77,6 +79,7 @@ class Sensor:
         self.monitor: "Optional[Monitor]" = None
         self.source: "Optional[Any]" = None
         self.skipped: "List[Tuple[str, str]]" = []
+        self.served: "List[str]" = []  # device paths this agent serves (mem_notify_device)
         self.read_errors = 0
         self._task: "Optional[Any]" = None
         self._last_noisy_ms: "Optional[int]" = None
@@ -93,7 +96,7 @@ class Sensor:
         or ValueError if the domain cannot be read."""
         domain = self._domain()
         source, skipped = sources.choose(self.config.get_str("agent", "source"), domain,
-                                         source_options(self.config))
+                                         source_options(self.config, tuple(self.served)))
         for name, reason in skipped:
             log.info("source %s unavailable: %s", name, reason)
         log.info("source: %s (%s) on %s", source.name,
@@ -232,6 +235,21 @@ class Sensor:
         self._take(reading)
         return reading
 
+    def serve_device(self, path: str) -> None:
+        """Never consume ``path``: this agent serves it.  If the running
+        source reads it, switch to the best other source."""
+        if path not in self.served:
+            self.served.append(path)
+        source = self.source
+        if source is not None and source.name == "mem_notify" and \
+                getattr(source, "opts", None) is not None and source.opts.device_path == path:
+            self.switch_source("auto", avoid="mem_notify")
+
+    def unserve_device(self, path: str) -> None:
+        """``path`` is no longer served by this agent."""
+        if path in self.served:
+            self.served.remove(path)
+
     def switch_source(self, name: str, avoid: "Optional[str]" = None) -> bool:
         """Replace the running source with ``name`` (or "auto": the first of
         sources.AUTO_ORDER that opens, except ``avoid``) on the same domain,
@@ -274,7 +292,8 @@ class Sensor:
             return None
         for candidate in names:
             try:
-                new, _ = sources.choose(candidate, domain, source_options(self.config))
+                new, _ = sources.choose(candidate, domain,
+                                        source_options(self.config, tuple(self.served)))
             except sources.SourceUnavailable as e:
                 reasons.append(str(e))
                 continue

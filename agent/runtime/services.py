@@ -15,6 +15,7 @@ from ..core.config import Config, Section
 from ..core.levels import NORMAL, Thresholds
 from ..core.logs import get_logger
 from ..core.reading import Reading
+from ..ipc.cuse import CuseError, CuseServer
 from ..ipc.registry import App, AppRegistry, TrimResult
 from ..sense.presence import Activity
 from .dispatch import Dispatcher
@@ -26,7 +27,7 @@ try:
 except ImportError:  # MicroPython
     pass
 
-__all__ = ["Activity", "AppView", "Services", "TrimResult"]
+__all__ = ["Activity", "AppView", "CuseError", "CuseServer", "Services", "TrimResult"]
 
 log = get_logger("memagent")
 
@@ -199,6 +200,31 @@ class Services:
         if not isinstance(fd, int):
             return None
         return unix.device_number(fd)
+
+    def serve_device(self, path: str) -> None:
+        """Say that this agent serves the device ``path`` itself (a CUSE
+        /dev/mem_notify): the agent never reads it as its source, and
+        device_watch does not switch to it."""
+        self._sensor.serve_device(path)
+
+    def unserve_device(self, path: str) -> None:
+        """``path`` is no longer served by this agent."""
+        self._sensor.unserve_device(path)
+
+    def cuse_device(self, device: "Any", devname: str, mode: int, group: str,
+                    cuse_path: str = "/dev/cuse") -> CuseServer:
+        """Return: a CUSE server (not started: ``await server.start()``)
+        for ``device`` (a :class:`memagent.core.memnotify.Device`), its node
+        /dev/``devname`` made with ``mode`` and ``group`` (a name or gid;
+        "" keeps root's).  Raises: CuseError for an unknown group."""
+        from ..ipc.cuse import gid_of
+
+        return CuseServer(device, devname, mode, gid_of(group) if group else -1,
+                          cuse_path=cuse_path)
+
+    def serves_device(self, path: str) -> bool:
+        """Return: True if this agent serves the device ``path`` itself."""
+        return path in self._sensor.served
 
     def switch_source(self, name: str, avoid: "Optional[str]" = None) -> bool:
         """Run source ``name`` (or "auto": the best that opens, except

@@ -37,13 +37,16 @@ class SourceOptions:
     ``calm_interval_ms``: the poller's period when no timeout is given.
     ``proc_root``: where /proc is.  ``trace_path`` / ``trace_speed``: the
     trace source's file and playback speed (2.0 = twice as fast).
+    ``served_paths``: devices this agent serves itself (its own CUSE
+    /dev/mem_notify): never opened as a source.
     """
 
     def __init__(self, device_path: str = "/dev/mem_notify", psi_stall_us: int = 150000,
                  psi_window_us: int = 1000000,
                  thresholds_pct: Tuple[int, ...] = (50, 60, 70, 75, 80, 85, 90, 95),
                  calm_interval_ms: int = 10000, proc_root: str = "/proc",
-                 trace_path: Optional[str] = None, trace_speed: float = 1.0) -> None:
+                 trace_path: Optional[str] = None, trace_speed: float = 1.0,
+                 served_paths: Tuple[str, ...] = ()) -> None:
         self.device_path = device_path
         self.psi_stall_us = psi_stall_us
         self.psi_window_us = psi_window_us
@@ -52,6 +55,7 @@ class SourceOptions:
         self.proc_root = proc_root
         self.trace_path = trace_path
         self.trace_speed = trace_speed
+        self.served_paths = tuple(served_paths)
 
 
 class Source:

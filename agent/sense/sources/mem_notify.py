@@ -8,10 +8,12 @@ memory stays low, so after each wake the source waits at least
 
 Host tests use a FIFO as a stand-in for the device (same poll semantics,
 but it does have data: the drain reads it).  No kernel we run carries the
-patch; in the qemu guest a CUSE test fixture
-(board/qemu-arm/scenarios/cuse_mem_notify.py) serves a real character
-device /dev/mem_notify with the same poll semantics.  A device that goes
-away makes :meth:`wait` raise OSError, and the agent falls back.
+patch; memagent itself serves one through CUSE (the ``mem_notify_device``
+plugin, ``memagent cuse``), which another agent can read: its read()
+returns a line, and reading acknowledges the wakeup.  An agent never
+reads the device it serves itself (``SourceOptions.served_paths``).  A
+device that goes away makes :meth:`wait` raise OSError, and the agent
+falls back.
 """
 
 import errno
@@ -46,6 +48,9 @@ class MemNotifySource(FdSource):
         """Open the device non-blocking.
         Raises: SourceUnavailable if it is missing or not a device."""
         path = self.opts.device_path
+        if path in self.opts.served_paths:
+            raise SourceUnavailable("mem_notify: %s is served by this agent (mem_notify_device);"
+                                    " it never reads its own device" % path)
         try:
             mode = unix.file_mode(path)
         except OSError as e:
