@@ -102,11 +102,31 @@ def cmd_cuse(args: argparse.Namespace) -> int:
     sensing and the mem_notify_device plugin, no other plugin, no control
     socket unless --socket.  Returns: the exit code."""
     config = _config(args)
+    why = _cannot_serve(config)
+    if why is not None:
+        print("memagent cuse: %s" % why, file=sys.stderr)
+        return 1
     config.set("plugins", "enable", "mem_notify_device")
     config.preset("mem_notify_device", "enabled", "yes")
+    config.preset("mem_notify_device", "required", "yes")
     if args.socket is None:
         config.set("agent", "socket", "")
     return _run_agent(args, config)
+
+
+def _cannot_serve(config: Config) -> "Optional[str]":
+    """Return: why ``memagent cuse`` cannot serve its device (no /dev/cuse,
+    a kernel's own device, the name served already), or None."""
+    from .aio import unix
+    from .ipc.cuse import kernel_device, taken_by_cuse
+
+    devname = config.raw("mem_notify_device", "devname") or "mem_notify"
+    cuse_path = config.raw("mem_notify_device", "cuse_path") or "/dev/cuse"
+    if taken_by_cuse(devname):
+        return "/dev/%s is already served by another CUSE server (a second memagent?)" % devname
+    if not unix.exists(cuse_path):
+        return "%s does not exist (modprobe cuse; the kernel needs CONFIG_CUSE)" % cuse_path
+    return kernel_device(devname)
 
 
 def _run_agent(args: argparse.Namespace, config: Config) -> int:

@@ -66,6 +66,8 @@ class MemNotifyDevice:
                                  doc="re-measure this often while a file has its own "
                                  "thresholds (0: only at the agent's events)"),
         "cuse_path": Key("str", "/dev/cuse"),
+        "required": Key("bool", "no", doc="stop the agent when the device cannot be "
+                        "served (memagent cuse sets it: the device is its whole job)"),
     }
 
     def __init__(self) -> None:
@@ -114,7 +116,11 @@ class MemNotifyDevice:
 
     def _off(self, why: str) -> None:
         self.unavailable = why
-        log.warning("plugin %s unavailable: %s", self.name, why)
+        services = self.services
+        if services is not None and services.config.get_bool("required"):
+            services.end_agent(1, why)
+        else:
+            log.warning("plugin %s unavailable: %s", self.name, why)
 
     async def _run(self) -> None:
         """Handshake, then serve until the connection ends or on_stop."""
@@ -134,9 +140,9 @@ class MemNotifyDevice:
             self.ended = server.last_error or "the CUSE connection ended"
         except OSError as e:
             self.ended = "/dev/cuse failed: %s" % unix.why(e)
-        log.error("plugin %s: %s; %s is gone", self.name, self.ended, server.node)
-        self.unavailable = self.ended
         server.close()
+        self.services.unserve_device(server.node)
+        self._off("%s; %s is gone" % (self.ended, server.node))
 
     async def on_stop(self, **kwargs: "Any") -> None:
         """Remove the device (its pollers wake with an error) and stop."""

@@ -12,8 +12,14 @@ import pytest
 
 from memagent.core import cusewire as cw
 from memagent.core.levels import CRITICAL, LOW, NORMAL
-from memagent.core.memnotify import (MEMNOTIFY_SETSIG, Device, Effects, format_line,
-                                     parse_command, parse_line)
+from memagent.core.memnotify import (
+    MEMNOTIFY_SETSIG,
+    Device,
+    Effects,
+    format_line,
+    parse_command,
+    parse_line,
+)
 from memagent.core.waiters import Waiters, jain_index
 
 PID, UID = 4242, 1000

@@ -96,7 +96,7 @@ class Agent:
     def services(self, plugin: "Any") -> Services:
         """Return: the Services of ``plugin`` (bound to its name)."""
         return Services(plugin_name(plugin), lambda: self.config, self.sensor, self.apps,
-                        self.presence, self.events, self.dispatcher)
+                        self.presence, self.events, self.dispatcher, end=self._end)
 
     def _start_kwargs(self) -> "Callable[[Any], Dict[str, Any]]":
         """Return: each plugin's ``on_start`` arguments (one status view for all)."""

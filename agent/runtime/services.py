@@ -64,8 +64,10 @@ class Services:
 
     def __init__(self, name: str, config: "Callable[[], Config]", sensor: Sensor,
                  registry: AppRegistry, presence: Activity, events: EventLog,
-                 dispatcher: Dispatcher) -> None:
+                 dispatcher: Dispatcher,
+                 end: "Optional[Callable[[int], None]]" = None) -> None:
         self._name = name
+        self._end = end
         self._config = config
         self._sensor = sensor
         self._registry = registry
@@ -200,6 +202,17 @@ class Services:
         if not isinstance(fd, int):
             return None
         return unix.device_number(fd)
+
+    def end_agent(self, code: int, why: str) -> bool:
+        """Stop the agent with exit ``code``, logging ``why``: only for a
+        plugin that is the agent's whole job (``mem_notify_device`` under
+        ``memagent cuse``, when it cannot serve).  Returns: False if this
+        agent cannot be stopped from here (a test rig)."""
+        log.error("plugin %s stops the agent: %s", self._name, why)
+        if self._end is None:
+            return False
+        self._end(code)
+        return True
 
     def serve_device(self, path: str) -> None:
         """Say that this agent serves the device ``path`` itself (a CUSE

@@ -67,12 +67,15 @@ class MemNotifySource(FdSource):
             raise SourceUnavailable("mem_notify: cannot open %s: %s" % (path, e.args[-1])) from e
 
     def _drain(self) -> None:
-        """Consume whatever a read returns; the real device has no data."""
+        """Consume whatever a read returns: the 2008 device has no data; a
+        memagent CUSE device returns one line (which acknowledges the wake)
+        and would return it again, so one line ends the drain."""
         assert self.fd is not None
         for _ in range(_DRAIN_READS):
             try:
-                if not unix.read(self.fd, 4096):
-                    return  # a FIFO without writers: EOF
+                data = unix.read(self.fd, 4096)
+                if not data or data.endswith(b"\n"):
+                    return  # a FIFO without writers (EOF), or a served line
             except OSError as e:
                 if e.errno in (errno.EAGAIN, errno.EINVAL):
                     return
