@@ -234,6 +234,7 @@ def test_mem_notify_wait_without_reading_stops_polling_the_file(host_bins: Dict[
     (["-n", "x"], "bad wakes x"),
     (["-t", "-1"], "bad timeout"),
     (["-s", "9"], "SIGKILL"),
+    (["-s", "32"], "libc's own"),
     (["-d", "/nonexistent/mem_notify"], "/nonexistent/mem_notify (file 0): No such file"),
     (["-w", "low_kib 8192 leave_kib 16384"], "(file 0): Bad file descriptor"),  # read-only
     (["-s", "10"], "MEMNOTIFY_SETSIG"),

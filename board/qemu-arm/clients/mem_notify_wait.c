@@ -194,6 +194,8 @@ int main(int argc, char **argv)
             signo = parse_long(optarg, 1, SIGRTMAX, "signal");
             if (signo == SIGKILL || signo == SIGSTOP)
                 usage("SIGKILL and SIGSTOP cannot be waited for");
+            if (signo > 31 && signo < SIGRTMIN)
+                usage("signals 32 to SIGRTMIN-1 are libc's own");
             break;
         case 't': {
             char *end;
