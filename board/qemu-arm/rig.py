@@ -41,6 +41,8 @@ import threading
 import time
 from pathlib import Path
 
+import rigclients  # board/qemu-arm/ is on sys.path: ./run and every importer put it there
+
 HERE = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("MEMAGENT_QEMU_CACHE") or HERE / "cache")  # empty: the default
 GUEST = HERE / "guest"
@@ -709,6 +711,25 @@ def build_sidecar():
 
 # --------------------------------------------------------------- payload
 
+# The Python client of /dev/mem_notify, shipped beside the C ones.
+PY_CLIENT = DEFAULT_REPO / "examples" / "mem_notify_poll.py"
+
+
+def client_files():
+    """Return: {name under /rig/bin: bytes} for every payload: the C clients
+    of /dev/mem_notify (rigclients.py; cross-built once per source change
+    into cache/clients/, none without arm-linux-gnueabihf-gcc) and the
+    Python one.  Raises: RigError when a client does not build, or under
+    CI=true without the cross compiler."""
+    try:
+        files = rigclients.build_clients(CACHE / "clients", log)
+    except rigclients.ClientsError as e:
+        raise RigError(str(e)) from e
+    if PY_CLIENT.is_file():
+        files[PY_CLIENT.name] = PY_CLIENT.read_bytes()
+    return files
+
+
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".git", ".pytest_cache",
                                  ".mypy_cache", "*.egg-info")
 
@@ -819,6 +840,8 @@ def build_payload(script, args, repo, mem_mb, env=None, board=None, interpreter=
         if sibling != script and sibling.name != "rigguest.py":
             c.file("payload/rig/" + sibling.name, sibling.read_bytes(), 0o755)
     c.file("payload/usr/local/bin/handback", (GUEST / "handback").read_bytes(), 0o755)
+    for name, data in sorted(client_files().items()):
+        c.file("payload/rig/bin/" + name, data, 0o755)
     return _gzip(c.finish()), copied
 
 
