@@ -33,7 +33,7 @@ from memagent.aio import unix
 from memagent.core.config import Key
 from memagent.core.levels import LOW, NORMAL
 from memagent.core.logs import get_logger
-from memagent.runtime.services import CuseError
+from memagent.runtime.services import CuseError, Services
 
 log = get_logger("memagent.plugin.mem_notify_device")
 
@@ -72,7 +72,7 @@ class MemNotifyDevice:
 
     def __init__(self) -> None:
         self.unavailable: "Optional[str]" = None
-        self.services: "Optional[Any]" = None
+        self.services: "Optional[Services]" = None
         self.server: "Optional[Any]" = None
         self._task: "Optional[Any]" = None
         self._poll_task: "Optional[Any]" = None
@@ -81,7 +81,7 @@ class MemNotifyDevice:
 
     # -- lifecycle ---------------------------------------------------------------
 
-    async def on_start(self, services: "Optional[Any]" = None, **kwargs: "Any") -> None:
+    async def on_start(self, services: "Optional[Services]" = None, **kwargs: "Any") -> None:
         """Make the device (in a task: the kernel's handshake), or set
         ``unavailable`` saying why not."""
         self.services = services
@@ -99,9 +99,10 @@ class MemNotifyDevice:
             self._off(why)
             return
         services.serve_device(self.server.node)
+        self.server.on_thresholds = self._poll_thresholds
         self._task = aio.create_task(self._run())
 
-    def _server(self, services: "Any") -> "Any":
+    def _server(self, services: Services) -> "Any":
         """Return: a CUSE server from the plugin's section.  Raises:
         ValueError (a bad mode), CuseError (an unknown group)."""
         from memagent.core.memnotify import Device
@@ -134,12 +135,14 @@ class MemNotifyDevice:
             return
         log.info("serving %s (%s, mode %o, N=%d per event)", server.node, server.devnum,
                  server.mode, server.device.waiters.max_per_event)
-        self._from_reading(pressure=False)
         try:
+            self._from_reading(pressure=False)
             await server.serve()
             self.ended = server.last_error or "the CUSE connection ended"
         except OSError as e:
             self.ended = "/dev/cuse failed: %s" % unix.why(e)
+        except Exception as e:  # a bug: say it, and take the device away
+            self.ended = "the server failed: %s: %s" % (type(e).__name__, e)
         server.close()
         self.services.unserve_device(server.node)
         self._off("%s; %s is gone" % (self.ended, server.node))
@@ -183,7 +186,7 @@ class MemNotifyDevice:
         services, server = self.services, self.server
         if services is None or server is None or server.fd is None:
             return
-        reading = services.reading()
+        reading = services.reading
         if reading is None:
             return
         level = services.level

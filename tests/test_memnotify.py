@@ -220,3 +220,13 @@ def test_a_thousand_opens_then_max_files_then_release_frees() -> None:
 def test_parse_line_rejects(bad: str) -> None:
     with pytest.raises(ValueError):
         parse_line(bad)
+
+
+def test_own_thresholds_are_judged_when_written() -> None:
+    dev = Device(Waiters(max_per_event=1, min_gap_ms=0))
+    (fh,) = opened(dev, 1)
+    dev.update(NORMAL, 40000, 65536, None, 0, 1, 1, False)
+    eff = dev.handle(write_req(3, fh, b"low_kib 50000 leave_kib 60000"), 2)
+    assert eff.thresholds and eff.woken == [fh]
+    assert eff.writes[0] == out(3, 0, struct.pack("<II", 29, 0))
+    assert woken_kh(Effects()) == [] and struct.unpack_from("<Q", eff.writes[1], 16)[0] == 1000 + fh

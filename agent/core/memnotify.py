@@ -98,13 +98,13 @@ def parse_command(data: bytes) -> "Optional[Tuple[int, int]]":
 
 class Effects:
     """What the server must do after one request or event: ``woken`` (fh
-    an event woke), ``writes`` (each
-    one write() to /dev/cuse, in order), ``signals`` (fh whose registered
-    signal is due), ``registered`` ((fh, pid, signo) to bind to a pidfd
-    now, while the caller waits in its ioctl), ``released`` (fh whose
-    pidfd to close)."""
+    woken), ``writes`` (each one write() to /dev/cuse, in order),
+    ``signals`` (fh whose registered signal is due), ``registered`` ((fh,
+    pid, signo) to bind to a pidfd now, while the caller waits in its
+    ioctl), ``released`` (fh whose pidfd to close), ``thresholds`` (a file
+    set its own: readings matter now even while the agent is calm)."""
 
-    __slots__ = ("woken", "writes", "signals", "registered", "released")
+    __slots__ = ("woken", "writes", "signals", "registered", "released", "thresholds")
 
     def __init__(self) -> None:
         self.woken: "List[int]" = []
@@ -112,6 +112,7 @@ class Effects:
         self.signals: "List[int]" = []
         self.registered: "List[Tuple[int, int, int]]" = []
         self.released: "List[int]" = []
+        self.thresholds = False
 
 
 class _Open:
@@ -157,11 +158,17 @@ class Device:
         self.level, self.avail_kib, self.total_kib = level, avail_kib, total_kib
         self.eta_ms, self.target_kib, self.t_ms = eta_ms, target_kib, t_ms
         self.waiters.level_changed(level, avail_kib, now_ms)
-        # Not an event: at "NORMAL" only files with their own thresholds want
-        # waking; the global level is kept for late openers.
-        woken = self.waiters.pressure(level if pressure else NORMAL, avail_kib, now_ms)
-        self.waiters.level = level
-        return self._wake(woken)
+        if pressure:
+            return self._wake(self.waiters.pressure(level, avail_kib, now_ms))
+        return self._wake(self._own_thresholds(now_ms))
+
+    def _own_thresholds(self, now_ms: int) -> "List[int]":
+        """Return: the files woken by their own thresholds at the current
+        reading (not an event: at "NORMAL" only such files want waking; the
+        global level is kept for late openers)."""
+        woken = self.waiters.pressure(NORMAL, self.avail_kib, now_ms)
+        self.waiters.level = self.level
+        return woken
 
     def _wake(self, woken: "List[int]") -> Effects:
         out = Effects()
@@ -201,7 +208,11 @@ class Device:
         elif op == wire.FUSE_READ:
             out.writes.append(self._read(req))
         elif op == wire.FUSE_WRITE:
-            out.writes.append(self._write(req))
+            out.writes.append(self._write(req, out))
+            if out.thresholds and self.total_kib:  # judge the new thresholds now
+                woken = self._wake(self._own_thresholds(now_ms))
+                out.woken, out.signals = woken.woken, woken.signals
+                out.writes.extend(woken.writes)
         elif op == wire.FUSE_IOCTL:
             out.writes.append(self._ioctl(req, out))
         elif op == wire.FUSE_RELEASE:
@@ -251,7 +262,7 @@ class Device:
         self.waiters.ack(req.fh)
         return wire.read_reply(req.unique, data)
 
-    def _write(self, req: wire.Request) -> bytes:
+    def _write(self, req: wire.Request, out: Effects) -> bytes:
         if req.fh not in self.files:
             return wire.reply_error(req.unique, EIO)
         try:
@@ -263,6 +274,7 @@ class Device:
             self.waiters.clear_thresholds(req.fh)
         else:
             self.waiters.set_thresholds(req.fh, own[0], own[1])
+            out.thresholds = True
         return wire.write_reply(req.unique, len(req.data))
 
     def _ioctl(self, req: wire.Request, out: Effects) -> bytes:

@@ -26,7 +26,7 @@ from ..core.logs import get_logger
 from ..core.memnotify import Device, Effects
 
 try:
-    from typing import Dict, List, Optional
+    from typing import Callable, Dict, List, Optional
 except ImportError:  # MicroPython
     pass
 
@@ -99,6 +99,9 @@ class CuseServer:
         self.pidfds: "Dict[int, int]" = {}  # fh -> pidfd of who registered a signal
         self.malformed = self.write_errors = self.signals_sent = self.signal_errors = 0
         self.last_error: "Optional[str]" = None
+        # called when a file set its own thresholds (the plugin then keeps
+        # the readings coming while the agent is calm)
+        self.on_thresholds: "Optional[Callable[[], None]]" = None
 
     @property
     def node(self) -> str:
@@ -246,6 +249,7 @@ class CuseServer:
             self.last_error = "malformed request: %s" % e
             log.warning("cuse %s: %s", self.devname, self.last_error)
             return
+        log.debug("cuse %s: %r fh %d", self.devname, req, req.fh)
         self.apply(self.device.handle(req, aio.ticks_ms()))
 
     def apply(self, out: Effects) -> None:
@@ -263,6 +267,8 @@ class CuseServer:
             self._signal(fh)
         for fh in out.released:
             self._forget(fh)
+        if out.thresholds and self.on_thresholds is not None:
+            self.on_thresholds()
 
     def _signal(self, fh: int) -> None:
         pidfd = self.pidfds.get(fh)
