@@ -31,7 +31,7 @@ except ImportError:  # MicroPython
 from memagent import aio
 from memagent.aio import unix
 from memagent.core.config import Key
-from memagent.core.levels import LOW, NORMAL
+from memagent.core.levels import LOW, NORMAL, level_name
 from memagent.core.logs import get_logger
 from memagent.runtime.services import CuseError, Services
 
@@ -77,6 +77,7 @@ class MemNotifyDevice:
         self._task: "Optional[Any]" = None
         self._poll_task: "Optional[Any]" = None
         self.events = 0
+        self.woken_per_event: "Dict[str, int]" = {}
         self.ended: "Optional[str]" = None
 
     # -- lifecycle ---------------------------------------------------------------
@@ -176,8 +177,11 @@ class MemNotifyDevice:
         if server is None or server.fd is None:
             return
         self.events += 1
-        server.event(level, n.avail_kib, n.total_kib, n.eta_ms, n.deficit_kib,
-                     _monotonic_of(n.t_ms), pressure)
+        woken = server.event(level, n.avail_kib, n.total_kib, n.eta_ms, n.deficit_kib,
+                             _monotonic_of(n.t_ms), pressure)
+        if pressure:  # how many files each event woke, by level: {"LOW 1": 50}
+            key = "%s %d" % (level_name(level), min(len(woken), 100))
+            self.woken_per_event[key] = self.woken_per_event.get(key, 0) + 1
         self._poll_thresholds()
 
     def _from_reading(self, pressure: bool) -> None:
@@ -225,6 +229,7 @@ class MemNotifyDevice:
             return {}
         st: "Dict[str, Any]" = dict(self.server.status())
         st["events"] = self.events
+        st["woken_per_event"] = dict(self.woken_per_event)
         return st
 
 
