@@ -230,3 +230,11 @@ def test_own_thresholds_are_judged_when_written() -> None:
     assert eff.thresholds and eff.woken == [fh]
     assert eff.writes[0] == out(3, 0, struct.pack("<II", 29, 0))
     assert woken_kh(Effects()) == [] and struct.unpack_from("<Q", eff.writes[1], 16)[0] == 1000 + fh
+
+
+def test_setsig_on_a_ready_file_signals_at_once() -> None:
+    dev = Device(Waiters(max_per_event=1, min_gap_ms=0))
+    pressure(dev, LOW, 5000, 0)
+    (fh,) = opened(dev, 1)  # a late opener: ready at once
+    eff = dev.handle(ioctl_req(11, fh, MEMNOTIFY_SETSIG, struct.pack("<i", 10)), 1)
+    assert eff.registered == [(fh, PID, 10)] and eff.signals == [fh]

@@ -290,6 +290,8 @@ class Device:
             return wire.reply_error(req.unique, EINVAL)
         f.signo = signo
         out.registered.append((req.fh, req.pid, signo))
+        if signo and self.waiters.is_ready(req.fh):  # opened in pressure: tell it now
+            out.signals.append(req.fh)
         return wire.ioctl_reply(req.unique, 0)
 
     def status(self) -> "Dict[str, object]":
