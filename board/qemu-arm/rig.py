@@ -834,8 +834,8 @@ def build_payload(script, args, repo, mem_mb, env=None, board=None, interpreter=
     c.file("payload/rig/scenario" + suffix, script.read_bytes(), 0o755)
     c.file("payload/rig/rig-init", (GUEST / "rig-init").read_bytes(), 0o755)
     c.file("payload/rig/rigguest.py", (GUEST / "rigguest.py").read_bytes())
-    # The scenario's sibling modules (test fixtures such as
-    # cuse_mem_notify.py) go beside it: /rig is on the scenario's sys.path.
+    # The scenario's sibling modules (helpers it imports) go beside it:
+    # /rig is on the scenario's sys.path.
     for sibling in sorted(script.parent.glob("*.py")):
         if sibling != script and sibling.name != "rigguest.py":
             c.file("payload/rig/" + sibling.name, sibling.read_bytes(), 0o755)
