@@ -302,6 +302,7 @@ def hold_at_low(rate=20, wait=True):
 
 def part_fair(waiters=10, events=50):
     """N=1: each pressure event wakes exactly one of 10 waiters; Jain over 50."""
+    wait_normal()  # opened during pressure, every waiter would be woken at once
     cl = [Client([WAIT, "-n", "0", "-t", "300"]) for _ in range(waiters)]
     ready = all(c.ready() for c in cl)
     h = hold_at_low()
@@ -330,6 +331,7 @@ def part_fair(waiters=10, events=50):
     fact("fair_events", st.get("events", 0) - n0)
     fact("fair_woken_per_event", json.dumps(per_event, sort_keys=True).replace(" ", ""))
     fact("fair_wakes_total", len(wakes))
+    fact("fair_order", "".join("%d" % i for _, i in sorted(wakes)))
     fact("fair_wakes_per_waiter_first_%d" % events, ",".join(str(x) for x in counts))
     fact("fair_jain", "%.4f" % jain)
     fact("late_opener_readable_at_once", late)
