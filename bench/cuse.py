@@ -214,6 +214,8 @@ def report(interpreter: str, mem: int, results: Sequence[Dict[str, Any]]) -> Lis
                   "(10 MB/s; provider's thresholds %s)" % th, ""] + psi
     if any("rss_provider_0" in f for f in runs):
         lines += ["", "### Memory (smaps_rollup)", ""] + rss_table(runs)
+        lines += ["", "Plugins of the agent measured as \"no plugin\" (its status): %s." % (
+            "; ".join(sorted(set(f.get("rss_agent_plugins", "-") for f in runs))))]
     errors = [k for f in runs for k, v in f.items()
               if k.startswith(("client_errors_", "oom_kills_", "psi_run")) and
               k.endswith(("errors", "kills")) and v not in ("0", "None")]

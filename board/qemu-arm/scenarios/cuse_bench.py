@@ -73,7 +73,7 @@ dir = %s
 """
 # The agent with no plugin: every built-in disabled, no drop-in directory.
 BARE_CONFIG = """[plugins]
-disable = release_caches user_activity kill_background notify_ui device_watch mem_notify_device
+disable = release_caches, user_activity, kill_background, notify_ui, device_watch, mem_notify_device
 dir = %s
 """ % NOPLUGINS
 PSI_TRIGGER = "some 150000 1000000"
@@ -289,6 +289,8 @@ def part_rss():
                              stderr=open(LOG, "a"))
         if extra[0] == "--socket":
             ok = wait_for(lambda: status().get("level"), 120, 0.05)
+            fact("rss_agent_plugins", ",".join(x.get("name", "?") for x in
+                                               status().get("plugins") or []) or "none")
         else:
             time.sleep(10)  # no socket to ask: give it the start-up a socket shows
             ok = p.poll() is None
