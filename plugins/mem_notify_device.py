@@ -57,8 +57,9 @@ class MemNotifyDevice:
         "devname": Key("str", "mem_notify", doc="the node's name under /dev"),
         "mode": Key("str", "0660", doc="the node's mode (octal)"),
         "group": Key("str", "", doc="the node's group (name or gid; empty: root)"),
-        "max_per_event": Key("int", "4", low=1, high=100,
-                             doc="files woken per pressure event at LOW (all at CRITICAL)"),
+        "max_per_event": Key("int", "4", low=1, high=65536,
+                             doc="files woken per pressure event at LOW (all at CRITICAL; "
+                             "max_files or more: all at LOW too)"),
         "min_gap_ms": Key("int", "1000", low=0, high=3600000,
                           doc="a file is woken at most once per this long at LOW"),
         "max_files": Key("int", "1024", low=1, high=65536, doc="open files at most"),
