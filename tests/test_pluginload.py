@@ -392,6 +392,10 @@ def test_the_builtin_plugins_load_by_default(tmp_path: Path) -> None:
                           dropin_dir=str(tmp_path / "none"), entry_points=[])
     assert result.names == ["user_activity", "kill_background", "device_watch",
                             "mem_notify_device"]
+    # blanks separate names as commas do
+    result = load_plugins(parse_config("[plugins]\ndisable = release_caches notify_ui\n"),
+                          dropin_dir=str(tmp_path / "none"), entry_points=[])
+    assert "release_caches" not in result.names and "notify_ui" not in result.names
 
 
 def test_the_docs_hook_table_is_the_spec() -> None:

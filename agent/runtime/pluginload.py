@@ -128,8 +128,10 @@ def _setting(config: Config, key: str, default: str, errors: "List[str]") -> str
 
 
 def _names(text: str) -> "List[str]":
-    """Return: the names in a comma-separated list, blanks dropped."""
-    return [n.strip() for n in text.split(",") if n.strip()]
+    """Return: the names in a list separated by commas or blanks (a name
+    has neither: ``disable = notify_ui device_watch`` disabled nothing
+    before, silently)."""
+    return [n for n in text.replace(",", " ").split() if n]
 
 
 # -- discovery --------------------------------------------------------------------
