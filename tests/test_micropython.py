@@ -107,6 +107,8 @@ MICROPYTHON_MODULES = (
     # the /dev/mem_notify provider (issue 12)
     "memagent.core.memnotify", "memagent.ipc.cuse", "memagent.plugins.mem_notify_device",
     "memagent.statuscli",
+    # remote status (issue 13)
+    "memagent.core.history",
 )
 BANNED = ("import re\n", "import dataclasses", "from dataclasses", "from __future__",
           "import typing\n", "\nfrom typing import")
