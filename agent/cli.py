@@ -1,17 +1,19 @@
-"""The ``memagent`` command: run, status, record, replay, demo.
+"""The ``memagent`` command: run, cuse, status, events, plot, record, replay, demo.
 
 ``main()`` only parses and wires; each subcommand is a small function.
 Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error;
 ``memagent status`` says why the agent gave no status (it then prints the
 level computed from /proc now): 3 not running (no socket, or connection
 refused), 4 busy (the agent refused: too many clients), 5 reply too large,
-6 no answer (timeout, hang-up, a malformed reply).
+6 no answer (timeout, hang-up, a malformed reply); fetching from a device,
+7 unreachable, 8 authentication failed, 9 memagent missing there, 10
+version mismatch (docs/status.md).
 """
 
 import json
 import sys
 
-from . import __version__, statuscli
+from . import __version__, fetchcli, statuscli
 from .core import logs, procfs, trace
 from .core.config import Config, ConfigError, load_config, thresholds_from_config
 from .sense import sources
@@ -21,7 +23,7 @@ from .sense import sources
 # (memagent.ipc.ask).
 
 try:
-    from typing import List, Optional
+    from typing import Any, Dict, List, Optional, Tuple
 except ImportError:  # MicroPython
     pass
 try:
@@ -168,27 +170,40 @@ def _run_agent(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """``memagent status``: ask the running agent, else read /proc now.
-    Returns: 0, or the STATUS_* code saying why the agent did not answer."""
+    """``memagent status``: ask the running agent, else read /proc now;
+    from a workstation, a device's (--ssh, --adb, --connect).  Returns: 0,
+    or the exit code saying why there was no status (docs/status.md)."""
+    if fetchcli.remote_asked(args):
+        return fetchcli.cmd_status_remote(args)
     config = _config(args)
     path = config.get_str("agent", "socket")
-    code = 0
+
+    def fetch() -> "Tuple[Dict[str, Any], int, Optional[str]]":
+        return statuscli.fetch_local(config, path)
+
+    if args.watch is not None:
+        return statuscli.watch(fetch, args)
+    doc, code, why = fetch()
+    if why:
+        print("memagent: %s" % why, file=sys.stderr)
+    statuscli.show(doc, args)
+    return code
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    """``memagent events``: the agent's recent events as JSON lines;
+    ``--follow``: and every new one until interrupted.  Returns: 0, or the
+    exit code saying why the agent gave none."""
+    if fetchcli.remote_asked(args):
+        return fetchcli.cmd_events_remote(args)
+    path = _config(args).get_str("agent", "socket")
     try:
-        st = statuscli.ask_status(path)
+        return statuscli.follow(statuscli.socket_asker(path), args.after, args.follow,
+                                args.interval_ms, sys.stdout)
     except (statuscli.AgentBusy, OSError, ValueError) as e:
         code, why = statuscli.status_failure(path, e)
         print("memagent: %s" % why, file=sys.stderr)
-        st = statuscli.local_status(_config(args))
-        st["agent"] = "%s; computed from /proc now" % why
-    if args.json:
-        try:
-            text = json.dumps(st, indent=1, sort_keys=True)
-        except TypeError:  # MicroPython's json takes neither: one line, as it comes
-            text = json.dumps(st)
-        print(text)
-    else:
-        statuscli.print_status(st)
-    return code
+        return code
 
 
 def cmd_record(args: argparse.Namespace) -> int:
@@ -258,6 +273,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.main(args.demo_args)
 
 
+def _add_status_parsers(sub: "Any") -> None:
+    """Add ``status`` and ``events`` to the subcommands ``sub``."""
+    p = sub.add_parser("status", help="one screen: memory, pressure, history, apps, events",
+                       epilog="exit codes: 0 the agent answered; when it did not, the level "
+                       "computed from /proc now and 3 not running, 4 busy (too many clients), "
+                       "5 reply too large, 6 no answer; from a device: 7 unreachable, "
+                       "8 authentication failed, 9 memagent missing there, 10 version "
+                       "mismatch.  docs/status.md")
+    _add_common(p)
+    p.add_argument("--socket", help="the agent's control socket")
+    p.add_argument("--json", action="store_true", help="the status document (docs/status.md)")
+    p.add_argument("--watch", type=float, metavar="SECONDS",
+                   help="refresh every SECONDS until interrupted")
+    p.add_argument("--count", type=int, default=0, help="with --watch: stop after N screens")
+    p.add_argument("--events", type=int, default=8, metavar="N",
+                   help="show the last N events (default 8)")
+    p.add_argument("--plain", action="store_true",
+                   help="ASCII, no colour (the default when stdout is no terminal or TERM=dumb)")
+    p.add_argument("--color", action="store_true", help="colour and Unicode even into a pipe")
+    p.add_argument("--width", type=int, help="columns (default: the terminal's, or 80)")
+    fetchcli.add_remote_args(p)
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("events", help="the agent's recent events as JSON lines (--follow)")
+    _add_common(p)
+    p.add_argument("--socket", help="the agent's control socket")
+    p.add_argument("--follow", action="store_true", help="print new events as they come")
+    p.add_argument("--after", type=int, default=0, metavar="SEQ",
+                   help="only events numbered above SEQ")
+    p.add_argument("--interval-ms", type=int, default=statuscli.EVENTS_POLL_MS,
+                   help="with --follow: ask this often (default 1000)")
+    fetchcli.add_remote_args(p)
+    p.set_defaults(func=cmd_events)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return: the argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="memagent", description=(
@@ -283,14 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mlockall", action="store_true", help="lock the agent's memory")
     p.add_argument("--events-json", help="append notifications as JSON lines here (- stdout)")
     p.set_defaults(func=cmd_cuse)
-    p = sub.add_parser("status", help="print the current readings and level",
-                       epilog="exit codes: 0 the agent answered; when it did not, the level "
-                       "computed from /proc now and 3 not running, 4 busy (too many clients), "
-                       "5 reply too large, 6 no answer")
-    _add_common(p)
-    p.add_argument("--socket", help="the agent's control socket")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_status)
+    _add_status_parsers(sub)
     p = sub.add_parser("record", help="record readings to a trace (JSON lines)")
     _add_common(p)
     p.add_argument("-o", "--output", default="-", help="trace file (default stdout)")

@@ -5,7 +5,7 @@
 ``ArgumentParser(prog, description, epilog, add_help)``, ``add_argument``
 (flags or one positional; ``dest``, ``help``, ``default``, ``type``,
 ``choices``, ``metavar``, actions ``store``, ``store_true``, ``count``,
-``version``), ``add_subparsers(dest)`` and ``add_parser``,
+``append``, ``version``), ``add_subparsers(dest)`` and ``add_parser``,
 ``set_defaults``, ``parse_known_args``, ``parse_args``, ``print_help`` and
 ``error`` (usage to stderr, SystemExit 2).  ``--opt=value`` and ``-v -v``
 work; ``-vv`` does not.
@@ -159,7 +159,10 @@ class ArgumentParser:
                 if not argv:
                     self.error("argument %s: expected one argument" % arg.flags[0])
                 inline = argv.pop(0)
-            setattr(ns, arg.dest, self._value(arg, inline))
+            value = self._value(arg, inline)
+            if arg.action == "append":
+                value = list(getattr(ns, arg.dest, None) or []) + [value]
+            setattr(ns, arg.dest, value)
 
     def parse_args(self, argv=None):
         ns, extra = self.parse_known_args(argv)

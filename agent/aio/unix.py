@@ -225,6 +225,21 @@ def machine() -> str:
         return ""
 
 
+def hostname() -> str:
+    """Return: the node name uname(2) gives ("handset"), or ""."""
+    uname = getattr(os, "uname", None)
+    if uname is not None:
+        try:
+            return str(uname().nodename)
+        except (AttributeError, OSError):
+            pass
+    try:
+        with open("/proc/sys/kernel/hostname") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def exit_now(code: int) -> None:
     """End the process now with ``code``, without the interpreter's
     teardown (os._exit).  Never returns."""

@@ -141,7 +141,8 @@ _INT_RANGES = {"estimate_kib": (0, MAX_INT), "trim_id": (0, MAX_INT),
                "freed_kib": (0, MAX_INT), "target_kib": (0, MAX_INT),
                "avail_kib": (0, MAX_INT), "total_kib": (0, MAX_INT),
                "deadline_ms": (1, MAX_INT), "pid": (2, MAX_PID),
-               "apps_after": (0, MAX_INT), "apps_max": (0, MAX_INT)}
+               "apps_after": (0, MAX_INT), "apps_max": (0, MAX_INT),
+               "after": (0, MAX_INT), "limit": (1, MAX_INT)}
 
 
 def _field(cmd: str, field: str, value: "Any") -> "Any":
@@ -165,6 +166,7 @@ def _field(cmd: str, field: str, value: "Any") -> "Any":
 _SCHEMAS: "Dict[str, Tuple[Tuple[str, ...], Tuple[str, ...]]]" = {
     "ping": ((), ()),
     "status": ((), ("apps_after", "apps_max")),  # a page of the app list
+    "events": ((), ("after", "limit")),  # the event log's entries numbered above "after"
     "register": (("name", "class"), ("estimate_kib",)),
     "set_class": (("class",), ()),
     "trimmed": (("trim_id", "freed_kib"), ()),

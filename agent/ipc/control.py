@@ -41,7 +41,11 @@ from .session import Peer, Session, peer_of
 from .statuspage import bound_status
 
 try:
-    from typing import Any, Callable, Dict, Optional, Set, Tuple
+    from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+
+    # (after seq, at most) -> (the event log's entries numbered above it,
+    # the newest number it gave)
+    Events = Callable[[int, int], Tuple[List[Dict[str, Any]], int]]
 except ImportError:  # MicroPython
     pass
 
@@ -66,8 +70,28 @@ def _status_fields(req: "Dict[str, Any]", status: "Callable[[], Dict[str, Any]]"
     return {"status": bound_status(st, req.get("apps_after") or 0, req.get("apps_max"))}
 
 
+def _events_fields(req: "Dict[str, Any]", events: "Optional[Events]") -> "Dict[str, Any]":
+    """Return: the ``events`` reply's fields: the entries numbered above the
+    request's ``after`` (at most ``limit``, and what fits one line),
+    ``next``, the ``after`` of the following request, and ``last``, the
+    newest number given (below ``after``: the agent restarted).  Raises:
+    ProtocolError when this server keeps no event log."""
+    if events is None:
+        raise ProtocolError("unknown_cmd", "events: not served here (no event log)")
+    after = req.get("after") or 0
+    got, last = events(after, req.get("limit") or 1 << 30)
+    fit, used_bytes = [], 0
+    for entry in got:
+        used_bytes += len(json.dumps(entry)) + 2
+        if used_bytes > MAX_LINE_BYTES - 1024:
+            break
+        fit.append(entry)
+    return {"events": fit, "next": fit[-1]["seq"] if fit else after, "last": last}
+
+
 def _route(req: "Dict[str, Any]", status: "Callable[[], Dict[str, Any]]",
-           registry: "Optional[AppRegistry]", session: "Optional[Session]") -> "Dict[str, Any]":
+           registry: "Optional[AppRegistry]", session: "Optional[Session]",
+           events: "Optional[Events]" = None) -> "Dict[str, Any]":
     """Return: the reply fields for a parsed request.  Raises: ProtocolError
     (the registry's refusals)."""
     cmd = req["cmd"]
@@ -75,6 +99,8 @@ def _route(req: "Dict[str, Any]", status: "Callable[[], Dict[str, Any]]",
         return {}
     if cmd == "status":
         return _status_fields(req, status, registry)
+    if cmd == "events":
+        return _events_fields(req, events)
     if registry is None or session is None:
         raise ProtocolError("unknown_cmd", "%s: not served here (no app registry)" % cmd)
     if cmd == "register":
@@ -94,7 +120,8 @@ def _route(req: "Dict[str, Any]", status: "Callable[[], Dict[str, Any]]",
 
 def answer(line: bytes, status: "Callable[[], Dict[str, Any]]",
            registry: "Optional[AppRegistry]" = None,
-           session: "Optional[Session]" = None) -> "Tuple[bytes, Optional[str]]":
+           session: "Optional[Session]" = None,
+           events: "Optional[Events]" = None) -> "Tuple[bytes, Optional[str]]":
     """Answer one request line.
 
     Returns: ``(reply line, None)`` on success, ``(error reply line, code)``
@@ -105,7 +132,7 @@ def answer(line: bytes, status: "Callable[[], Dict[str, Any]]",
     except ProtocolError as err:
         return reply_error(err.id, err.code, err.message), err.code
     try:
-        return reply_ok(req["id"], **_route(req, status, registry, session)), None
+        return reply_ok(req["id"], **_route(req, status, registry, session, events)), None
     except ProtocolError as err:
         return reply_error(req["id"], err.code, err.message), err.code
 
@@ -131,11 +158,14 @@ class ControlServer:
                  max_clients: int = 32, read_timeout_ms: int = 10000,
                  registry: "Optional[AppRegistry]" = None, reserved_clients: int = 0,
                  max_per_uid: "Optional[int]" = None,
-                 subscriber_idle_ms: "Optional[int]" = None) -> None:
+                 subscriber_idle_ms: "Optional[int]" = None,
+                 events: "Optional[Events]" = None) -> None:
         """``max_per_uid`` None: no cap per uid; ``subscriber_idle_ms``
-        None: subscribers may stay silent for ever."""
+        None: subscribers may stay silent for ever; ``events`` None: no
+        ``events`` request (no event log)."""
         self.path = path
         self.status = status
+        self.events = events
         self.max_clients = max_clients
         self.reserved_clients = min(reserved_clients, max_clients)
         self.max_per_uid = max_per_uid
@@ -291,7 +321,7 @@ class ControlServer:
                 return
             if not line:
                 return
-            reply, code = answer(line, self._status, self.registry, session)
+            reply, code = answer(line, self._status, self.registry, session, self.events)
             await self._send(writer, reply)
             if code == "too_long":
                 return

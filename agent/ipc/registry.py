@@ -280,7 +280,8 @@ class AppRegistry:
                 "peers_changed": self.peers_changed,
                 "events_sent": self.events_sent, "trims": self.trims,
                 "trims_in_flight": len(self._pending),
-                "apps": [app.as_dict() for app in self.apps()]}
+                "apps": [dict(app.as_dict(), rss_kib=self._measure(app))
+                         for app in self.apps()]}
 
     # -- agent -> apps ------------------------------------------------------------------
 

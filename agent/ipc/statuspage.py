@@ -19,7 +19,7 @@ except ImportError:  # MicroPython
 # ("ok", "v", an id of up to 64 characters, escaped) and the newline.
 STATUS_BYTES = MAX_LINE_BYTES - 1024
 # Left out, in this order, when the status without its apps is too large.
-DROPPABLE = ("actions", "recent", "unavailable", "plugins", "activity")
+DROPPABLE = ("actions", "recent", "events", "history", "unavailable", "plugins", "activity")
 
 
 def _size(obj: "Any") -> int:

@@ -28,7 +28,7 @@ from .services import AppView, Deprecated, Services
 from .status import status_view
 
 try:
-    from typing import IO, Any, Callable, Dict, List, Optional
+    from typing import IO, Any, Callable, Dict, List, Optional, Tuple
 except ImportError:  # MicroPython
     pass
 
@@ -73,6 +73,7 @@ class Agent:
         self.sensor = Sensor(config, self.dispatcher.submit, self.events.record_action,
                              self._end, record_out, min_interval_ms)
         self.dispatcher.views = [self.events.note, self.apps.broadcast_level]
+        self.dispatcher.on_error = self.events.plugin_error
         self.started_ms = aio.ticks_ms()
         self._stop: "Optional[Any]" = None
         self._exit_code = 0
@@ -105,6 +106,11 @@ class Agent:
                                "agent": Deprecated(self, plugin_name(plugin))}
 
     # -- views and control ------------------------------------------------------------
+
+    def _events_since(self, after_seq: int, max_count: int) -> "Tuple[List[Dict[str, Any]], int]":
+        """Return: the event log's entries numbered above ``after_seq`` (at
+        most ``max_count``) and its newest number (the ``events`` request)."""
+        return self.events.since(after_seq, max_count), self.events.seq
 
     def status(self) -> "Dict[str, Any]":
         """Return: the agent's state for ``memagent status``, its reading
@@ -147,7 +153,8 @@ class Agent:
                                reserved_clients=SPARE_CLIENTS,
                                max_per_uid=self.config.get_int("apps", "max_per_uid"),
                                subscriber_idle_ms=self.config.get_int("apps",
-                                                                      "subscriber_idle_ms"))
+                                                                      "subscriber_idle_ms"),
+                               events=self._events_since)
         try:
             await server.start()
         except OSError as e:

@@ -70,6 +70,17 @@ class Dispatcher:
         self.disabled: "Dict[str, str]" = {}  # plugin name -> why it is no longer called
         self._strikes: "Dict[str, int]" = {}
         self._abandoned: "Dict[str, Any]" = {}  # plugin name -> its hook's task, still running
+        # (plugin, hook, what went wrong) for each failure: the event log's
+        # plugin_error entries; set by the runtime
+        self.on_error: "Optional[Callable[[str, str, str], None]]" = None
+
+    def _failed(self, name: str, hook: str, error: str) -> None:
+        """Tell ``on_error`` that ``name``'s ``hook`` failed (never raises)."""
+        if self.on_error is not None:
+            try:
+                self.on_error(name, hook, error)
+            except Exception as e:  # a view must not break the dispatcher
+                log.error("the plugin error view failed: %s: %s", type(e).__name__, e)
 
     def submit(self, note: Notification) -> None:
         """Show ``note`` to every view now; queue it for the plugins, never
@@ -240,17 +251,19 @@ class Dispatcher:
             return False
         self.hooks_skipped += 1
         self._strike(name, "%s skipped: an abandoned hook still runs "
-                     "(it ignored its cancellation)" % hook)
+                     "(it ignored its cancellation)" % hook, hook)
         return True
 
-    def _strike(self, name: str, why: str) -> None:
+    def _strike(self, name: str, why: str, hook: str = "") -> None:
         """Count a strike against ``name``; at MAX_STRIKES in a row disable it."""
         strikes = self._strikes[name] = self._strikes.get(name, 0) + 1
         if strikes < MAX_STRIKES:
             log.error("plugin %s: %s (strike %d of %d)", name, why, strikes, MAX_STRIKES)
+            self._failed(name, hook, "%s (strike %d of %d)" % (why, strikes, MAX_STRIKES))
             return
         self.disabled[name] = "%s, %d times in a row" % (why, strikes)
         log.error("plugin %s disabled: %s", name, self.disabled[name])
+        self._failed(name, hook, "disabled: %s" % self.disabled[name])
 
     async def call(self, plugin: "Any", hook: str, budget_ms: "Optional[int]" = None,
                    **kwargs: "Any") -> "Any":
@@ -275,11 +288,13 @@ class Dispatcher:
             self.hook_errors += 1
             self.hooks_abandoned += 1
             self._abandoned[name] = e.task
-            self._strike(name, "%s timed out after %d ms, abandoned" % (hook, timeout_ms))
+            self._strike(name, "%s timed out after %d ms, abandoned" % (hook, timeout_ms),
+                         hook)
             return None
         except Exception as e:  # isolation: a plugin's bug must not stop the agent
             self.hook_errors += 1
             log.error("plugin %s: %s raised %s: %s", name, hook, type(e).__name__, e)
+            self._failed(name, hook, "raised %s: %s" % (type(e).__name__, e))
             return None
         self._strikes.pop(name, None)
         return result

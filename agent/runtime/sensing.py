@@ -14,6 +14,7 @@ import json
 
 from .. import aio
 from ..core.config import Config, thresholds_from_config
+from ..core.history import History
 from ..core.levels import Monitor
 from ..core.logs import get_logger
 from ..core.reading import Reading
@@ -61,6 +62,18 @@ def poll_interval_ms(avail_kib: int, low_kib: int, max_fill_kib_s: int, max_ms: 
     return min(max(headroom_kib * 1000 // max(max_fill_kib_s, 1) // 2, 100), max_ms)
 
 
+def source_why(configured: str, source: "Any", skipped: "List[Tuple[str, str]]") -> str:
+    """Return: in words, why ``source`` runs: forced by the config, or the
+    first of the auto order that opened (and how it senses)."""
+    how = "event-driven" if source.event_driven else "polling"
+    if configured != "auto":
+        return "%s: set by [agent] source" % how
+    if not skipped:
+        return "%s: the first in the auto order" % how
+    return "%s: the first in the auto order that opened (%s could not)" % (
+        how, ", ".join(name for name, _ in skipped))
+
+
 class Sensor:
     """Senses one domain.  ``open()`` (the first reading), ``start()`` (the
     loop), then ``stop()`` and ``close()``.  ``on_note`` gets every notification;
@@ -81,6 +94,9 @@ class Sensor:
         self.skipped: "List[Tuple[str, str]]" = []
         self.served: "List[str]" = []  # device paths this agent serves (mem_notify_device)
         self.read_errors = 0
+        self.history = History()  # status's sparklines: ten minutes, about 12 KiB
+        self.level_since_ms: "Optional[int]" = None  # t_ms of the last level change (or start)
+        self.source_why = ""  # why the running source was chosen, for status
         self._task: "Optional[Any]" = None
         self._last_noisy_ms: "Optional[int]" = None
 
@@ -102,6 +118,7 @@ class Sensor:
         log.info("source: %s (%s) on %s", source.name,
                  "event-driven" if source.event_driven else "polling", domain.name)
         self.source, self.skipped = source, skipped
+        self.source_why = source_why(self.config.get_str("agent", "source"), source, skipped)
         first = source.read(aio.ticks_ms(), "start")
         th = thresholds_from_config(self.config, first.total_kib)
         log.info("levels: LOW <= %d KiB, CRITICAL <= %d KiB, recover >= %d KiB, of %d KiB",
@@ -216,6 +233,9 @@ class Sensor:
             self.record_out.flush()
         assert self.monitor is not None
         note = self.monitor.update(reading)
+        if self.level_since_ms is None or (note is not None and note.level != note.prev_level):
+            self.level_since_ms = reading.t_ms
+        self.history.add(reading.t_ms, reading.avail_kib, self.monitor.level)
         if note is not None:
             self.on_note(note)
 
@@ -272,6 +292,8 @@ class Sensor:
             return True
         self._task.cancel()
         self.source = new
+        self.source_why = "switched from %s (asked: %s)" % (
+            old.name if old is not None else "none", name)
         self._task = aio.create_task(self._sense(new))
         if old is not None:
             old.close()

@@ -26,7 +26,7 @@ except ImportError:  # MicroPython
 
 from memagent import aio
 from memagent.core.config import Key
-from memagent.core.levels import CRITICAL, LOW, Notification
+from memagent.core.levels import CRITICAL, LOW, Notification, level_name
 from memagent.core.logs import get_logger
 from memagent.plugins.release_caches.scheduler import FairScheduler
 from memagent.runtime.services import AppView, Services
@@ -145,6 +145,11 @@ class ReleaseCaches:
         self.last_event = event
         self.events += 1
         log.info("trim event: %s", event)
+        if self.services is not None and event["asked"]:
+            self.services.record_action(
+                "trim", level=level_name(level), apps=len({a[0] for a in event["asked"]}),
+                asks=len(event["asked"]), deficit_kib=deficit, freed_kib=event["freed_kib"],
+                ms=event["ms"], escalated=bool(event.get("escalated")))
 
     async def on_stop(self, **kwargs: Any) -> None:
         """Cancel a CRITICAL trim event, or a LOW round, still running."""

@@ -1,0 +1,144 @@
+"""From a workstation: ``memagent status``, ``events`` and ``plot`` of a
+device, fetched through the system ``ssh`` (--ssh), ``adb shell`` (--adb)
+or the agent's read-only TCP listener (--connect), then shown here.
+
+The device runs its own ``memagent status --json`` (or ``events``) for ssh
+and adb (:mod:`memagent.remote`); the TCP listener answers the control
+socket's ``status`` and ``events`` requests (:mod:`memagent.ipc.statustcp`).
+Each failure has its exit code and a message that names the device:
+docs/status.md and docs/remote.md.  CPython only: a workstation's tool.
+"""
+
+import json
+import sys
+
+from . import statuscli
+from .core.statusschema import SchemaMismatch, check_version
+
+try:
+    from typing import Any, Dict, Optional, Tuple
+except ImportError:  # MicroPython
+    pass
+
+DEFAULT_TIMEOUT_S = 20.0
+
+
+def add_remote_args(p: "Any") -> None:
+    """Add the options that fetch from a device to parser ``p``."""
+    p.add_argument("--ssh", metavar="[USER@]HOST[:PORT]",
+                   help="ask the device through the system ssh client (its keys, "
+                   "~/.ssh/config and jump hosts apply)")
+    p.add_argument("--ssh-option", action="append", metavar="OPT",
+                   help="pass OPT to ssh (repeat: --ssh-option=-i --ssh-option=KEY)")
+    p.add_argument("--adb", action="store_true", help="ask the device through adb shell")
+    p.add_argument("-s", "--serial", help="with --adb: the device's serial")
+    p.add_argument("--connect", metavar="HOST:PORT",
+                   help="ask the agent's read-only TCP status listener")
+    p.add_argument("--token-file", help="with --connect: the listener's token (a 0600 file)")
+    p.add_argument("--remote-memagent", default="memagent", metavar="PATH",
+                   help="the device's memagent command (default: memagent on its PATH)")
+    p.add_argument("--remote-socket", metavar="PATH",
+                   help="the device agent's control socket (default: its config's)")
+    p.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S,
+                   help="give up on the device after this long (default 20)")
+
+
+def remote_asked(args: "Any") -> bool:
+    """Return: True if ``args`` ask for a device's state, not this machine's."""
+    return bool(getattr(args, "ssh", None) or getattr(args, "adb", False)
+                or getattr(args, "connect", None))
+
+
+def _where(args: "Any") -> str:
+    if args.ssh:
+        return args.ssh
+    if args.adb:
+        return "adb device %s" % args.serial if args.serial else "the adb device"
+    return str(args.connect)
+
+
+def _tcp_asker(args: "Any") -> "statuscli.Asker":
+    """Return: an Asker on the TCP listener of ``args.connect``.  Raises:
+    TcpStatusError (no or bad token file, bad HOST:PORT)."""
+    from .ipc import statustcp
+
+    host, port = statustcp.parse_hostport(args.connect)
+    token = statustcp.read_token(args.token_file)
+    timeout_ms = int(args.timeout_s * 1000)
+
+    def asker(cmd: str, fields: "Optional[Dict[str, Any]]") -> "Dict[str, Any]":
+        return statustcp.fetch(host, port, token, dict(fields or {}, cmd=cmd), timeout_ms)
+    return asker
+
+
+def _transport(args: "Any") -> "Any":
+    """Return: the ssh or adb transport ``args`` describe."""
+    from . import remote
+
+    return remote.Transport(
+        "ssh" if args.ssh else "adb", args.ssh or args.serial,
+        options=list(args.ssh_option or []), remote_memagent=args.remote_memagent,
+        remote_socket=args.remote_socket, timeout_s=args.timeout_s)
+
+
+def fetch_remote(args: "Any") -> "Tuple[Dict[str, Any], int, Optional[str]]":
+    """Return: (the device's status document, exit code, what went wrong
+    or None).  The document is None-free only when the device answered:
+    on failure it is ``{}`` and the code says why (7-10, 3-6)."""
+    from . import remote
+    from .ipc import statustcp
+
+    where = _where(args)
+    try:
+        if args.connect:
+            doc = statuscli.ask_status(_tcp_asker(args))
+            code = 0
+        else:
+            doc, code = remote.fetch_status(_transport(args))
+        check_version(doc)
+    except (remote.RemoteError, statustcp.TcpStatusError) as e:
+        return {}, e.exit_code, str(e)
+    except (statuscli.AgentBusy, OSError, ValueError, SchemaMismatch) as e:
+        code, why = statuscli.status_failure(where, e)
+        return {}, code, why
+    why = None
+    if doc.get("running") is False:
+        why = "the agent on %s is not running: %s" % (where, doc.get("agent", "?"))
+    return doc, code, why
+
+
+def cmd_status_remote(args: "Any") -> int:
+    """``memagent status --ssh/--adb/--connect``.  Returns: the exit code."""
+    if args.watch is not None:
+        return statuscli.watch(lambda: fetch_remote(args), args)
+    doc, code, why = fetch_remote(args)
+    if why:
+        print("memagent: %s" % why, file=sys.stderr)
+    if doc:
+        statuscli.show(doc, args)
+    return code
+
+
+def cmd_events_remote(args: "Any") -> int:
+    """``memagent events --ssh/--adb/--connect``: the device's events as
+    JSON lines here.  Returns: the exit code."""
+    from . import remote
+    from .ipc import statustcp
+
+    try:
+        if args.connect:
+            return statuscli.follow(_tcp_asker(args), args.after, args.follow,
+                                    args.interval_ms, sys.stdout)
+        for entry in remote.remote_events(_transport(args), args.follow, args.after):
+            sys.stdout.write(json.dumps(entry) + "\n")
+            sys.stdout.flush()
+        return 0
+    except (remote.RemoteError, statustcp.TcpStatusError) as e:
+        print("memagent: %s" % e, file=sys.stderr)
+        return int(e.exit_code)
+    except (statuscli.AgentBusy, OSError, ValueError) as e:
+        code, why = statuscli.status_failure(_where(args), e)
+        print("memagent: %s" % why, file=sys.stderr)
+        return code
+    except KeyboardInterrupt:
+        return 0
