@@ -11,7 +11,7 @@ This file stays import-light: it runs before every submodule.
 
 import sys
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 if sys.implementation.name != "micropython":  # the old module names, for one release
     from . import moved

@@ -261,21 +261,41 @@ def events_since(asker: "Asker", after_seq: int) -> "Tuple[List[Dict[str, Any]],
 def follow(asker: "Asker", after_seq: int, forever: bool, interval_ms: int,
            out: "Any") -> int:
     """Print the agent's events as JSON lines, from ``after_seq`` on; with
-    ``forever``, ask again every ``interval_ms`` until interrupted.  A
-    restarted agent (numbering from 1 again) is followed from its start.
-    Returns: 0.  Raises: as :func:`events_since`."""
+    ``forever``, ask again every ``interval_ms`` until interrupted, through
+    the agent's restarts: ``{"kind": "disconnected", "why": ...}`` once
+    when it goes, ``{"kind": "restart", ...}`` when one answers again (its
+    numbers begin again: followed from its first).  Returns: 0.  Raises:
+    as :func:`events_since` for the first request."""
+    lost: "Optional[str]" = None
+    first = True
     try:
         while True:
-            got, nxt, last = events_since(asker, after_seq)
-            if last < after_seq:  # the agent restarted: its numbers begin again
-                out.write(json.dumps({"kind": "restart", "after_seq": after_seq}) + "\n")
+            try:
+                got, nxt, last = events_since(asker, after_seq)
+            except (AgentBusy, OSError, ValueError) as e:
+                if first or not forever:
+                    raise
+                if lost is None:
+                    lost = "%s: %s" % (type(e).__name__, e)
+                    _line(out, {"kind": "disconnected", "why": lost, "after_seq": after_seq})
+                time.sleep(interval_ms / 1000.0)
+                continue
+            if lost is not None or last < after_seq:  # its numbers begin again
+                _line(out, {"kind": "restart", "after_seq": after_seq})
                 got, nxt, last = events_since(asker, 0)
+                lost = None
+            first = False
             for entry in got:
-                out.write(json.dumps(entry) + "\n")
-            out.flush()
+                _line(out, entry)
             after_seq = nxt
             if not forever:
                 return 0
             time.sleep(interval_ms / 1000.0)
     except KeyboardInterrupt:
         return 0
+
+
+def _line(out: "Any", obj: "Dict[str, Any]") -> None:
+    """Write ``obj`` as one JSON line to ``out``, flushed."""
+    out.write(json.dumps(obj) + "\n")
+    out.flush()
