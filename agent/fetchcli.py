@@ -51,7 +51,7 @@ def remote_asked(args: "Any") -> bool:
 
 def _where(args: "Any") -> str:
     if args.ssh:
-        return args.ssh
+        return str(args.ssh)
     if args.adb:
         return "adb device %s" % args.serial if args.serial else "the adb device"
     return str(args.connect)
@@ -101,7 +101,7 @@ def fetch_remote(args: "Any") -> "Tuple[Dict[str, Any], int, Optional[str]]":
     except (statuscli.AgentBusy, OSError, ValueError, SchemaMismatch) as e:
         code, why = statuscli.status_failure(where, e)
         return {}, code, why
-    why = None
+    why: "Optional[str]" = None
     if doc.get("running") is False:
         why = "the agent on %s is not running: %s" % (where, doc.get("agent", "?"))
     return doc, code, why
