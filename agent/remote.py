@@ -21,6 +21,7 @@ import os
 import shlex
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from .core.statusschema import STATUS_SCHEMA, SchemaMismatch, check_version
 from .remoteio import (
     EXIT_AUTH,
     EXIT_BUSY,
@@ -44,13 +45,14 @@ __all__ = ["RemoteError", "Transport", "fetch_status", "fetch_json", "remote_eve
            "EXIT_BUSY", "EXIT_TOO_LARGE", "EXIT_NO_ANSWER", "EXIT_UNREACHABLE", "EXIT_AUTH",
            "EXIT_MISSING", "EXIT_VERSION"]
 
-SCHEMA_MAX = 1  # the newest status schema this reader renders
+SCHEMA_MAX = STATUS_SCHEMA  # the newest status schema this reader renders
 EXIT_MARKER = "memagent-exit:"  # adb: old adbd drops the exit status; the shell echoes it
 KIND_SSH, KIND_ADB = "ssh", "adb"
 # What ssh (exit 255) says when it did not reach the host, or was refused.
 SSH_UNREACHABLE = ("Connection refused", "No route to host", "Could not resolve hostname",
                    "Connection timed out", "Network is unreachable", "Connection closed",
                    "Connection reset", "kex_exchange_identification", "timed out")
+SSH_ARG_FLAGS = "BbcDEeFIiJLlmOoPpQRSWw"  # ssh's options that take an argument
 SSH_AUTH = ("Permission denied", "Too many authentication failures",
             "No supported authentication methods")
 
@@ -114,29 +116,44 @@ def remote_command(remote_argv: Sequence[str]) -> str:
 
 
 def ssh_options(values: Sequence[str]) -> List[str]:
-    """Return: ssh arguments from ``--ssh-option`` values, each split like
-    a shell word list: ``-i key`` or ``-o Name=value`` pass as they are,
-    a bare ``Name=value`` (ssh_config's form) becomes ``-o Name=value``."""
+    """Return: ssh arguments from ``--ssh-option`` values.  A value is one
+    option with its argument (``-i key``, ``-o Name=value``, split like
+    shell words) or ssh_config's form (``Name=value``, given as ``-o``);
+    or the options come a word per value (``-i``, then ``key``): a value
+    after a lone flag that takes an argument is that argument."""
     out: List[str] = []
+    wants_arg = False
     for value in values:
+        if wants_arg:
+            out.append(value)
+            wants_arg = False
+            continue
         words = shlex.split(value)
         if words and not words[0].startswith("-"):
             words = ["-o", " ".join(words)]
         out.extend(words)
+        wants_arg = (len(words) == 1 and len(words[0]) == 2
+                     and words[0][0] == "-" and words[0][1] in SSH_ARG_FLAGS)
     return out
 
 
 def ssh_argv(target: str, remote_argv: Sequence[str], ssh: Optional[str] = None,
-             connect_timeout_s: int = 10, extra: Sequence[str] = ()) -> List[str]:
+             connect_timeout_s: int = 10, extra: Sequence[str] = (),
+             tty: bool = False) -> List[str]:
     """Return: the system ssh's argv running ``remote_argv`` on ``target``
     (``[user@]host[:port]``).  BatchMode=yes comes first, so nothing, not
     even ``extra`` (``--ssh-option`` values), makes ssh prompt; ``--``
     ends the options before the host.  ``ssh``: the client command (default
     $MEMAGENT_SSH, else ``ssh``), split like shell words.
+    ``tty``: force a pseudo-terminal (``-tt``), so the device's command
+    gets SIGHUP when the connection ends (``events --follow`` would
+    otherwise linger there until its next write); its stderr then comes
+    on stdout, its lines end in CRLF.
     Raises: RemoteError (exit 2) for a bad target."""
     user, host, port = parse_ssh_target(target)
     argv = shlex.split(ssh or os.environ.get("MEMAGENT_SSH") or "ssh")
-    argv += ["-T", "-o", "BatchMode=yes", "-o", "ConnectTimeout=%d" % connect_timeout_s]
+    argv += ["-tt" if tty else "-T", "-o", "BatchMode=yes",
+             "-o", "ConnectTimeout=%d" % connect_timeout_s]
     argv += ssh_options(extra)
     if port is not None:
         argv += ["-p", str(port)]
@@ -161,20 +178,22 @@ def adb_argv(serial: Optional[str], remote_argv: Sequence[str],
 class Transport:
     """How to reach the device's memagent: ``kind`` "ssh" (``target``
     ``[user@]host[:port]``, ``options`` the ``--ssh-option`` values) or
-    "adb" (``target`` the serial, "" for adb's only device).  ``memagent``:
-    the device's memagent command (``--remote-memagent``, split like shell
-    words: "python3 -m memagent" works); ``socket``: the agent's control
-    socket there (``--remote-socket``).  Raises: RemoteError (exit 2) for a
-    bad kind or target."""
+    "adb" (``target`` the serial, None or "" for adb's only device).
+    ``remote_memagent``: the device's memagent command (split like shell
+    words: "python3 -m memagent" works); ``remote_socket``: the agent's
+    control socket there (None: its config's).  ``timeout_s`` bounds a
+    whole fetch, ``connect_timeout_s`` ssh's connection.
+    Raises: RemoteError (exit 2) for a bad kind or target."""
 
-    def __init__(self, kind: str, target: str = "", options: Sequence[str] = (),
-                 memagent: str = "memagent", socket: Optional[str] = None,
+    def __init__(self, kind: str, target: Optional[str] = None, options: Sequence[str] = (),
+                 remote_memagent: str = "memagent", remote_socket: Optional[str] = None,
                  timeout_s: float = 30.0, connect_timeout_s: int = 10) -> None:
         if kind not in (KIND_SSH, KIND_ADB):
             raise RemoteError(EXIT_USAGE, "unknown transport %r (ssh or adb)" % kind)
-        self.kind, self.target, self.options = kind, target, list(options)
-        self.memagent = shlex.split(memagent) or ["memagent"]
-        self.socket, self.timeout_s, self.connect_timeout_s = socket, timeout_s, connect_timeout_s
+        self.kind, self.target, self.options = kind, target or "", list(options)
+        self.remote_memagent = shlex.split(remote_memagent) or ["memagent"]
+        self.remote_socket = remote_socket
+        self.timeout_s, self.connect_timeout_s = timeout_s, connect_timeout_s
         self.argv([])  # check the target now
 
     @property
@@ -184,22 +203,26 @@ class Transport:
             return self.target
         return "adb device %s" % self.target if self.target else "the adb device"
 
-    def argv(self, remote_argv: Sequence[str]) -> List[str]:
-        """Return: the local argv running ``remote_argv`` on the device."""
+    def argv(self, remote_argv: Sequence[str], tty: bool = False) -> List[str]:
+        """Return: the local argv running ``remote_argv`` on the device
+        (``tty``: ssh's pseudo-terminal, see :func:`ssh_argv`; adb: none)."""
         if self.kind == KIND_SSH:
-            return ssh_argv(self.target, remote_argv, None, self.connect_timeout_s, self.options)
+            return ssh_argv(self.target, remote_argv, None, self.connect_timeout_s, self.options,
+                            tty)
         return adb_argv(self.target, remote_argv)
 
 
 def status_args(t: Transport) -> List[str]:
     """Return: the device's ``memagent status --json [--socket X]``."""
-    return t.memagent + ["status", "--json"] + (["--socket", t.socket] if t.socket else [])
+    socket = ["--socket", t.remote_socket] if t.remote_socket else []
+    return t.remote_memagent + ["status", "--json"] + socket
 
 
 def events_args(t: Transport, follow: bool, after: int) -> List[str]:
     """Return: the device's ``memagent events --after N [--follow] [--socket X]``."""
-    return (t.memagent + ["events", "--after", str(after)] + (["--follow"] if follow else [])
-            + (["--socket", t.socket] if t.socket else []))
+    return (t.remote_memagent + ["events", "--after", str(after)]
+            + (["--follow"] if follow else [])
+            + (["--socket", t.remote_socket] if t.remote_socket else []))
 
 
 def split_marker(kind: str, rc: int, out: str) -> Tuple[Optional[int], str]:
@@ -268,11 +291,11 @@ def classify(t: Transport, rc: int, out: str, err: str) -> Tuple[Optional[int], 
             return None, out, RemoteError(EXIT_NO_ANSWER, "%s: adb shell ended without the "
                                           "command's exit status: %r" % (t.name, out[:80]))
         return None, out, _adb_failure(t, rc, err + out)
-    text = err + ("" if t.kind == KIND_SSH else out)  # old adbd: stderr comes on stdout
+    text = err + out if t.kind == KIND_ADB or not err.strip() else err  # adbd, a pty: mixed
     if code in (126, 127):
         return code, out, RemoteError(EXIT_MISSING, "memagent is missing on %s: %s (install it, "
                                       "or name it with --remote-memagent)" % (
-            t.name, last_line(text, "%r not found" % " ".join(t.memagent))))
+            t.name, last_line(text, "%r not found" % " ".join(t.remote_memagent))))
     if code == 2 and ("invalid choice" in text or "unrecognized arguments" in text):
         return code, out, RemoteError(EXIT_VERSION, "the memagent on %s is older and does not "
                                       "know this command (%s)" % (t.name, last_line(text, "")))
@@ -308,14 +331,11 @@ def fetch_json(t: Transport, remote_argv: Sequence[str]) -> Tuple[Dict[str, Any]
 
 def check_schema(t: Transport, st: Dict[str, Any]) -> None:
     """Raises: RemoteError (exit 10) unless ``st`` carries a status schema
-    this reader knows (1..SCHEMA_MAX)."""
-    schema = st.get("schema")
-    if schema is None:
-        raise RemoteError(EXIT_VERSION, "the memagent on %s is older (version %s): its status "
-                          "has no schema; update it" % (t.name, st.get("version", "unknown")))
-    if isinstance(schema, bool) or not isinstance(schema, int) or not 1 <= schema <= SCHEMA_MAX:
-        raise RemoteError(EXIT_VERSION, "the memagent on %s speaks status schema %r; this one "
-                          "reads up to %d: update this memagent" % (t.name, schema, SCHEMA_MAX))
+    this reader knows (statusschema.check_version: 1..SCHEMA_MAX)."""
+    try:
+        check_version(st)
+    except SchemaMismatch as e:
+        raise RemoteError(EXIT_VERSION, "version mismatch with %s: %s" % (t.name, e))
 
 
 def fetch_status(t: Transport) -> Tuple[Dict[str, Any], int]:
@@ -348,8 +368,9 @@ def remote_events(t: Transport, follow: bool, after: int = 0) -> Iterator[Dict[s
     """Run ``memagent events --after AFTER [--follow]`` on the device.
 
     Yields: each event object as its line arrives (lines that are not a
-    JSON object, such as adb's stderr mixed in, are skipped); closing the
-    generator ends the client.
+    JSON object, such as stderr mixed in, are skipped); closing the
+    generator ends the client and, over ssh with ``follow``, the device's
+    command (SIGHUP of its pseudo-terminal).
     Raises: RemoteError at the end: as :func:`classify`, 3 when no agent
     runs there, 5 for a line over MAX_LINE_BYTES, 6 for another failure
     (or a timeout, without ``follow``).
@@ -357,8 +378,8 @@ def remote_events(t: Transport, follow: bool, after: int = 0) -> Iterator[Dict[s
     status: List[int] = []
     err = bytearray()
     skipped: List[str] = []
-    for raw in run_lines(t.argv(events_args(t, follow, after)), None if follow else t.timeout_s,
-                         t.name, status, err):
+    argv = t.argv(events_args(t, follow, after), tty=follow)
+    for raw in run_lines(argv, None if follow else t.timeout_s, t.name, status, err):
         line = raw.decode("utf-8", "replace").rstrip("\r")
         obj = parse_json(line) if line.startswith("{") else None
         if obj is not None:

@@ -103,7 +103,7 @@ def test_no_agent_on_the_device(adb: str, tmp_path: Any, monkeypatch: pytest.Mon
                                 mode: str) -> None:
     monkeypatch.setenv("ADB_STANDIN_MODE", mode)
     sock = os.path.join(str(tmp_path), "no agent here.sock")
-    t = Transport("adb", "emulator-5554", memagent=MEMAGENT, socket=sock)
+    t = Transport("adb", "emulator-5554", remote_memagent=MEMAGENT, remote_socket=sock)
     st, code = remote.fetch_status(t)
     assert argv_given(adb) == ["-s", "emulator-5554", "shell", MEMAGENT
                                + " status --json --socket '%s'" % sock + MARKER]
@@ -122,7 +122,8 @@ def test_status_of_the_real_agent(adb: str, memcg: Memcg, tmp_path: Any) -> None
         while not os.path.exists(sock):
             assert agent.poll() is None and time.monotonic() < deadline, "agent did not start"
             time.sleep(0.05)
-        st, code = remote.fetch_status(Transport("adb", "", memagent=MEMAGENT, socket=sock))
+        st, code = remote.fetch_status(Transport("adb", None, remote_memagent=MEMAGENT,
+                                                 remote_socket=sock))
     finally:
         stop_agent(agent)
     assert argv_given(adb)[0] == "shell"  # no -s: adb's only device
@@ -148,7 +149,7 @@ def test_adb_errors(adb: str, monkeypatch: pytest.MonkeyPatch, mode: str, code: 
 def test_missing_memagent_by_the_shells_status(adb: str, monkeypatch: pytest.MonkeyPatch,
                                                mode: str) -> None:
     monkeypatch.setenv("ADB_STANDIN_MODE", mode)  # /bin/sh really runs it: status 127
-    message = fails(Transport("adb", "SER1", memagent="/nonexistent/memagent"),
+    message = fails(Transport("adb", "SER1", remote_memagent="/nonexistent/memagent"),
                     remote.EXIT_MISSING)
     assert "/nonexistent/memagent" in message and "adb device SER1" in message
 
@@ -168,7 +169,8 @@ def test_events_through_adb(adb: str, tmp_path: Any, monkeypatch: pytest.MonkeyP
     os.chmod(fake, 0o755)
     got: List[Any] = []
     with pytest.raises(RemoteError) as info:
-        for event in remote.remote_events(Transport("adb", "SER1", memagent=fake), False, 3):
+        t = Transport("adb", "SER1", remote_memagent=fake)
+        for event in remote.remote_events(t, False, 3):
             got.append(event)
     assert got == [{"seq": 4}, {"seq": 5}]
     assert info.value.exit_code == remote.EXIT_NOT_RUNNING

@@ -11,9 +11,9 @@ that hangs), named so where they do.  Without sshd they skip (fail with
 CI=true).
 """
 
-import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +23,7 @@ from typing import Any, Iterator, List, Tuple
 import pytest
 
 import memagent
+from conftest import ALLOC
 from memagent import remote
 from memagent.demo.memcg import Memcg
 from memagent.ipc.ask import ask
@@ -108,7 +109,7 @@ class Sshd:
         and Transport's own arguments may be given)."""
         options = kw.pop("options", None) or self.options()
         target = kw.pop("target", "root@127.0.0.1:%d" % self.port)
-        kw.setdefault("memagent", REMOTE_MEMAGENT)
+        kw.setdefault("remote_memagent", REMOTE_MEMAGENT)
         return Transport("ssh", target, options=options, timeout_s=kw.pop("timeout_s", 60), **kw)
 
 
@@ -204,13 +205,16 @@ def test_parse_ssh_target_refuses(target: str) -> None:
 
 def test_ssh_argv(monkeypatch: pytest.MonkeyPatch) -> None:
     argv = remote.ssh_argv("admin@[::1]:2222", ["memagent", "status", "--socket", "/x y;z"],
-                           connect_timeout_s=5, extra=["-i /k", "IdentitiesOnly=yes"])
+                           connect_timeout_s=5,
+                           extra=["-i /k", "IdentitiesOnly=yes", "-J", "gw", "-o", "A=b c"])
     assert argv == ["ssh", "-T", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-i", "/k",
-                    "-o", "IdentitiesOnly=yes", "-p", "2222", "-l", "admin", "--", "::1",
+                    "-o", "IdentitiesOnly=yes", "-J", "gw", "-o", "A=b c",
+                    "-p", "2222", "-l", "admin", "--", "::1",
                     "memagent status --socket '/x y;z'"]
     monkeypatch.setenv("MEMAGENT_SSH", "/opt/ssh -F /etc/board.conf")
     assert remote.ssh_argv("b", ["m"])[:4] == ["/opt/ssh", "-F", "/etc/board.conf", "-T"]
-    t = Transport("ssh", "b", memagent="python3 -m memagent", socket="/run/m.sock")
+    t = Transport("ssh", "b", remote_memagent="python3 -m memagent",
+                  remote_socket="/run/m.sock")
     assert t.argv(remote.status_args(t))[-1] == \
         "python3 -m memagent status --json --socket /run/m.sock"
     assert t.argv(remote.events_args(t, True, 7))[-1] == \
@@ -223,11 +227,11 @@ def test_ssh_argv(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_status_over_ssh_is_the_real_agents(sshd: Sshd, memcg: Memcg, tmp_path: Any) -> None:
     agent, sock = start_agent(memcg, str(tmp_path))
     try:
-        st, code = remote.fetch_status(sshd.transport(socket=sock))
+        st, code = remote.fetch_status(sshd.transport(remote_socket=sock))
         local = ask(sock, "status")["status"]
         if sshd.ipv6:
             st6, code6 = remote.fetch_status(sshd.transport(
-                socket=sock, target="root@[::1]:%d" % sshd.port))
+                remote_socket=sock, target="root@[::1]:%d" % sshd.port))
             assert code6 == 0 and st6["pid"] == agent.pid
     finally:
         stop_agent(agent)
@@ -238,7 +242,7 @@ def test_status_over_ssh_is_the_real_agents(sshd: Sshd, memcg: Memcg, tmp_path: 
 
 
 def test_agent_not_running_keeps_the_proc_status(sshd: Sshd, tmp_path: Any) -> None:
-    t = sshd.transport(socket=os.path.join(str(tmp_path), "none.sock"))
+    t = sshd.transport(remote_socket=os.path.join(str(tmp_path), "none.sock"))
     st, code = remote.fetch_status(t)
     assert code == remote.EXIT_NOT_RUNNING
     assert st["running"] is False and st["level"] in ("NORMAL", "LOW", "CRITICAL")
@@ -264,7 +268,8 @@ def test_unresolvable_host_is_unreachable(sshd: Sshd) -> None:
 
 
 def test_missing_memagent(sshd: Sshd) -> None:
-    message = fails(sshd.transport(memagent="/nonexistent/memagent"), remote.EXIT_MISSING)
+    message = fails(sshd.transport(remote_memagent="/nonexistent/memagent"),
+                    remote.EXIT_MISSING)
     assert "memagent is missing" in message and "/nonexistent/memagent" in message
 
 
@@ -288,7 +293,7 @@ def test_unknown_host_key(sshd: Sshd) -> None:
 # memagent, a newer one, a broken one, one that hangs.
 
 @pytest.mark.parametrize("body, code, said", [
-    ('echo \'{"level": "NORMAL", "version": "0.1.0"}\'\n', remote.EXIT_VERSION, "older"),
+    ('echo \'{"level": "NORMAL", "version": "0.1.0"}\'\n', remote.EXIT_VERSION, "predates"),
     ('echo \'{"schema": 2, "level": "NORMAL"}\'\n', remote.EXIT_VERSION, "schema 2"),
     ("echo 'Traceback (most recent call last):'\nexit 0\n", remote.EXIT_NO_ANSWER,
      "Traceback"),
@@ -300,29 +305,36 @@ def test_unknown_host_key(sshd: Sshd) -> None:
 def test_device_answers_that_are_no_status(sshd: Sshd, tmp_path: Any, body: str, code: int,
                                            said: str) -> None:
     fake = script(str(tmp_path), "memagent", body)
-    assert said in fails(sshd.transport(memagent=fake), code)
+    assert said in fails(sshd.transport(remote_memagent=fake), code)
 
 
 def test_a_hanging_device_times_out(sshd: Sshd, tmp_path: Any) -> None:
     t0 = time.monotonic()
-    fails(sshd.transport(memagent=script(str(tmp_path), "memagent", "sleep 30\n"),
+    fails(sshd.transport(remote_memagent=script(str(tmp_path), "memagent", "sleep 30\n"),
                          timeout_s=2), remote.EXIT_NO_ANSWER)
     assert time.monotonic() - t0 < 5
 
 
 def test_events_stream_as_they_come(sshd: Sshd, tmp_path: Any) -> None:
-    fake = script(str(tmp_path), "memagent",  # prints its argv, then events, slowly
-                  'echo "{\\"argv\\": \\"$*\\"}"\necho not-json\nsleep 3\n'
-                  'echo \'{"seq": 2, "kind": "level"}\'\nsleep 60\n')
+    pid_file = os.path.join(str(tmp_path), "device.pid")
+    fake = script(str(tmp_path), "memagent",  # its pid, its argv, then events, slowly
+                  'echo $$ > %s\necho "{\\"argv\\": \\"$*\\"}"\necho not-json >&2\n'
+                  'sleep 3\necho \'{"seq": 2, "kind": "level"}\'\nsleep 60\n' % pid_file)
     t0 = time.monotonic()
-    events = remote.remote_events(sshd.transport(memagent=fake, socket="/s"), True, 5)
+    t = sshd.transport(remote_memagent=fake, remote_socket="/s")
+    events = remote.remote_events(t, True, 5)
     first = next(events)
     assert time.monotonic() - t0 < 2.5, "the first line waited for the second"
     assert first == {"argv": "events --after 5 --follow --socket /s"}
     assert next(events) == {"seq": 2, "kind": "level"}
+    with open(pid_file) as f:
+        device_pid = int(f.read())
     t1 = time.monotonic()
     events.close()  # ends ssh, not waiting for the device's sleep
     assert time.monotonic() - t1 < 2
+    while os.path.exists("/proc/%d" % device_pid):  # the device's command ends too
+        assert time.monotonic() - t1 < 5, "the device's events --follow lingers"
+        time.sleep(0.05)
 
 
 def test_events_end_with_the_device_status(sshd: Sshd, tmp_path: Any) -> None:
@@ -330,17 +342,37 @@ def test_events_end_with_the_device_status(sshd: Sshd, tmp_path: Any) -> None:
                   "exit 3\n")
     got: List[Any] = []
     with pytest.raises(RemoteError) as info:
-        for event in remote.remote_events(sshd.transport(memagent=fake), False, 0):
+        for event in remote.remote_events(sshd.transport(remote_memagent=fake), False, 0):
             got.append(event)
     assert got == [{"seq": 1}] and info.value.exit_code == remote.EXIT_NOT_RUNNING
 
 
+def _too_long(signum: int, frame: Any) -> None:
+    raise TimeoutError("no LOW event from the agent in 60 s")
+
+
 @pytest.mark.memcg
-def test_events_of_the_real_agent(sshd: Sshd, memcg: Memcg, tmp_path: Any) -> None:
+def test_events_of_the_real_agent_follow(sshd: Sshd, memcg: Memcg, tmp_path: Any) -> None:
     agent, sock = start_agent(memcg, str(tmp_path))
+    hog = None
+    old = signal.signal(signal.SIGALRM, _too_long)
+    signal.alarm(60)  # next() below waits for the agent: bound it
     try:
-        events = list(remote.remote_events(sshd.transport(socket=sock), False, 0))
+        events = remote.remote_events(sshd.transport(remote_socket=sock), True, 0)
+        hog = memcg.spawn(ALLOC + ["--rate", "20", "--max-mb", "60", "--hold", "30"],
+                          stdout=subprocess.DEVNULL)
+        got = []
+        for event in events:
+            got.append(event)
+            if event.get("kind") == "level" and event.get("level") == "LOW":
+                break
+        events.close()
     finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+        if hog is not None:
+            hog.kill()
+            hog.wait()
         stop_agent(agent)
-    assert all(isinstance(e.get("seq"), int) and "kind" in e for e in events), events
-    assert json.dumps(events)
+    assert [e["seq"] for e in got] == sorted(e["seq"] for e in got) and got[-1]["seq"] >= 1
+    assert got[-1]["prev_level"] == "NORMAL" and got[-1]["total_kib"] == memcg.limit_kib()
