@@ -11,6 +11,7 @@ that hangs), named so where they do.  Without sshd they skip (fail with
 CI=true).
 """
 
+import json
 import os
 import shutil
 import signal
@@ -376,3 +377,47 @@ def test_events_of_the_real_agent_follow(sshd: Sshd, memcg: Memcg, tmp_path: Any
         stop_agent(agent)
     assert [e["seq"] for e in got] == sorted(e["seq"] for e in got) and got[-1]["seq"] >= 1
     assert got[-1]["prev_level"] == "NORMAL" and got[-1]["total_kib"] == memcg.limit_kib()
+
+
+# -- the CLI: memagent status / events --ssh ---------------------------------------------
+
+def cli(sshd: Sshd, *args: str, options: Any = None) -> "subprocess.CompletedProcess[str]":
+    """Return: ``memagent ARGS --ssh root@127.0.0.1:PORT`` run to its end,
+    with the options of ``sshd.options()`` (or ``options``)."""
+    opts = [a for o in (options or sshd.options()) for a in ("--ssh-option", o)]
+    return subprocess.run([sys.executable, "-m", "memagent", *args, *opts,
+                           "--remote-memagent", REMOTE_MEMAGENT], capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.memcg
+def test_cli_status_over_ssh(sshd: Sshd, memcg: Memcg, tmp_path: Any) -> None:
+    agent, sock = start_agent(memcg, str(tmp_path))
+    target = "root@127.0.0.1:%d" % sshd.port
+    try:
+        out = cli(sshd, "status", "--json", "--ssh", target, "--remote-socket", sock)
+        bad = cli(sshd, "status", "--ssh", target, "--remote-socket", sock,
+                  options=sshd.options(key="bad_key"))
+    finally:
+        stop_agent(agent)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["pid"] == agent.pid
+    assert bad.returncode == remote.EXIT_AUTH and bad.stdout == ""
+    assert bad.stderr.startswith("memagent: ssh authentication to " + target), bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_cli_errors_over_ssh(sshd: Sshd, tmp_path: Any) -> None:
+    none = os.path.join(str(tmp_path), "none.sock")
+    closed = cli(sshd, "status", "--ssh", "root@127.0.0.1:%d" % free_port())
+    assert closed.returncode == remote.EXIT_UNREACHABLE and "Connection refused" in closed.stderr
+    idle = cli(sshd, "status", "--json", "--ssh", "root@127.0.0.1:%d" % sshd.port,
+               "--remote-socket", none)
+    assert idle.returncode == remote.EXIT_NOT_RUNNING, idle.stderr
+    assert json.loads(idle.stdout)["running"] is False and "not running" in idle.stderr
+    events = cli(sshd, "events", "--ssh", "root@127.0.0.1:%d" % sshd.port,
+                 "--remote-socket", none)
+    assert events.returncode == remote.EXIT_NOT_RUNNING, events.stderr
+    bad = cli(sshd, "status", "--ssh", "-oProxyCommand=touch %s/x" % tmp_path)
+    assert bad.returncode == remote.EXIT_USAGE and "starts with '-'" in bad.stderr, bad.stderr
+    assert not os.path.exists(os.path.join(str(tmp_path), "x"))
