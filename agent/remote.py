@@ -56,6 +56,7 @@ SSH_ARG_FLAGS = "BbcDEeFIiJLlmOoPpQRSWw"  # ssh's options that take an argument
 SSH_AUTH = ("Permission denied", "Too many authentication failures",
             "No supported authentication methods")
 
+
 def _check_word(what: str, value: str, allowed: str) -> str:
     """Return: ``value`` if it is a plain word of ``allowed`` characters.
     Raises: RemoteError (exit 2) for an empty one, one starting with "-"
@@ -74,7 +75,7 @@ def _check_word(what: str, value: str, allowed: str) -> str:
 
 def _port(text: str, target: str) -> int:
     """Return: the port number ``text``.  Raises: RemoteError (exit 2)."""
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
         raise RemoteError(EXIT_USAGE, "bad port %r in ssh target %r (1..65535)" % (text, target))
     return int(text)
 
@@ -231,12 +232,12 @@ def split_marker(kind: str, rc: int, out: str) -> Tuple[Optional[int], str]:
     N, or None without one (adb failed before the shell ran it)."""
     if kind == KIND_SSH:
         return rc, out
-    lines = out.replace("\r\n", "\n").rstrip("\n").split("\n")
-    for i in range(len(lines) - 1, -1, -1):
-        tail = lines[i].strip()
-        if tail.startswith(EXIT_MARKER) and tail[len(EXIT_MARKER):].isdigit():
-            return int(tail[len(EXIT_MARKER):]), "\n".join(lines[:i]) + "\n"
-    return None, out
+    lines = out.replace("\r\n", "\n").rstrip().split("\n")
+    at = lines[-1].rfind(EXIT_MARKER)  # the echo runs last: its line is the last one
+    number = lines[-1][at + len(EXIT_MARKER):].strip()
+    if at < 0 or not (number.isascii() and number.isdigit()):
+        return None, out
+    return int(number), "\n".join(lines[:-1] + [lines[-1][:at]]) + "\n"
 
 
 def _ssh_failure(t: Transport, err: str) -> RemoteError:
@@ -320,7 +321,8 @@ def fetch_json(t: Transport, remote_argv: Sequence[str]) -> Tuple[Dict[str, Any]
     if failure is not None:
         raise failure
     obj = parse_json(out)
-    if code in (0, EXIT_NOT_RUNNING, EXIT_BUSY, EXIT_TOO_LARGE, EXIT_NO_ANSWER) and obj:
+    if code in (0, EXIT_NOT_RUNNING, EXIT_BUSY, EXIT_TOO_LARGE, EXIT_NO_ANSWER) and \
+            obj is not None:
         return obj, int(code or 0)
     if code == 0:
         raise RemoteError(EXIT_NO_ANSWER, "no usable answer from %s: %r" % (t.name, out[:80]))

@@ -175,3 +175,12 @@ def test_events_through_adb(adb: str, tmp_path: Any, monkeypatch: pytest.MonkeyP
     assert got == [{"seq": 4}, {"seq": 5}]
     assert info.value.exit_code == remote.EXIT_NOT_RUNNING
     assert argv_given(adb)[-1] == fake + " events --after 3" + MARKER
+
+
+def test_marker_after_output_without_a_newline(adb: str, tmp_path: Any) -> None:
+    fake = os.path.join(str(tmp_path), "memagent")  # a device memagent stand-in
+    with open(fake, "w") as f:
+        f.write("#!/bin/sh\nprintf '{\"schema\": 1, \"level\": \"LOW\"}'\nexit 3\n")
+    os.chmod(fake, 0o755)
+    st, code = remote.fetch_status(Transport("adb", "SER1", remote_memagent=fake))
+    assert (st, code) == ({"schema": 1, "level": "LOW"}, remote.EXIT_NOT_RUNNING)
