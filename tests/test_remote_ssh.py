@@ -311,7 +311,7 @@ def test_device_answers_that_are_no_status(sshd: Sshd, tmp_path: Any, body: str,
 
 def test_a_hanging_device_times_out(sshd: Sshd, tmp_path: Any) -> None:
     t0 = time.monotonic()
-    fails(sshd.transport(remote_memagent=script(str(tmp_path), "memagent", "sleep 30\n"),
+    fails(sshd.transport(remote_memagent=script(str(tmp_path), "memagent", "sleep 8\n"),
                          timeout_s=2), remote.EXIT_NO_ANSWER)
     assert time.monotonic() - t0 < 5
 
