@@ -81,30 +81,36 @@ def _transport(args: "Any") -> "Any":
         remote_socket=args.remote_socket, timeout_s=args.timeout_s)
 
 
-def fetch_remote(args: "Any") -> "Tuple[Dict[str, Any], int, Optional[str]]":
-    """Return: (the device's status document, exit code, what went wrong
-    or None).  The document is None-free only when the device answered:
-    on failure it is ``{}`` and the code says why (7-10, 3-6)."""
-    from . import remote
+def _fetch_tcp(args: "Any") -> "Tuple[Dict[str, Any], int, Optional[str]]":
+    """Return: as :func:`fetch_remote`, through the TCP listener."""
     from .ipc import statustcp
 
-    where = _where(args)
     try:
-        if args.connect:
-            doc = statuscli.ask_status(_tcp_asker(args))
-            code = 0
-        else:
-            doc, code = remote.fetch_status(_transport(args))
+        doc = statuscli.ask_status(_tcp_asker(args))
         check_version(doc)
-    except (remote.RemoteError, statustcp.TcpStatusError) as e:
+    except statustcp.TcpStatusError as e:
         return {}, e.exit_code, str(e)
     except (statuscli.AgentBusy, OSError, ValueError, SchemaMismatch) as e:
-        code, why = statuscli.status_failure(where, e)
+        code, why = statuscli.status_failure(_where(args), e)
         return {}, code, why
-    why: "Optional[str]" = None
-    if doc.get("running") is False:
-        why = "the agent on %s is not running: %s" % (where, doc.get("agent", "?"))
-    return doc, code, why
+    return doc, 0, None
+
+
+def fetch_remote(args: "Any") -> "Tuple[Dict[str, Any], int, Optional[str]]":
+    """Return: (the device's status document, exit code, what went wrong
+    or None).  When the device's agent did not answer (3-6) the document
+    is the state its memagent computed from /proc, ``running`` false; when
+    the device gave nothing (7-10, 6) it is ``{}``."""
+    if args.connect:
+        return _fetch_tcp(args)
+    from . import remote
+
+    try:
+        t = _transport(args)
+        doc, code = remote.fetch_status(t)
+    except remote.RemoteError as e:
+        return {}, e.exit_code, str(e)
+    return doc, code, remote.warning(t, code, doc) if code else None
 
 
 def cmd_status_remote(args: "Any") -> int:
@@ -122,23 +128,28 @@ def cmd_status_remote(args: "Any") -> int:
 def cmd_events_remote(args: "Any") -> int:
     """``memagent events --ssh/--adb/--connect``: the device's events as
     JSON lines here.  Returns: the exit code."""
-    from . import remote
-    from .ipc import statustcp
+    if args.connect:
+        from .ipc import statustcp
 
-    try:
-        if args.connect:
+        try:
             return statuscli.follow(_tcp_asker(args), args.after, args.follow,
                                     args.interval_ms, sys.stdout)
+        except statustcp.TcpStatusError as e:
+            print("memagent: %s" % e, file=sys.stderr)
+            return int(e.exit_code)
+        except (statuscli.AgentBusy, OSError, ValueError) as e:
+            code, why = statuscli.status_failure(_where(args), e)
+            print("memagent: %s" % why, file=sys.stderr)
+            return code
+    from . import remote
+
+    try:
         for entry in remote.remote_events(_transport(args), args.follow, args.after):
             sys.stdout.write(json.dumps(entry) + "\n")
             sys.stdout.flush()
         return 0
-    except (remote.RemoteError, statustcp.TcpStatusError) as e:
+    except remote.RemoteError as e:
         print("memagent: %s" % e, file=sys.stderr)
         return int(e.exit_code)
-    except (statuscli.AgentBusy, OSError, ValueError) as e:
-        code, why = statuscli.status_failure(_where(args), e)
-        print("memagent: %s" % why, file=sys.stderr)
-        return code
     except KeyboardInterrupt:
         return 0
