@@ -109,6 +109,7 @@ MICROPYTHON_MODULES = (
     "memagent.statuscli",
     # remote status (issue 13)
     "memagent.core.history", "memagent.core.statusschema", "memagent.ipc.statustcp",
+    "memagent.ipc.tcpfetch",
 )
 BANNED = ("import re\n", "import dataclasses", "from dataclasses", "from __future__",
           "import typing\n", "\nfrom typing import")

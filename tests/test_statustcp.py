@@ -24,11 +24,13 @@ from memagent.ipc.statustcp import (
     EXIT_GARBAGE,
     EXIT_TOO_LARGE,
     EXIT_UNREACHABLE,
+    EXIT_USAGE,
     EXIT_VERSION,
     READ_ONLY,
     TcpStatusError,
     TokenFileError,
     fetch,
+    parse_hostport,
     read_token,
     same_token,
 )
@@ -291,6 +293,24 @@ def test_read_token_refuses_unsafe_files(tmp_path: Any) -> None:
             read_token(path)
         assert said in str(err.value) and path in str(err.value)
         assert err.value.exit_code == EXIT_AUTH
+
+
+def test_no_token_file_given_is_a_usage_error() -> None:
+    for path in (None, ""):
+        with pytest.raises(TokenFileError) as err:
+            read_token(path)
+        assert err.value.exit_code == EXIT_USAGE and "--token-file" in str(err.value)
+
+
+def test_parse_hostport() -> None:
+    assert parse_hostport("handset:9000") == ("handset", 9000)
+    assert parse_hostport("10.0.0.2") == ("10.0.0.2", DEFAULT_PORT)
+    assert parse_hostport("[::1]:7000") == ("::1", 7000)
+    assert parse_hostport("[fe80::1]") == ("fe80::1", DEFAULT_PORT)
+    for bad in (None, "", ":80", "host:", "host:x", "host:0", "host:65536", "[::1", "[::1]x"):
+        with pytest.raises(TcpStatusError) as err:
+            parse_hostport(bad)
+        assert err.value.exit_code == EXIT_USAGE, bad
 
 
 def test_same_token_with_and_without_hmac(monkeypatch: Any) -> None:
@@ -568,3 +588,45 @@ def test_on_micropython(tmp_path: Any) -> None:
     finally:
         log = a.stop()
     assert "Traceback" not in log, log[-5000:]
+
+
+def test_memagent_status_connect(agent: Agent, tmp_path: Any) -> None:
+    """The CLI on the listener: ``memagent status --connect`` and
+    ``memagent events --connect`` (agent/fetchcli.py, the lead's)."""
+    try:
+        import memagent.remote  # noqa: F401  (fetchcli imports it for every remote)
+    except ImportError:
+        from support import need
+
+        need("memagent.remote (the ssh/adb transports) is not in this tree yet")
+    tok = os.path.join(str(tmp_path), "client.token")
+    with open(tok, "w") as f:
+        f.write(TOKEN + "\n")
+    os.chmod(tok, 0o600)
+    other = os.path.join(str(tmp_path), "other")
+    os.makedirs(other)
+    wrong = token_file(other, 0o600, "z" * 20 + "\n")
+
+    def cli(*args: str) -> "subprocess.CompletedProcess[str]":
+        return subprocess.run([sys.executable, "-m", "memagent", *args], capture_output=True,
+                              text=True, timeout=60)
+
+    where = "127.0.0.1:%d" % agent.port
+    run = cli("status", "--connect", where, "--token-file", tok, "--json")
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    assert doc["schema"] >= 1 and doc["pid"] == agent.proc.pid
+    run = cli("events", "--connect", where, "--token-file", tok)
+    assert run.returncode == 0, run.stderr
+    for args, code, said in (
+            (("--token-file", wrong), EXIT_AUTH, "wrong token"),
+            (("--token-file", agent.tmp + "/status.token"), 0, ""),
+            ((), EXIT_USAGE, "--token-file"),
+            (("--token-file", tok, "--connect", "127.0.0.1:%d" % free_port()),
+             EXIT_UNREACHABLE, "Connection refused")):
+        run = cli("status", "--connect", where, *args, "--json")
+        assert run.returncode == code and said in run.stderr, (args, run.stderr)
+    os.chmod(tok, 0o644)
+    run = cli("status", "--connect", where, "--token-file", tok, "--json")
+    assert run.returncode == EXIT_AUTH and "chmod 600" in run.stderr, run.stderr
+    agent.stop()

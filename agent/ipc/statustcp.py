@@ -16,15 +16,26 @@ reply.  Bounds: lines up to ``MAX_LINE_BYTES``, each within
 failures are :class:`TcpStatusError` with the CLI's exit code.
 """
 
-import json
-import socket
-
 from .. import aio
-from ..aio import unix
 from ..core.logs import get_logger
 from ..core.protocol import MAX_ERRORS, MAX_LINE_BYTES, ProtocolError, reply_error
 from ..core.wire import dump_line, load_line
 from .control import BUSY, CLOSE_WAIT_MS, LINGER_MS, MAX_LINGERING, answer
+from .tcpfetch import (
+    EXIT_AUTH,
+    EXIT_BUSY,
+    EXIT_GARBAGE,
+    EXIT_TOO_LARGE,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    EXIT_VERSION,
+    MIN_TOKEN_CHARS,
+    TcpStatusError,
+    TokenFileError,
+    fetch,
+    parse_hostport,
+    read_token,
+)
 
 try:
     from hmac import compare_digest as _compare_digest
@@ -33,6 +44,8 @@ except ImportError:  # MicroPython
 
 try:
     from typing import Any, Callable, Dict, Optional, Set, Tuple
+
+    from .control import Events
 except ImportError:  # MicroPython
     pass
 
@@ -43,62 +56,12 @@ READ_ONLY_CMDS = ("ping", "status", "events")
 READ_ONLY = "this listener answers status and events only; use the control socket"
 TOKEN_REQUIRED = ('this listener needs "token": the first line of the agent\'s '
                   '[status_tcp] token_file')
-MIN_TOKEN_CHARS = 16
 BAD_TOKEN_LOG_MS = 60000  # bad tokens are logged at most once per this
-_S_IFMT, _S_IFREG = 0o170000, 0o100000
-
-# The exit codes of `memagent status --connect` (the contract's).
-EXIT_BUSY, EXIT_TOO_LARGE, EXIT_GARBAGE = 4, 5, 6
-EXIT_UNREACHABLE, EXIT_AUTH, EXIT_VERSION = 7, 8, 10
-
-
-class TcpStatusError(Exception):
-    """Fetching over TCP failed: ``str()`` says why, ``exit_code`` is the
-    CLI's (EXIT_UNREACHABLE, EXIT_AUTH, EXIT_BUSY, EXIT_TOO_LARGE,
-    EXIT_GARBAGE, EXIT_VERSION)."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-class TokenFileError(TcpStatusError):
-    """The token file is missing, unsafe or too short (exit EXIT_AUTH)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, EXIT_AUTH)
-
-
-def read_token(path: str) -> str:
-    """Return: the token in ``path``: its first line, stripped.  Raises:
-    TokenFileError unless ``path`` is a regular file owned by root or this
-    process's euid, without group or other permission bits (mode 0600 or
-    0400), whose token has at least MIN_TOKEN_CHARS characters."""
-    import os
-
-    try:
-        st = os.stat(path)
-        mode, uid = st[0], st[4]
-    except OSError as e:
-        raise TokenFileError("token file %s: %s" % (path, unix.strerror(e.args[0])))
-    if mode & _S_IFMT != _S_IFREG:
-        raise TokenFileError("token file %s: not a regular file" % path)
-    if uid not in (0, unix.geteuid()):
-        raise TokenFileError("token file %s: owned by uid %d, not by root or uid %d"
-                             % (path, uid, unix.geteuid()))
-    if mode & 0o077:
-        raise TokenFileError("token file %s: mode %04o lets others read it; chmod 600 %s"
-                             % (path, mode & 0o7777, path))
-    try:
-        with open(path) as f:
-            token = f.readline().strip()
-    except (OSError, UnicodeError) as e:
-        raise TokenFileError("token file %s: cannot read it (%s)" % (path, e))
-    if len(token) < MIN_TOKEN_CHARS:
-        raise TokenFileError("token file %s: the token (its first line) has %d characters, "
-                             "fewer than %d" % (path, len(token), MIN_TOKEN_CHARS))
-    return token
-
+# The client's names, here for the CLI (memagent.fetchcli): .tcpfetch
+__all__ = ["EXIT_AUTH", "EXIT_BUSY", "EXIT_GARBAGE", "EXIT_TOO_LARGE", "EXIT_UNREACHABLE",
+           "EXIT_USAGE", "EXIT_VERSION", "MIN_TOKEN_CHARS", "READ_ONLY", "StatusTcpServer",
+           "TcpStatusError", "TokenFileError", "fetch", "parse_hostport", "read_token",
+           "same_token"]
 
 def same_token(given: str, expected: str) -> bool:
     """Return: True if ``given`` is ``expected``, compared in a time that
@@ -126,8 +89,11 @@ class StatusTcpServer:
     hold the token; ``start()``, then ``close()``; ``state()`` for status."""
 
     def __init__(self, status: "Callable[[], Dict[str, Any]]", bind: str, port: int,
-                 token_file: str, max_clients: int = 4, read_timeout_ms: int = 5000) -> None:
+                 token_file: str, max_clients: int = 4, read_timeout_ms: int = 5000,
+                 events: "Optional[Events]" = None) -> None:
+        """``status`` and ``events`` as for :class:`~.control.ControlServer`."""
         self.status = status
+        self.events = events
         self.bind = bind
         self.port = port
         self.token_file = token_file
@@ -146,8 +112,8 @@ class StatusTcpServer:
         self._logged_ms: "Optional[int]" = None
 
     @classmethod
-    def from_config(cls, config: "Any",
-                    status: "Callable[[], Dict[str, Any]]") -> "Optional[StatusTcpServer]":
+    def from_config(cls, config: "Any", status: "Callable[[], Dict[str, Any]]",
+                    events: "Optional[Events]" = None) -> "Optional[StatusTcpServer]":
         """Return: the listener ``config``'s [status_tcp] describes, None
         when it is not enabled.  Raises: ConfigError for a bad value."""
         if config.get(SECTION, "enabled") is not True:
@@ -155,7 +121,7 @@ class StatusTcpServer:
         return cls(status, config.get_str(SECTION, "bind"), config.get_int(SECTION, "port"),
                    config.get_str(SECTION, "token_file"),
                    config.get_int(SECTION, "max_clients"),
-                   config.get_int(SECTION, "read_timeout_ms"))
+                   config.get_int(SECTION, "read_timeout_ms"), events)
 
     def state(self) -> "Dict[str, Any]":
         """Return: the listener's settings and counters, for status."""
@@ -274,7 +240,7 @@ class StatusTcpServer:
             stripped = dump_line(obj)
         except ProtocolError as err:
             return _error(req_id, err.code, err.message), err.code, True
-        reply, code = answer(stripped, self.status)
+        reply, code = answer(stripped, self.status, None, None, self.events)
         return reply, code, True
 
     def _bad_token(self, writer: "Optional[Any]") -> None:
@@ -315,86 +281,3 @@ class StatusTcpServer:
             await aio.sleep_ms(10)
             waited_ms += 10
         self.off = "stopped"
-
-
-# -- the client (CPython, blocking: memagent status --connect) -------------------------
-
-
-def _classify(reply: "Dict[str, Any]", where: str) -> "Optional[TcpStatusError]":
-    """Return: the error an ``ok: false`` reply means, None for ok."""
-    if reply.get("ok") is True:
-        return None
-    code, text = reply.get("code"), reply.get("error")
-    said = "%s: %s (%s)" % (where, text, code)
-    if code in ("token_required", "bad_token"):
-        return TcpStatusError(said + ": check --token-file against the agent's "
-                              "[status_tcp] token_file", EXIT_AUTH)
-    if code == "busy":
-        return TcpStatusError(said, EXIT_BUSY)
-    if code == "too_long":
-        return TcpStatusError(said, EXIT_TOO_LARGE)
-    if code in ("unknown_cmd", "bad_version"):
-        return TcpStatusError(said + ": the device's memagent is older", EXIT_VERSION)
-    return TcpStatusError(said, EXIT_GARBAGE)
-
-
-def _read_reply(sock: "Any", where: str) -> bytes:
-    """Return: the first line the agent sent.  Raises: TcpStatusError."""
-    buf = b""
-    while b"\n" not in buf:
-        if len(buf) > MAX_LINE_BYTES:
-            raise TcpStatusError("%s: the reply is longer than %d bytes"
-                                 % (where, MAX_LINE_BYTES), EXIT_TOO_LARGE)
-        try:
-            chunk = sock.recv(65536)
-        except socket.timeout:
-            raise TcpStatusError("%s: no answer in time" % where, EXIT_UNREACHABLE)
-        except OSError as e:
-            raise TcpStatusError("%s: connection lost (%s)" % (where, e), EXIT_GARBAGE)
-        if not chunk:
-            raise TcpStatusError("%s: the connection closed without %s reply"
-                                 % (where, "a whole" if buf else "a"), EXIT_GARBAGE)
-        buf += chunk
-    return buf[:buf.index(b"\n") + 1]
-
-
-def fetch(host: str, port: int, token: str, request: "Dict[str, Any]",
-          timeout_ms: int = 5000) -> "Dict[str, Any]":
-    """Send ``request`` (with ``token``) to the status listener at
-    ``host``:``port`` and read its reply, within ``timeout_ms`` per step.
-
-    Returns: the reply object (``ok`` true; for ``status``, one whose
-    status has a ``schema``).  Raises: TcpStatusError: unreachable,
-    refused or silent (EXIT_UNREACHABLE), a missing or wrong token
-    (EXIT_AUTH), busy (EXIT_BUSY), a reply over MAX_LINE_BYTES
-    (EXIT_TOO_LARGE), anything unusable (EXIT_GARBAGE), a status without a
-    schema or an unknown request (EXIT_VERSION).
-    """
-    where = "%s:%d" % (host, port)
-    try:
-        sock = socket.create_connection((host, port), timeout=timeout_ms / 1000.0)
-    except (OSError, socket.timeout) as e:
-        raise TcpStatusError("cannot reach the status listener at %s: %s (is [status_tcp] "
-                             "enabled there?)" % (where, e), EXIT_UNREACHABLE)
-    try:
-        sock.sendall((json.dumps(dict(request, token=token)) + "\n").encode("utf-8"))
-        line = _read_reply(sock, where)
-    except OSError as e:
-        raise TcpStatusError("%s: connection lost (%s)" % (where, e), EXIT_GARBAGE)
-    finally:
-        sock.close()
-    try:
-        reply = json.loads(line.decode("utf-8"))
-    except ValueError:
-        raise TcpStatusError("%s: the reply is not JSON" % where, EXIT_GARBAGE)
-    if not isinstance(reply, dict):
-        raise TcpStatusError("%s: the reply is not a JSON object" % where, EXIT_GARBAGE)
-    err = _classify(reply, where)
-    if err is not None:
-        raise err
-    status = reply.get("status")
-    if request.get("cmd") == "status" and not (
-            isinstance(status, dict) and isinstance(status.get("schema"), int)):
-        raise TcpStatusError("%s: the status has no schema: the device's memagent is older "
-                             "than this one" % where, EXIT_VERSION)
-    return reply
