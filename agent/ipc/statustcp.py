@@ -248,7 +248,7 @@ class StatusTcpServer:
         self.bad_tokens += 1
         self._unlogged += 1
         now_ms = aio.ticks_ms()
-        if self._logged_ms is not None and now_ms - self._logged_ms < BAD_TOKEN_LOG_MS:
+        if self._logged_ms is not None and 0 <= now_ms - self._logged_ms < BAD_TOKEN_LOG_MS:
             return
         peer = writer.get_extra_info("peername") if writer is not None else None
         log.warning("status TCP: %d request(s) with a wrong token (the last from %s; "
