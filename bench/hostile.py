@@ -46,7 +46,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from bench import trim_latency as tl
 from memagent.core.protocol import MAX_LINE_BYTES
@@ -62,8 +62,12 @@ PHASES = ("connections", "slowloris", "subscribers", "fuzz", "registrations")
 # -- the attacker (run as nobody) --------------------------------------------------------
 
 
-def _connect(path: str) -> Optional[socket.socket]:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+Address = Union[str, Tuple[str, int]]  # a Unix socket's path, or TCP (host, port)
+
+
+def _connect(path: Address) -> Optional[socket.socket]:
+    family = socket.AF_UNIX if isinstance(path, str) else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
     s.settimeout(2.0)
     try:
         s.connect(path)
@@ -104,8 +108,10 @@ def fuzz_line(rng: random.Random) -> bytes:
     return "".join(chars).encode("utf-8", "surrogatepass") + b"\n"
 
 
-def attack(path: str, phase: str, held: List[socket.socket], quick: bool) -> int:
-    """Run one phase.  Returns: how many connections the agent refused or dropped."""
+def attack(path: Address, phase: str, held: List[socket.socket], quick: bool) -> int:
+    """Run one phase against ``path`` (a Unix socket, or the TCP status
+    listener: tests/test_statustcp.py).  Returns: how many connections the
+    agent refused or dropped."""
     scale = 10 if quick else 1
     refused = 0
     if phase == "connections":

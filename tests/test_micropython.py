@@ -108,7 +108,8 @@ MICROPYTHON_MODULES = (
     "memagent.core.memnotify", "memagent.ipc.cuse", "memagent.plugins.mem_notify_device",
     "memagent.statuscli",
     # remote status (issue 13)
-    "memagent.core.history", "memagent.core.statusschema",
+    "memagent.core.history", "memagent.core.statusschema", "memagent.ipc.statustcp",
+    "memagent.ipc.tcpfetch",
 )
 BANNED = ("import re\n", "import dataclasses", "from dataclasses", "from __future__",
           "import typing\n", "\nfrom typing import")

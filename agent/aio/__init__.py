@@ -271,6 +271,14 @@ async def start_unix_server(
     return await asyncio.start_unix_server(handler, path, limit=limit)
 
 
+async def start_tcp_server(handler: "Callable[..., Any]", host: str, port: int,
+                           limit: int = 65536) -> "Any":
+    """:func:`start_unix_server` on TCP ``host`` (an address): ``port``.  Raises: OSError."""
+    if MICROPYTHON:  # pragma: no cover
+        return await _mp.start_tcp_server(handler, host, port, limit)
+    return await asyncio.start_server(handler, host, port, limit=limit, reuse_address=True)
+
+
 async def open_unix_connection(path: str, limit: int = 65536) -> "Any":
     """Connect to the Unix stream socket at ``path``.
 

@@ -278,6 +278,22 @@ async def start_unix_server(handler, path, limit):
     return UnixServer(sock, handler, limit)
 
 
+async def start_tcp_server(handler, host, port, limit):
+    """A listening TCP socket on ``host`` (an address) and ``port``,
+    served as a Unix one (:class:`UnixStream` takes any stream socket)."""
+    family, _, _, _, addr = socket.getaddrinfo(host, port)[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(16)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return UnixServer(sock, handler, limit)
+
+
 async def open_unix_connection(path, limit):
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

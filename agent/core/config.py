@@ -22,6 +22,7 @@ Default path: ``/etc/memagent/memagent.conf``.  Example::
     low_pct = 20           # or low_kib = 26000
     critical_pct = 10
 """
+# size-ok: the schemas of every agent section, and the parser MicroPython also runs
 
 try:
     from typing import Dict, List, Optional, Tuple
@@ -142,6 +143,12 @@ CORE_SCHEMA: "Dict[str, Schema]" = {
     "apps": dict(_keys("int", "ui_uid max_apps", ui_uid="-1", max_apps="64"),
                  max_per_uid=Key("int", "32", low=1, high=4096),
                  subscriber_idle_ms=Key("int", "60000", low=100, high=86400000)),
+    # The read-only TCP status listener, off by default (ipc/statustcp.py, docs/status-tcp.md).
+    "status_tcp": dict(_keys("str", "bind token_file", bind="127.0.0.1",
+                             token_file="/etc/memagent/status.token"),
+                       enabled=Key("bool", "no"), port=Key("int", "7767", low=1, high=65535),
+                       max_clients=Key("int", "4", low=1, high=64),
+                       read_timeout_ms=Key("int", "5000", low=100, high=600000)),
 }
 
 

@@ -17,6 +17,7 @@ from ..core.logs import get_logger
 from ..core.reading import Reading
 from ..ipc.control import ControlServer
 from ..ipc.registry import App, AppRegistry
+from ..ipc.statustcp import StatusTcpServer
 from ..sense.footprint import footprint_kib
 from ..sense.presence import Activity
 from . import selfprotect
@@ -77,6 +78,7 @@ class Agent:
         self.started_ms = aio.ticks_ms()
         self._stop: "Optional[Any]" = None
         self._exit_code = 0
+        self.status_tcp: "Optional[StatusTcpServer]" = None  # [status_tcp] enabled
 
     def _load_plugins(self, plugins: "Optional[List[Any]]") -> Dispatcher:
         if plugins is not None:  # as pluginload would, without importing it
@@ -121,8 +123,10 @@ class Agent:
         if m is not None and m.last is not None and \
                 aio.ticks_ms() - m.last.t_ms > STATUS_STALE_MS:
             self.sensor.read_now("status")
-        return status_view(self.sensor, self.apps, self.presence, self.events,
-                           self.dispatcher, self.started_ms)
+        st = status_view(self.sensor, self.apps, self.presence, self.events,
+                         self.dispatcher, self.started_ms)
+        st["status_tcp"] = self.status_tcp.state() if self.status_tcp else {"enabled": False}
+        return st
 
     def reload(self) -> None:
         """SIGHUP: re-read the config file (the command line's overrides
@@ -183,6 +187,12 @@ class Agent:
             self.sensor.open()
             self._signals()
             server = await self._start_control()
+            # The read-only TCP listener answers what the control socket would.
+            self.status_tcp = StatusTcpServer.from_config(
+                self.config, server._status if server is not None else self.status,
+                self._events_since)
+            if self.status_tcp is not None:
+                await self.status_tcp.start()
             # Sense from the first reading on, before the plugins start:
             # their on_start may take seconds (imports on a slow board), and
             # a ramp meanwhile went unseen (the ARM guest's cgroup2 ramp: no
@@ -200,6 +210,8 @@ class Agent:
             await self.dispatcher.stop()
             if server is not None:
                 await server.close()
+            if self.status_tcp is not None:
+                await self.status_tcp.close()
         finally:
             self.sensor.close()
         log.info("stopped")
