@@ -285,7 +285,7 @@ class ControlServer:
             return self.subscriber_idle_ms
         return self.read_timeout_ms
 
-    def _status(self) -> "Dict[str, Any]":
+    def full_status(self) -> "Dict[str, Any]":
         """Return: the agent's status with the control socket's limits and
         counters under ``control``."""
         return dict(self.status(), control={
@@ -321,7 +321,7 @@ class ControlServer:
                 return
             if not line:
                 return
-            reply, code = answer(line, self._status, self.registry, session, self.events)
+            reply, code = answer(line, self.full_status, self.registry, session, self.events)
             await self._send(writer, reply)
             if code == "too_long":
                 return

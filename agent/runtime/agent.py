@@ -189,7 +189,7 @@ class Agent:
             server = await self._start_control()
             # The read-only TCP listener answers what the control socket would.
             self.status_tcp = StatusTcpServer.from_config(
-                self.config, server._status if server is not None else self.status,
+                self.config, server.full_status if server is not None else self.status,
                 self._events_since)
             if self.status_tcp is not None:
                 await self.status_tcp.start()
