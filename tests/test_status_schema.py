@@ -262,5 +262,5 @@ def test_every_key_of_the_document_is_documented() -> None:
             "level", "level_since_ms", "thresholds", "reading", "eta_ms", "fill_kib_s",
             "source", "source_why", "unavailable", "read_errors", "readings",
             "notifications", "history", "events", "recent", "actions", "apps", "activity",
-            "plugins", "control", "truncated"}
+            "plugins", "control", "status_tcp", "truncated"}
     assert keys <= documented, sorted(keys - documented)
