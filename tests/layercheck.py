@@ -38,7 +38,7 @@ ALLOWED: "Dict[str, Tuple[str, ...]]" = {
     "client": ("core", "aio", "client"),
     "plugins": ("core", "aio", "plugin-api"),  # and the plugin's own package
     "demo": (ANY,),
-    "top": (ANY,),  # __init__, __main__, cli, statuscli, fetchcli, remote(io), plot, moved
+    "top": (ANY,),  # __init__, __main__, cli, statuscli, fetchcli, remote(io), plot*, moved
 }
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
@@ -71,7 +71,7 @@ def layer_of(module: str) -> str:
     if module == PLUGINS or module.startswith(PLUGINS + "."):
         return "plugins"
     if len(parts) == 1 or parts[1] in ("cli", "statuscli", "fetchcli", "remote", "remoteio",
-                                       "plot", "__main__", "moved"):
+                                       "plot", "plotdata", "plotstatus", "__main__", "moved"):
         return "top"
     return parts[1] if parts[1] in ALLOWED else "unknown"
 
