@@ -1,0 +1,280 @@
+"""memagent plot: real matplotlib renders of real recorded data.
+
+Inputs: a trace recorded in the ARM guest, a trace and the events file of the
+same real agent (kill_background in dry run, docs/pictures/record_dry_run.py),
+a status built by the agent's own History and Monitor from that trace, and
+the bench's handset day (docs/data/handset-day-128.json).  PNGs are read back
+with matplotlib.image.imread; SVGs are parsed as XML and their marks counted
+by the artists' gid.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from typing import Any, Dict, List
+
+import pytest
+
+from memagent.core import trace
+from memagent.core.history import History
+from memagent.core.levels import Monitor, default_thresholds
+from memagent.plot import load_paths
+from memagent.plotdata import MAX_LINE_CHARS, PlotError, level_spans
+from memagent.plotstatus import timeline_of_status
+from support import ROOT, need
+
+try:
+    import matplotlib.image
+except ImportError:
+    matplotlib = None  # type: ignore[assignment]
+
+from memagent import plot  # noqa: E402  (imports no matplotlib at module level)
+
+DATA = os.path.join(ROOT, "tests", "data")
+GUEST_RAMP = os.path.join(DATA, "traces", "guest", "ramp-guest128m-system.jsonl")
+DRY_TRACE = os.path.join(DATA, "plot", "dryrun-trace.jsonl")
+DRY_EVENTS = os.path.join(DATA, "plot", "dryrun-events.jsonl")
+HANDSET_SCRIPT = os.path.join(ROOT, "docs", "pictures", "make_handset_plots.py")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SVG_NS = "{http://www.w3.org/2000/svg}"
+
+
+@pytest.fixture(autouse=True)
+def have_matplotlib() -> None:
+    if matplotlib is None:
+        need("matplotlib is not installed (pip install 'memagent[plot]')")
+
+
+def run_cli(argv: List[str]) -> int:
+    """Return: ``memagent plot``'s exit code for ``argv`` (its own parser)."""
+    p = argparse.ArgumentParser(prog="memagent plot")
+    plot.add_plot_args(p)
+    return plot.cmd_plot(p.parse_args(argv))
+
+
+def band_pixels(png: str) -> Dict[str, int]:
+    """Return: how many pixels of each level band's colour the PNG has."""
+    img = matplotlib.image.imread(png)
+    out = {}
+    for name, color in zip(("NORMAL", "LOW", "CRITICAL"), plot.BAND_COLORS):
+        rgb = [int(color[i:i + 2], 16) / 255.0 for i in (1, 3, 5)]
+        close = abs(img[:, :, :3] - rgb).max(axis=2) < 1.5 / 255
+        out[name] = int(close.sum())
+    return out
+
+
+def svg_marks(svg: str) -> Dict[str, int]:
+    """Return: the number of markers (<use>) in each mark group of the SVG."""
+    root = ET.parse(svg).getroot()
+    counts = {}
+    for style in plot.MARK_STYLES.values():
+        groups = [g for g in root.iter(SVG_NS + "g") if g.get("id") == style["gid"]]
+        counts[style["gid"]] = sum(len(list(g.iter(SVG_NS + "use"))) for g in groups)
+    return counts
+
+
+def check_png(path: str) -> None:
+    with open(path, "rb") as f:
+        assert f.read(8) == PNG_MAGIC
+    assert os.path.getsize(path) > 20000
+
+
+def test_guest_trace_png_shows_every_level(tmp_path: Any, capsys: Any) -> None:
+    out = str(tmp_path / "ramp.png")
+    assert run_cli([GUEST_RAMP, "-o", out]) == 0
+    assert "wrote %s (70 points, 0 kills, 0 trims)" % out in capsys.readouterr().out
+    check_png(out)
+    pixels = band_pixels(out)
+    # The ramp replayed: NORMAL, LOW at 21.7 MiB, CRITICAL at 10.9 MiB, NORMAL again.
+    assert min(pixels.values()) > 5000, pixels
+    tl = load_paths([GUEST_RAMP])
+    assert [lv for _, _, lv in tl.levels] == [0, 1, 2, 0]
+    assert tl.psi_some and tl.psi_full and tl.low_kib == 111220 // 5
+    assert "thresholds: the defaults for its size" in tl.notes
+
+
+def test_trace_and_events_overlaid_svg(tmp_path: Any) -> None:
+    out = str(tmp_path / "dry.svg")
+    assert run_cli([DRY_TRACE, DRY_EVENTS, "-o", out]) == 0
+    # Both kills were dry run: hollow marks, none among the real kills.
+    assert svg_marks(out) == {"trims": 0, "kills": 0, "kills-dry-run": 2, "kills-kernel": 0}
+    text = open(out).read()
+    assert "dry run" in text and "kill chosen, dry run (not sent)" in text
+    tl = load_paths([DRY_TRACE, DRY_EVENTS])
+    # The levels are the agent's own (its notifications), not a replay.
+    assert [lv for _, _, lv in tl.levels] == [0, 1, 2, 1, 0]
+    assert "levels: replayed" not in tl.notes and len(tl.avail) == 212
+
+
+def test_threshold_options_override(tmp_path: Any) -> None:
+    out = str(tmp_path / "dry.png")
+    assert run_cli([DRY_TRACE, "-o", out, "--low-mib", "40", "--critical-mib", "20"]) == 0
+    tl = load_paths([DRY_TRACE], low_kib=40 * 1024, critical_kib=20 * 1024)
+    assert (tl.low_kib, tl.critical_kib) == (40960, 20480) and "levels: replayed" in tl.notes
+    assert run_cli([DRY_TRACE, "-o", out, "--low-mib", "10", "--critical-mib", "20"]) == 2
+
+
+def test_events_file_alone(tmp_path: Any) -> None:
+    out = str(tmp_path / "ev.png")
+    assert run_cli([DRY_EVENTS, "-o", out]) == 0
+    check_png(out)
+    assert band_pixels(out)["CRITICAL"] > 5000
+    tl = load_paths([DRY_EVENTS])
+    assert len(tl.avail) == 5 and [m.kind for m in tl.marks] == ["dry-run"] * 2
+
+
+def status_of_trace() -> Dict[str, Any]:
+    """Return: a schema 1 status made by the agent's own parts from the dry-run
+    recording: its readings through the Monitor into History, its events file
+    as the events."""
+    readings = trace.load_trace(DRY_TRACE)
+    thresholds = default_thresholds(readings[0].total_kib)
+    monitor, history = Monitor(thresholds), History(capacity=120, step_ms=1000)
+    for r in readings:
+        monitor.update(r)
+        history.add(r.t_ms, r.avail_kib, monitor.level)
+    events = []
+    with open(DRY_EVENTS) as f:
+        for seq, line in enumerate(f, 1):
+            ev = json.loads(line)
+            ev.update(seq=seq, kind="action" if "action" in ev else "level")
+            events.append(ev)
+    return {"schema": 1, "version": "0.2.0", "host": "handset", "running": True,
+            "level": "NORMAL", "thresholds": thresholds.as_dict(),
+            "reading": readings[-1].to_dict(),
+            "history": {"step_ms": 1000, "now_ms": readings[-1].t_ms,
+                        "buckets": [list(b) for b in history.buckets()]},
+            "events": events}
+
+
+def test_status_json_file(tmp_path: Any) -> None:
+    path, out = str(tmp_path / "st.json"), str(tmp_path / "st.svg")
+    st = status_of_trace()
+    with open(path, "w") as f:
+        json.dump(st, f, indent=1)  # as `memagent status --json` prints it
+    assert run_cli([path, "-o", out]) == 0
+    assert svg_marks(out)["kills-dry-run"] == 2
+    png = str(tmp_path / "st.png")
+    tl = plot.plot_status(st, png)
+    check_png(png)
+    assert min(band_pixels(png).values()) > 2000
+    assert tl.t0_ms == st["history"]["now_ms"] and tl.low_kib == st["thresholds"]["low_kib"]
+    assert {lv for _, _, lv in tl.levels} == {0, 1, 2}
+
+
+def test_status_gaps_and_refusals() -> None:
+    st = status_of_trace()
+    buckets = st["history"]["buckets"]
+    del buckets[3:6]  # the agent slept: no reading in three steps
+    tl = timeline_of_status(st)
+    assert sum(1 for _, a in tl.avail if a is None) == 1
+    with pytest.raises(PlotError) as e:
+        timeline_of_status(dict(st, schema=2))
+    assert e.value.code == 10 and "newer" in str(e.value)
+    with pytest.raises(PlotError) as e:
+        timeline_of_status({"schema": 1, "running": False, "agent": "not running: no socket"})
+    assert e.value.code == 3 and "not running: no socket" in str(e.value)
+    for bad in ({"buckets": [[1, 2]]}, {"buckets": [[1, 2, 7]]}, None, {"buckets": []}):
+        with pytest.raises(PlotError):
+            timeline_of_status(dict(st, history=bad))
+
+
+def test_handset_day_figure(tmp_path: Any) -> None:
+    """The docs' figure: three panels from the bench's real runs."""
+    out = str(tmp_path / "hd.svg")
+    env = dict(os.environ, MPLBACKEND="Agg")
+    proc = subprocess.run([sys.executable, HANDSET_SCRIPT, "-o", out], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    # memagent: hog, cached-old, cached-new by the tool after 14 trims; the
+    # kernel alone: cached-new; earlyoom: cached-new, cached-old.
+    assert svg_marks(out) == {"trims": 14, "kills": 5, "kills-dry-run": 0, "kills-kernel": 1}
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", "empty file"),
+    (b"\n  \n", "empty file"),
+    (b"hello\n", "line 1: not JSON"),
+    (b"\xff\xfe\x00garbage", "not UTF-8"),
+    (b"[1, 2]\n", "line 1: a JSON object was expected"),
+    (b'{"hello": 1}\n', "line 1: neither a reading nor an event"),
+    (b"[" * 30000 + b"]" * 30000, "line 1: not JSON (nested too deeply)"),
+    (b'{"a":' * 12000 + b"1" + b"}" * 12000, "line 1: longer than"),
+    (b'{"t_ms": 1, "total_kib": 100, "avail_kib": NaN}\n', "line 1: not JSON"),
+    (b'{"t_ms": 5, "total_kib": 100000, "avail_kib": 9}\n'
+     b'{"t_ms": 1, "total_kib": 100000, "avail_kib": 9}\n', "line 2: t_ms 1 goes back"),
+    (b'{"kind": "level", "level": "LOW"}\n', "line 1: an event without an integer t_ms"),
+    (b'{"memagent_trace": 7}\n', "line 1: trace version 7"),
+])
+def test_hostile_inputs(tmp_path: Any, capsys: Any, content: bytes, message: str) -> None:
+    path = str(tmp_path / "bad.jsonl")
+    with open(path, "wb") as f:
+        f.write(content)
+    assert run_cli([path, "-o", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+    assert not os.path.exists(str(tmp_path / "x.png"))
+
+
+def test_garbage_among_real_lines(tmp_path: Any, capsys: Any) -> None:
+    """A real trace with its events and a broken line in the middle."""
+    with open(DRY_TRACE) as f:
+        lines = f.readlines()
+    with open(DRY_EVENTS) as f:
+        lines[100:100] = f.readlines()[:2] + ['{"t_ms": 71199600, "oops\n']
+    path = str(tmp_path / "mixed.jsonl")
+    with open(path, "w") as f:
+        f.writelines(lines)
+    assert run_cli([path, "-o", str(tmp_path / "m.png")]) == 2
+    assert "mixed.jsonl: line 103: not JSON" in capsys.readouterr().err
+    del lines[102]  # without it: a trace and its events in one file plot
+    with open(path, "w") as f:
+        f.writelines(lines)
+    assert run_cli([path, "-o", str(tmp_path / "m.png")]) == 0
+
+
+def test_ten_megabyte_line(tmp_path: Any, capsys: Any) -> None:
+    path = str(tmp_path / "long.jsonl")
+    with open(path, "w") as f:
+        f.write('{"t_ms": 1, "total_kib": 100000, "avail_kib": 9}\n')
+        f.write('{"t_ms": 2, "x": "' + "a" * (10 << 20) + '"}\n')
+    assert run_cli([path, "-o", str(tmp_path / "x.svg")]) == 2
+    assert "line 2: longer than %d characters" % MAX_LINE_CHARS in capsys.readouterr().err
+
+
+def test_usage_errors(tmp_path: Any, capsys: Any) -> None:
+    st = str(tmp_path / "st.json")
+    with open(st, "w") as f:
+        json.dump(status_of_trace(), f)
+    cases = [([], "no input"), ([GUEST_RAMP, "-o", str(tmp_path / "x.jpg")], "end in .png or .svg"),
+             ([str(tmp_path / "missing.jsonl")], "cannot read"), ([str(tmp_path)], "cannot read"),
+             ([st, GUEST_RAMP], "a status JSON is plotted alone")]
+    for argv, message in cases:
+        assert run_cli(argv + ["-o", str(tmp_path / "x.png")] * ("-o" not in argv)) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+    assert run_cli([GUEST_RAMP, "-o", str(tmp_path / "no" / "dir.png")]) == 1
+    assert "cannot write" in capsys.readouterr().err
+
+
+def test_without_matplotlib(tmp_path: Any) -> None:
+    code = ("import sys; sys.modules['matplotlib'] = None\n"
+            "import argparse\nfrom memagent import plot\n"
+            "p = argparse.ArgumentParser(); plot.add_plot_args(p)\n"
+            "sys.exit(plot.cmd_plot(p.parse_args(sys.argv[1:])))\n")
+    out = str(tmp_path / "x.png")
+    proc = subprocess.run([sys.executable, "-c", code, GUEST_RAMP, "-o", out],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "memagent: " + plot.NEEDS_MATPLOTLIB
+    assert not os.path.exists(out)
+
+
+def test_level_spans() -> None:
+    assert level_spans([], 0, 10) == [(0, 10, 0)]
+    # Reminders change nothing; before the first change, the level it left.
+    changes = [(5, 2, 1), (7, 2, 2), (9, 0, 2)]
+    assert level_spans(changes, 0, 12) == [(0, 5, 1), (5, 9, 2), (9, 12, 0)]
