@@ -290,3 +290,15 @@ def cmd_plot(args: argparse.Namespace) -> int:
     print("memagent: wrote %s (%d points, %d kills, %d trims)" % (
         args.output, len(tl.avail), kills, len(tl.marks) - kills))
     return 0
+
+
+def main(argv: "Optional[List[str]]" = None) -> int:
+    """``python3 -m memagent.plot``: the same as ``memagent plot`` with files.
+    Returns: :func:`cmd_plot`'s exit code."""
+    p = argparse.ArgumentParser(prog="memagent plot", description=__doc__.split("\n")[0])
+    add_plot_args(p)
+    return cmd_plot(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

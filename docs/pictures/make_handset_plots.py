@@ -1,12 +1,12 @@
 """The handset day's picture: memagent against the kernel's OOM killer alone and
 earlyoom, one panel each, drawn with memagent plot's own functions.
 
-    python3 docs/pictures/make_handset_plots.py            # docs/img/handset-day.png
-    python3 docs/pictures/make_handset_plots.py --extract /tmp/board128.json
+    python3 docs/pictures/make_handset_plots.py     # docs/img/handset-day{,-64}.png
+    python3 docs/pictures/make_handset_plots.py --extract /tmp/board128.json --size 128
 
-The input, docs/data/handset-day-128.json, holds one run per contestant of a
-``python3 -m bench.board --json FILE`` result (``--extract`` makes it from
-one): the guest sampler's available memory every 50 ms, PSI memory ``full``
+The inputs, docs/data/handset-day-{128,64}.json, hold one run per contestant of
+a ``python3 -m bench.board --json FILE`` result (``--extract`` makes one from
+it): the guest sampler's available memory every 50 ms, PSI memory ``full``
 avg10 every 10th sample, each app's trims and death, the tool's kills and
 memagent's level notifications, on the guest's monotonic clock.  Needs
 matplotlib (``pip install 'memagent[plot]'``).
@@ -26,9 +26,10 @@ from memagent.plotdata import Mark, Timeline, add_events, level_spans
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DOCS = os.path.dirname(HERE)
-DATA = os.path.join(DOCS, "data", "handset-day-128.json")
-OUT = os.path.join(DOCS, "img", "handset-day.png")
-PANELS = ("memagent", "none", "earlyoom")
+# size (MB) -> the data file, the picture, the panels: at 64 MB the board's
+# agent is memagent on MicroPython (docs/bench-board.md).
+FIGURES = {"128": ("handset-day-128.json", "handset-day.png", "memagent,none,earlyoom"),
+           "64": ("handset-day-64.json", "handset-day-64.png", "memagent-mpy,none,earlyoom")}
 NAMES = {"memagent": "memagent (CPython)", "memagent-mpy": "memagent (MicroPython)",
          "none": "no tool: the kernel's OOM killer", "earlyoom": "earlyoom 1.7"}
 KEEP_RUN = ("contestant", "start_ms", "t0_ms", "end_ms", "low_kib", "crit_kib", "total_kib",
@@ -131,26 +132,30 @@ def draw(data: Dict[str, Any], out_path: str, panels: "List[str]") -> None:
 
 
 def main(argv: "List[str]") -> int:
-    """Returns: 0 (the picture, or with --extract the data file, written)."""
+    """Returns: 0 (the pictures, or with --extract the data file, written)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--extract", metavar="BOARD_JSON", help="make --data from a bench.board "
-                   "--json result instead of drawing")
-    p.add_argument("--size", default="128", help="the memory size to take (MB)")
-    p.add_argument("--run", type=int, default=0, help="which run of each (0-based)")
-    p.add_argument("--data", default=DATA)
-    p.add_argument("-o", "--output", default=OUT)
-    p.add_argument("--panels", default=",".join(PANELS), help="contestants, in order")
+    p.add_argument("--extract", metavar="BOARD_JSON", help="make the size's data file from "
+                   "a bench.board --json result instead of drawing")
+    p.add_argument("--size", choices=sorted(FIGURES), help="only this size (MB)")
+    p.add_argument("--run", type=int, default=0, help="--extract: which run of each (0-based)")
+    p.add_argument("--data", help="the data file (default docs/data/handset-day-SIZE.json)")
+    p.add_argument("-o", "--output", help="the picture (default docs/img/, .png or .svg)")
+    p.add_argument("--panels", help="contestants, in order (default: the size's)")
     args = p.parse_args(argv)
-    if args.extract:
-        with open(args.data, "w") as f:
-            json.dump(extract(args.extract, args.size, args.run), f, separators=(",", ":"))
-            f.write("\n")
-        print("wrote %s" % args.data)
-        return 0
-    with open(args.data) as f:
-        data = json.load(f)
-    draw(data, args.output, args.panels.split(","))
-    print("wrote %s" % args.output)
+    for size in [args.size] if args.size else sorted(FIGURES, key=int, reverse=True):
+        data_name, out_name, panels = FIGURES[size]
+        data_path = args.data or os.path.join(DOCS, "data", data_name)
+        if args.extract:
+            with open(data_path, "w") as f:
+                json.dump(extract(args.extract, size, args.run), f, separators=(",", ":"))
+                f.write("\n")
+            print("wrote %s" % data_path)
+            return 0
+        with open(data_path) as f:
+            data = json.load(f)
+        out_path = args.output or os.path.join(DOCS, "img", out_name)
+        draw(data, out_path, (args.panels or panels).split(","))
+        print("wrote %s" % out_path)
     return 0
 
 
