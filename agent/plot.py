@@ -253,8 +253,6 @@ def plot_status(st: "Dict[str, Any]", out_path: str, low_mib: "Optional[float]" 
     check_output(out_path)
     load_matplotlib()
     tl = timeline_of_status(st, _kib(low_mib), _kib(critical_mib))
-    if title is None:
-        title = "%s, memagent %s" % (tl.label, st.get("version") or "?")
     render(tl, out_path, title)
     return tl
 

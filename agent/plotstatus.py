@@ -4,6 +4,8 @@
 available memory and highest level, its events as marks.  No matplotlib.
 """
 
+import time
+
 from .core.levels import CRITICAL, NORMAL
 from .plotdata import (
     STATUS_SCHEMA,
@@ -36,6 +38,18 @@ def _buckets(history: "Any") -> "List[Tuple[int, int, int]]":
     return out
 
 
+def status_label(st: "Dict[str, Any]") -> str:
+    """Return: "HOST, memagent VERSION, YYYY-MM-DD HH:MM:SS UTC" (the status's
+    wall clock), with what the status lacks left out."""
+    parts = [str(st.get("host") or "status")]
+    if st.get("version"):
+        parts.append("memagent %s" % st["version"])
+    wall = st.get("wall")
+    if isinstance(wall, (int, float)) and not isinstance(wall, bool) and 0 < wall < 2 ** 33:
+        parts.append(time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(wall)))
+    return ", ".join(parts)
+
+
 def timeline_of_status(st: "Dict[str, Any]", low_kib: "Optional[int]" = None,
                        critical_kib: "Optional[int]" = None) -> Timeline:
     """Return: the Timeline of a status (schema 1): the history buckets as
@@ -57,7 +71,7 @@ def timeline_of_status(st: "Dict[str, Any]", low_kib: "Optional[int]" = None,
     if not buckets:
         raise PlotError("status: the history is empty (no reading yet)")
     step_ms = int_or_none(history.get("step_ms")) or 5000
-    tl = Timeline("%s" % (st.get("host") or "status"))
+    tl = Timeline(status_label(st))
     for i, (t_ms, avail_kib, level) in enumerate(buckets):
         if i and t_ms - buckets[i - 1][0] > step_ms:
             tl.avail.append((buckets[i - 1][0] + step_ms, None))  # a gap: no reading

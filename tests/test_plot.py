@@ -1,9 +1,9 @@
 """memagent plot: real matplotlib renders of real recorded data.
 
-Inputs: a trace recorded in the ARM guest, a trace and the events file of the
-same real agent (kill_background in dry run, docs/pictures/record_dry_run.py),
-a status built by the agent's own History and Monitor from that trace, and
-the bench's handset day (docs/data/handset-day-128.json).  PNGs are read back
+Inputs: a trace recorded in the ARM guest; a trace, the events file and the
+``memagent status --json`` of the same real agent under real memcg pressure
+(kill_background in dry run: docs/pictures/record_dry_run.py); the board
+bench's handset day (docs/data/handset-day-*.json).  PNGs are read back
 with matplotlib.image.imread; SVGs are parsed as XML and their marks counted
 by the artists' gid.
 """
@@ -17,9 +17,6 @@ from typing import Any, Dict, List
 
 import pytest
 
-from memagent.core import trace
-from memagent.core.history import History
-from memagent.core.levels import Monitor, default_thresholds
 from memagent.plot import load_paths
 from memagent.plotdata import MAX_LINE_CHARS, PlotError, level_spans
 from memagent.plotstatus import timeline_of_status
@@ -36,6 +33,7 @@ DATA = os.path.join(ROOT, "tests", "data")
 GUEST_RAMP = os.path.join(DATA, "traces", "guest", "ramp-guest128m-system.jsonl")
 DRY_TRACE = os.path.join(DATA, "plot", "dryrun-trace.jsonl")
 DRY_EVENTS = os.path.join(DATA, "plot", "dryrun-events.jsonl")
+DRY_STATUS = os.path.join(DATA, "plot", "dryrun-status.json")
 HANDSET_SCRIPT = os.path.join(ROOT, "docs", "pictures", "make_handset_plots.py")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SVG_NS = "{http://www.w3.org/2000/svg}"
@@ -96,14 +94,14 @@ def test_guest_trace_png_shows_every_level(tmp_path: Any, capsys: Any) -> None:
 def test_trace_and_events_overlaid_svg(tmp_path: Any) -> None:
     out = str(tmp_path / "dry.svg")
     assert run_cli([DRY_TRACE, DRY_EVENTS, "-o", out]) == 0
-    # Both kills were dry run: hollow marks, none among the real kills.
-    assert svg_marks(out) == {"trims": 0, "kills": 0, "kills-dry-run": 2, "kills-kernel": 0}
+    # Every kill was dry run: hollow marks, none among the real kills.
+    assert svg_marks(out) == {"trims": 0, "kills": 0, "kills-dry-run": 4, "kills-kernel": 0}
     text = open(out).read()
     assert "dry run" in text and "kill chosen, dry run (not sent)" in text
     tl = load_paths([DRY_TRACE, DRY_EVENTS])
     # The levels are the agent's own (its notifications), not a replay.
-    assert [lv for _, _, lv in tl.levels] == [0, 1, 2, 1, 0]
-    assert "levels: replayed" not in tl.notes and len(tl.avail) == 212
+    assert [lv for _, _, lv in tl.levels] == [0, 1, 2, 1, 0, 1, 2, 1, 0]
+    assert "levels: replayed" not in tl.notes and len(tl.avail) == 475
 
 
 def test_threshold_options_override(tmp_path: Any) -> None:
@@ -120,61 +118,41 @@ def test_events_file_alone(tmp_path: Any) -> None:
     check_png(out)
     assert band_pixels(out)["CRITICAL"] > 5000
     tl = load_paths([DRY_EVENTS])
-    assert len(tl.avail) == 5 and [m.kind for m in tl.marks] == ["dry-run"] * 2
+    # The notifications' own figures stand for the readings.
+    assert len(tl.avail) == 12 and [m.kind for m in tl.marks] == ["dry-run"] * 4
 
 
-def status_of_trace() -> Dict[str, Any]:
-    """Return: a schema 1 status made by the agent's own parts from the dry-run
-    recording: its readings through the Monitor into History, its events file
-    as the events."""
-    readings = trace.load_trace(DRY_TRACE)
-    thresholds = default_thresholds(readings[0].total_kib)
-    monitor, history = Monitor(thresholds), History(capacity=120, step_ms=1000)
-    for r in readings:
-        monitor.update(r)
-        history.add(r.t_ms, r.avail_kib, monitor.level)
-    events = []
-    with open(DRY_EVENTS) as f:
-        for seq, line in enumerate(f, 1):
-            ev = json.loads(line)
-            ev.update(seq=seq, kind="action" if "action" in ev else "level")
-            events.append(ev)
-    return {"schema": 1, "version": "0.2.0", "host": "handset", "running": True,
-            "level": "NORMAL", "thresholds": thresholds.as_dict(),
-            "reading": readings[-1].to_dict(),
-            "history": {"step_ms": 1000, "now_ms": readings[-1].t_ms,
-                        "buckets": [list(b) for b in history.buckets()]},
-            "events": events}
+def real_status() -> Dict[str, Any]:
+    with open(DRY_STATUS) as f:
+        st: Dict[str, Any] = json.load(f)
+    return st
 
 
 def test_status_json_file(tmp_path: Any) -> None:
-    path, out = str(tmp_path / "st.json"), str(tmp_path / "st.svg")
-    st = status_of_trace()
-    with open(path, "w") as f:
-        json.dump(st, f, indent=1)  # as `memagent status --json` prints it
-    assert run_cli([path, "-o", out]) == 0
-    assert svg_marks(out)["kills-dry-run"] == 2
+    out = str(tmp_path / "st.svg")
+    assert run_cli([DRY_STATUS, "-o", out]) == 0
+    assert svg_marks(out)["kills-dry-run"] == 4
     png = str(tmp_path / "st.png")
+    st = real_status()
     tl = plot.plot_status(st, png)
     check_png(png)
     assert min(band_pixels(png).values()) > 2000
     assert tl.t0_ms == st["history"]["now_ms"] and tl.low_kib == st["thresholds"]["low_kib"]
-    assert {lv for _, _, lv in tl.levels} == {0, 1, 2}
+    assert [lv for _, _, lv in tl.levels] == [b[2] for b in st["history"]["buckets"]]
+    # The agent slept through the calm stretches: two gaps, drawn as breaks.
+    assert sum(1 for _, a in tl.avail if a is None) == 2
 
 
-def test_status_gaps_and_refusals() -> None:
-    st = status_of_trace()
-    buckets = st["history"]["buckets"]
-    del buckets[3:6]  # the agent slept: no reading in three steps
-    tl = timeline_of_status(st)
-    assert sum(1 for _, a in tl.avail if a is None) == 1
+def test_status_refusals() -> None:
+    st = real_status()
     with pytest.raises(PlotError) as e:
         timeline_of_status(dict(st, schema=2))
     assert e.value.code == 10 and "newer" in str(e.value)
     with pytest.raises(PlotError) as e:
         timeline_of_status({"schema": 1, "running": False, "agent": "not running: no socket"})
     assert e.value.code == 3 and "not running: no socket" in str(e.value)
-    for bad in ({"buckets": [[1, 2]]}, {"buckets": [[1, 2, 7]]}, None, {"buckets": []}):
+    for bad in ({"buckets": [[1, 2]]}, {"buckets": [[1, 2, 7]]}, None, {"buckets": []},
+                {"buckets": [[1, True, 0]]}):
         with pytest.raises(PlotError):
             timeline_of_status(dict(st, history=bad))
 
@@ -226,7 +204,7 @@ def test_garbage_among_real_lines(tmp_path: Any, capsys: Any) -> None:
     with open(DRY_TRACE) as f:
         lines = f.readlines()
     with open(DRY_EVENTS) as f:
-        lines[100:100] = f.readlines()[:2] + ['{"t_ms": 71199600, "oops\n']
+        lines[100:100] = f.readlines()[:2] + ['{"t_ms": 71540000, "oops\n']
     path = str(tmp_path / "mixed.jsonl")
     with open(path, "w") as f:
         f.writelines(lines)
@@ -248,9 +226,7 @@ def test_ten_megabyte_line(tmp_path: Any, capsys: Any) -> None:
 
 
 def test_usage_errors(tmp_path: Any, capsys: Any) -> None:
-    st = str(tmp_path / "st.json")
-    with open(st, "w") as f:
-        json.dump(status_of_trace(), f)
+    st = DRY_STATUS
     cases = [([], "no input"), ([GUEST_RAMP, "-o", str(tmp_path / "x.jpg")], "end in .png or .svg"),
              ([str(tmp_path / "missing.jsonl")], "cannot read"), ([str(tmp_path)], "cannot read"),
              ([st, GUEST_RAMP], "a status JSON is plotted alone")]
