@@ -14,17 +14,22 @@ drawing functions :func:`draw_memory`, :func:`draw_psi` on axes of your own
 (docs/pictures/make_handset_plots.py), with :func:`new_figure`, :func:`save`.
 """
 
-import argparse
-import os
 import sys
-from bisect import bisect_right
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from .core.levels import LEVEL_NAMES
 from .plotdata import PlotError, Timeline, parse_lines, read_text, status_of, timeline_of_pieces
 from .plotstatus import timeline_of_status
 
+# The memagent command's parser imports this module on a device too
+# (MicroPython): nothing here at module level that it lacks.
+try:
+    from typing import Any, Dict, List, Optional, Sequence, Tuple
+except ImportError:  # MicroPython
+    pass
+TYPE_CHECKING = False  # type checkers take it as True
 if TYPE_CHECKING:
+    import argparse
+
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
@@ -85,8 +90,8 @@ def _avail_at(tl: Timeline, t_ms: int) -> "Optional[float]":
     points = [(t, a) for t, a in tl.avail if a is not None]
     if not points:
         return None
-    i = bisect_right([t for t, _ in points], t_ms)
-    return points[max(i - 1, 0)][1] / 1024.0
+    before = [a for t, a in points if t <= t_ms]
+    return (before[-1] if before else points[0][1]) / 1024.0
 
 
 def draw_bands(ax: "Axes", tl: Timeline) -> None:
@@ -182,7 +187,7 @@ def save(fig: "Figure", out_path: str) -> None:
     """Write ``fig`` as PNG or SVG, by ``out_path``'s suffix.
     Raises: PlotError for another suffix, OSError if it cannot be written."""
     check_output(out_path)
-    fig.savefig(out_path, format=os.path.splitext(out_path)[1].lower()[1:], dpi=110)
+    fig.savefig(out_path, format=suffix_of(out_path)[1:], dpi=110)
 
 
 def render(tl: Timeline, out_path: str, title: "Optional[str]" = None) -> None:
@@ -202,9 +207,15 @@ def render(tl: Timeline, out_path: str, title: "Optional[str]" = None) -> None:
     save(fig, out_path)
 
 
+def suffix_of(path: str) -> str:
+    """Return: ``path``'s suffix in lower case (".png"), or "" without one."""
+    name = path.rsplit("/", 1)[-1]
+    return name[name.rfind("."):].lower() if name.rfind(".") > 0 else ""
+
+
 def check_output(out_path: str) -> None:
     """Raises: PlotError unless ``out_path`` ends in .png or .svg."""
-    if os.path.splitext(out_path)[1].lower() not in SUFFIXES:
+    if suffix_of(out_path) not in SUFFIXES:
         raise PlotError("%s: the output must end in .png or .svg" % out_path)
 
 
@@ -229,7 +240,7 @@ def load_paths(paths: "List[str]", low_kib: "Optional[int]" = None,
                 raise PlotError("%s: a status JSON is plotted alone" % path)
             return timeline_of_status(st, low_kib, critical_kib)
         pieces.append(parse_lines(text, path))
-    label = ", ".join(os.path.basename(p) for p in paths)
+    label = ", ".join(p.rsplit("/", 1)[-1] for p in paths)
     return timeline_of_pieces(pieces, label, low_kib, critical_kib)
 
 
@@ -257,7 +268,7 @@ def plot_status(st: "Dict[str, Any]", out_path: str, low_mib: "Optional[float]" 
     return tl
 
 
-def add_plot_args(p: argparse.ArgumentParser) -> None:
+def add_plot_args(p: "argparse.ArgumentParser") -> None:
     """Add ``memagent plot``'s own arguments to ``p`` (inputs, -o, thresholds, title)."""
     p.add_argument("inputs", nargs="*", metavar="FILE",
                    help="traces (memagent record), events files (memagent run --events-json)"
@@ -271,7 +282,7 @@ def add_plot_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--title", default=None, help="the title (default: the inputs' names)")
 
 
-def cmd_plot(args: argparse.Namespace) -> int:
+def cmd_plot(args: "argparse.Namespace") -> int:
     """``memagent plot FILE... -o OUT``.  Returns: 0 written, 2 usage, bad
     input or no matplotlib, 1 the output could not be written, else the
     PlotError's code (3 not running, 10 a newer status schema)."""
@@ -293,6 +304,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def main(argv: "Optional[List[str]]" = None) -> int:
     """``python3 -m memagent.plot``: the same as ``memagent plot`` with files.
     Returns: :func:`cmd_plot`'s exit code."""
+    import argparse
+
     p = argparse.ArgumentParser(prog="memagent plot", description=__doc__.split("\n")[0])
     add_plot_args(p)
     return cmd_plot(p.parse_args(argv))

@@ -181,6 +181,8 @@ def _add_line(piece: Piece, obj: "Dict[str, Any]", lineno: int) -> None:
         piece.header = obj
         return
     event = event_of(obj)
+    if event is not None and event.get("kind") == "gap":
+        return  # memagent events --follow: some were lost; nothing to draw
     if event is not None:
         if not isinstance(event.get("t_ms"), int) or isinstance(event.get("t_ms"), bool):
             raise PlotError("%s: an event without an integer t_ms" % where)

@@ -46,7 +46,7 @@ def status_label(st: "Dict[str, Any]") -> str:
         parts.append("memagent %s" % st["version"])
     wall = st.get("wall")
     if isinstance(wall, (int, float)) and not isinstance(wall, bool) and 0 < wall < 2 ** 33:
-        parts.append(time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(wall)))
+        parts.append("%04d-%02d-%02d %02d:%02d:%02d UTC" % tuple(time.gmtime(int(wall))[:6]))
     return ", ".join(parts)
 
 

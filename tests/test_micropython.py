@@ -110,6 +110,8 @@ MICROPYTHON_MODULES = (
     # remote status (issue 13)
     "memagent.core.history", "memagent.core.statusschema", "memagent.ipc.statustcp",
     "memagent.ipc.tcpfetch",
+    # memagent plot's modules: the CLI's parser imports them on a device too
+    "memagent.plot", "memagent.plotdata", "memagent.plotstatus",
 )
 BANNED = ("import re\n", "import dataclasses", "from dataclasses", "from __future__",
           "import typing\n", "\nfrom typing import")

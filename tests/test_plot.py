@@ -18,7 +18,7 @@ from typing import Any, Dict, List
 import pytest
 
 from memagent.plot import load_paths
-from memagent.plotdata import MAX_LINE_CHARS, PlotError, level_spans
+from memagent.plotdata import MAX_LINE_CHARS, PlotError, Timeline, add_events, level_spans
 from memagent.plotstatus import timeline_of_status
 from support import ROOT, need
 
@@ -32,7 +32,7 @@ from memagent import plot  # noqa: E402  (imports no matplotlib at module level)
 DATA = os.path.join(ROOT, "tests", "data")
 GUEST_RAMP = os.path.join(DATA, "traces", "guest", "ramp-guest128m-system.jsonl")
 DRY_TRACE = os.path.join(DATA, "plot", "dryrun-trace.jsonl")
-DRY_EVENTS = os.path.join(DATA, "plot", "dryrun-events.jsonl")
+DRY_EVENTS = os.path.join(DATA, "plot", "dryrun-events.ndjson")
 DRY_STATUS = os.path.join(DATA, "plot", "dryrun-status.json")
 HANDSET_SCRIPT = os.path.join(ROOT, "docs", "pictures", "make_handset_plots.py")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -141,6 +141,19 @@ def test_status_json_file(tmp_path: Any) -> None:
     assert [lv for _, _, lv in tl.levels] == [b[2] for b in st["history"]["buckets"]]
     # The agent slept through the calm stretches: two gaps, drawn as breaks.
     assert sum(1 for _, a in tl.avail if a is None) == 2
+
+
+def test_events_command_output(tmp_path: Any) -> None:
+    """``memagent events --follow`` lines: status-schema entries, and a gap."""
+    events = real_status()["events"]
+    path = str(tmp_path / "follow.jsonl")
+    with open(path, "w") as f:
+        for ev in events[:3] + [{"kind": "gap", "lost": 2, "after_seq": 3}] + events[5:]:
+            f.write(json.dumps(ev) + "\n")
+    out = str(tmp_path / "follow.svg")
+    assert run_cli([path, "-o", out]) == 0
+    kills = sum(1 for e in events[:3] + events[5:] if e.get("action") == "kill")
+    assert svg_marks(out)["kills-dry-run"] == kills == 3
 
 
 def test_status_refusals() -> None:
@@ -254,3 +267,19 @@ def test_level_spans() -> None:
     # Reminders change nothing; before the first change, the level it left.
     changes = [(5, 2, 1), (7, 2, 2), (9, 0, 2)]
     assert level_spans(changes, 0, 12) == [(0, 5, 1), (5, 9, 2), (9, 12, 0)]
+
+
+def test_trim_and_kill_actions() -> None:
+    """The events file's actions as release_caches and kill_background write them."""
+    tl = Timeline("x")
+    changes = add_events(tl, [
+        {"kind": "action", "action": "trim", "t_ms": 5, "level": "LOW", "apps": 2, "asks": 2,
+         "deficit_kib": 4096, "freed_kib": 3000, "ms": 40, "escalated": False},
+        {"kind": "action", "action": "kill", "t_ms": 9, "name": "cached-old", "dry_run": False,
+         "outcome": "exited"},
+        {"kind": "action", "action": "source", "t_ms": 10, "source": "poll"},
+        {"kind": "plugin_error", "t_ms": 11, "plugin": "x", "hook": "on_pressure", "error": "E"},
+        {"kind": "level", "t_ms": 3, "level": "LOW", "prev_level": "NORMAL"}])
+    assert [(m.t_ms, m.kind, m.label) for m in tl.marks] == [(5, "trim", ""),
+                                                              (9, "kill", "cached-old")]
+    assert changes == [(3, 1, 0)] and tl.notes == []

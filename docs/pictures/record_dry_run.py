@@ -76,7 +76,7 @@ def main(out_dir: str) -> int:
     """Record into ``out_dir``.  Returns: 0."""
     memagent = [sys.executable, "-m", "memagent"]
     trace_path = os.path.join(out_dir, "dryrun-trace.jsonl")
-    events_path = os.path.join(out_dir, "dryrun-events.jsonl")
+    events_path = os.path.join(out_dir, "dryrun-events.ndjson")
     alloc = [sys.executable, "-S", loadgen.__file__, "anon"]
     with tempfile.TemporaryDirectory() as tmp, Memcg(limit_kib=128 * 1024) as group:
         conf = os.path.join(tmp, "m.conf")
