@@ -29,9 +29,12 @@ except ImportError:  # MicroPython
 TYPE_CHECKING = False  # type checkers take it as True
 if TYPE_CHECKING:
     import argparse
+    from typing import Callable
 
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+
+    Fetch = Callable[[], Tuple[Dict[str, Any], int, Optional[str]]]
 
 NEEDS_MATPLOTLIB = "memagent plot needs matplotlib: pip install 'memagent[plot]'"
 SUFFIXES = (".png", ".svg")
@@ -282,13 +285,36 @@ def add_plot_args(p: "argparse.ArgumentParser") -> None:
     p.add_argument("--title", default=None, help="the title (default: the inputs' names)")
 
 
-def cmd_plot(args: "argparse.Namespace") -> int:
-    """``memagent plot FILE... -o OUT``.  Returns: 0 written, 2 usage, bad
+def _fetched(fetch: "Fetch", args: "argparse.Namespace") -> "Tuple[Dict[str, Any], int]":
+    """Return: (the device's status, 0), or ({}, the exit code) after saying why not."""
+    if args.inputs:
+        print("memagent: plot files or a device's status, not both", file=sys.stderr)
+        return {}, 2
+    doc, code, why = fetch()
+    if why:
+        print("memagent: %s" % why, file=sys.stderr)
+    if not doc:
+        return {}, code or 6
+    return doc, 0
+
+
+def cmd_plot(args: "argparse.Namespace", fetch: "Optional[Fetch]" = None) -> int:
+    """``memagent plot FILE... -o OUT``, or with ``fetch`` (a device's status:
+    () -> (status dict, exit code, what went wrong or None), as
+    ``fetchcli.fetch_remote``) that status.  Returns: 0 written, 2 usage, bad
     input or no matplotlib, 1 the output could not be written, else the
-    PlotError's code (3 not running, 10 a newer status schema)."""
+    fetch's or the PlotError's code (3 not running, 10 a newer schema...)."""
     try:
-        tl = plot_files(list(args.inputs), args.output, args.low_mib, args.critical_mib,
-                        args.title)
+        check_output(args.output)
+        load_matplotlib()  # before asking a device anything
+        if fetch is None:
+            tl = plot_files(list(args.inputs), args.output, args.low_mib, args.critical_mib,
+                            args.title)
+        else:
+            doc, code = _fetched(fetch, args)
+            if not doc:
+                return code
+            tl = plot_status(doc, args.output, args.low_mib, args.critical_mib, args.title)
     except PlotError as e:
         print("memagent: %s" % e, file=sys.stderr)
         return e.code

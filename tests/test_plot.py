@@ -156,6 +156,27 @@ def test_events_command_output(tmp_path: Any) -> None:
     assert svg_marks(out)["kills-dry-run"] == kills == 3
 
 
+def test_a_fetched_status(tmp_path: Any, capsys: Any) -> None:
+    """cmd_plot with a fetch, as the memagent command passes fetchcli's for
+    --ssh/--adb/--connect: here it hands back the recorded real status, or the
+    failures fetchcli reports (a host unreachable, a device without an agent)."""
+    import argparse
+
+    p = argparse.ArgumentParser()
+    plot.add_plot_args(p)
+    out = str(tmp_path / "dev.svg")
+    args = p.parse_args(["-o", out])
+    assert plot.cmd_plot(args, lambda: (real_status(), 0, None)) == 0
+    assert svg_marks(out)["kills-dry-run"] == 4
+    assert plot.cmd_plot(args, lambda: ({}, 7, "handset: host unreachable")) == 7
+    assert "memagent: handset: host unreachable" in capsys.readouterr().err
+    down = {"schema": 1, "running": False, "agent": "not running: no socket"}
+    assert plot.cmd_plot(args, lambda: (down, 3, "the agent on handset is not running")) == 3
+    assert "not running: no socket" in capsys.readouterr().err
+    both = p.parse_args([GUEST_RAMP, "-o", out])
+    assert plot.cmd_plot(both, lambda: (real_status(), 0, None)) == 2
+
+
 def test_status_refusals() -> None:
     st = real_status()
     with pytest.raises(PlotError) as e:
