@@ -87,14 +87,16 @@ def _x(tl: Timeline, t_ms: int) -> float:
     return (t_ms - tl.t0_ms) / 1000.0
 
 
-def _avail_at(tl: Timeline, t_ms: int) -> "Optional[float]":
-    """Return: available MiB at ``t_ms``: the newest reading at or before it
-    (the first one if none is), None without readings."""
+def marks_y_mib(tl: Timeline, times_ms: "List[int]") -> "List[float]":
+    """Return: the available MiB at each of ``times_ms``: the newest reading
+    at or before it (the first one if none is; 0 without readings)."""
+    from bisect import bisect_right  # CPython: drawing never runs on a device
+
     points = [(t, a) for t, a in tl.avail if a is not None]
     if not points:
-        return None
-    before = [a for t, a in points if t <= t_ms]
-    return (before[-1] if before else points[0][1]) / 1024.0
+        return [0.0] * len(times_ms)
+    ts = [t for t, _ in points]
+    return [points[max(bisect_right(ts, t) - 1, 0)][1] / 1024.0 for t in times_ms]
 
 
 def draw_bands(ax: "Axes", tl: Timeline) -> None:
@@ -119,11 +121,10 @@ def draw_marks(ax: "Axes", tl: Timeline) -> None:
         if kind == "trim":
             ax.plot(xs, [0.97] * len(xs), transform=top, **style)
             continue
-        ys = [_avail_at(tl, m.t_ms) for m in marks]
-        ys_known = [0.0 if y is None else y for y in ys]
-        ax.plot(xs, ys_known, **style)
+        ys = marks_y_mib(tl, [m.t_ms for m in marks])
+        ax.plot(xs, ys, **style)
         if len(marks) <= MAX_NAMED_KILLS:
-            for i, (m, x, y) in enumerate(zip(marks, xs, ys_known)):
+            for i, (m, x, y) in enumerate(zip(marks, xs, ys)):
                 if m.label:  # staggered: kills come close together
                     ax.annotate(m.label, (x, y), xytext=(4, 6 + 10 * (i % 3)),
                                 textcoords="offset points",
