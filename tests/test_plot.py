@@ -17,6 +17,7 @@ from typing import Any, Dict, List
 
 import pytest
 
+from memagent import plot  # imports no matplotlib: the tests below need it
 from memagent.plot import load_paths
 from memagent.plotdata import MAX_LINE_CHARS, PlotError, Timeline, add_events, level_spans
 from memagent.plotstatus import timeline_of_status
@@ -26,8 +27,6 @@ try:
     import matplotlib.image
 except ImportError:
     matplotlib = None  # type: ignore[assignment]
-
-from memagent import plot  # noqa: E402  (imports no matplotlib at module level)
 
 DATA = os.path.join(ROOT, "tests", "data")
 GUEST_RAMP = os.path.join(DATA, "traces", "guest", "ramp-guest128m-system.jsonl")
