@@ -206,6 +206,15 @@ def cmd_events(args: argparse.Namespace) -> int:
         return code
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    """``memagent plot``: files, or a device's ring (--ssh, --adb,
+    --connect), drawn to a PNG or SVG.  Returns: the exit code."""
+    from . import plot
+
+    fetch = (lambda: fetchcli.fetch_remote(args)) if fetchcli.remote_asked(args) else None
+    return plot.cmd_plot(args, fetch)
+
+
 def cmd_record(args: argparse.Namespace) -> int:
     """``memagent record``: write readings as a trace until SIGTERM/SIGINT or --duration-s."""
     from . import aio
@@ -305,6 +314,14 @@ def _add_status_parsers(sub: "Any") -> None:
                    help="with --follow: ask this often (default 1000)")
     fetchcli.add_remote_args(p)
     p.set_defaults(func=cmd_events)
+    if logging is not None:  # a workstation's tool: not on MicroPython (no matplotlib)
+        from . import plot
+
+        p = sub.add_parser("plot", help="draw a trace, an events file or a device's "
+                           "last minutes to a PNG or SVG (needs matplotlib: memagent[plot])")
+        plot.add_plot_args(p)
+        fetchcli.add_remote_args(p)
+        p.set_defaults(func=cmd_plot)
 
 
 def build_parser() -> argparse.ArgumentParser:
