@@ -11,6 +11,7 @@ that hangs), named so where they do.  Without sshd they skip (fail with
 CI=true).
 """
 
+import importlib.util
 import json
 import os
 import shutil
@@ -396,12 +397,22 @@ def test_cli_status_over_ssh(sshd: Sshd, memcg: Memcg, tmp_path: Any) -> None:
     target = "root@127.0.0.1:%d" % sshd.port
     try:
         out = cli(sshd, "status", "--json", "--ssh", target, "--remote-socket", sock)
+        screen = cli(sshd, "status", "--ssh", target, "--remote-socket", sock)
+        png = os.path.join(str(tmp_path), "device.png")
+        plotted = cli(sshd, "plot", "--ssh", target, "--remote-socket", sock, "-o", png)
         bad = cli(sshd, "status", "--ssh", target, "--remote-socket", sock,
                   options=sshd.options(key="bad_key"))
     finally:
         stop_agent(agent)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["pid"] == agent.pid
+    # the screen rendered here from the device's document: plain (a pipe), its pid
+    assert screen.returncode == 0 and "\x1b" not in screen.stdout, screen.stderr
+    assert str(agent.pid) in screen.stdout and "NORMAL" in screen.stdout, screen.stdout
+    if importlib.util.find_spec("matplotlib") is not None:  # test_plot needs it in CI
+        assert plotted.returncode == 0, plotted.stderr
+        with open(png, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert bad.returncode == remote.EXIT_AUTH and bad.stdout == ""
     assert bad.stderr.startswith("memagent: ssh authentication to " + target), bad.stderr
     assert "Traceback" not in bad.stderr
