@@ -11,7 +11,7 @@ from typing import Any, Dict
 from .. import aio
 from ..core.levels import CRITICAL, level_name
 from . import scenario
-from .show import TICK_MS, Show
+from .show import RANK_TICK, TICK_MS, Show
 
 
 async def live_run(hs: scenario.Handset, args: argparse.Namespace,
@@ -31,19 +31,22 @@ async def live_run(hs: scenario.Handset, args: argparse.Namespace,
     watch = scenario.Watch(hs.path, args.source,
                            on_note=lambda n: show.note(n, t0, progress.at(n.t_ms)))
     show.say("sensing with memagent's %s source; the allocator starts now" % watch.source_label)
-    next_tick = [t0 + TICK_MS]
+    show.start(t0)
+    next_tick = [t0]
 
     def stop() -> bool:
         now = aio.ticks_ms()
         if now >= next_tick[0] and watch.monitor.last is not None:
             next_tick[0] += TICK_MS
             r = watch.monitor.last
-            show.say("%6.2fs  %-8s allocated %3d MiB, available %3d MiB (%2d%%)" % (
-                (now - t0) / 1000, level_name(watch.monitor.level), progress.last(),
-                r.avail_kib // 1024, 100 * r.avail_kib // r.total_kib))
+            show.line(now, "state", "%s: %d MiB allocated, available %d MiB (%d%%)" % (
+                level_name(watch.monitor.level), progress.last(), r.avail_kib // 1024,
+                100 * r.avail_kib // r.total_kib), RANK_TICK)
+        show.flush(now)
         return not args.until_oom and watch.monitor.level >= CRITICAL
 
     end = await scenario.watching(watch, hs.ramp(args.rate_mib_s, progress, stop))
+    show.flush()
     end_s = (end.end_ms - t0) / 1000
     if end.oom_killed:
         end_text = "OOM-killed after %d MiB" % progress.last()
