@@ -13,106 +13,18 @@ import subprocess
 from typing import Any, Dict, List, Optional, Tuple
 
 from .. import aio
-from ..core.levels import CRITICAL, LEVEL_NAMES, default_thresholds
+from ..core.levels import CRITICAL, default_thresholds
 from ..ipc.control import query
 from ..sense import domains
 from . import scenario
 from .coop import Coop
+from .coopstate import CoopState, action_line, app_line, kills_dry_run, ramp_totals
 from .show import RANK_RISE, RANK_TICK, TICK_MS, DemoError, Show
 
 POLL_MS = 100  # the apps' stdout, the agent's events and status
 START_TIMEOUT_MS = 15000  # the agent's socket, the apps' registrations
 SETTLE_MS = 1500  # after the bounded ramp: let the last trims finish
 HOLD_MS = 500  # timeline lines wait this long for older ones from slower sources
-
-
-class CoopState:
-    """What the demo learns while the apps run: trims, kill choices, the
-    agent's status, the ramps and when each started."""
-
-    def __init__(self, t0_ms: int) -> None:
-        self.t0_ms = t0_ms
-        self.trims: List[Dict[str, Any]] = []
-        self.kills: List[Dict[str, Any]] = []
-        self.status: Dict[str, Any] = {}
-        self.ramps: List[scenario.Progress] = []
-        self.ramp_start_ms: List[int] = []
-        # Per ramp: each app's compliance (by name) when the ramp started.
-        self.compliance_at_start: List[Dict[str, Dict[str, int]]] = []
-        self.names: Dict[int, str] = {}  # pid -> the demo's name for it
-        self.next_tick_ms = 0
-
-    def allocated(self, t_ms: Optional[int] = None) -> int:
-        """Return: MiB allocated by all ramps (at ``t_ms``, default now)."""
-        if t_ms is None:
-            return sum(p.last() for p in self.ramps)
-        return sum(p.at(t_ms) for p in self.ramps)
-
-    def ramp_at(self, t_ms: int) -> int:
-        """Return: the number of the ramp running at ``t_ms`` (1, 2; 0 before ramp 1)."""
-        return sum(1 for start_ms in self.ramp_start_ms if start_ms <= t_ms)
-
-    def level(self) -> int:
-        """Return: the agent's level (NORMAL before the first status)."""
-        return LEVEL_NAMES.index(self.status.get("level", "NORMAL"))
-
-    def apps(self) -> List[Dict[str, Any]]:
-        """Return: the agent's registered apps (status ``apps``)."""
-        apps: List[Dict[str, Any]] = (self.status.get("apps") or {}).get("apps") or []
-        return apps
-
-    def compliance(self) -> Dict[str, Dict[str, int]]:
-        """Return: app name -> its compliance counters, as the agent last said."""
-        return {str(a["name"]): dict(a["compliance"]) for a in self.apps()}
-
-    def measured_kib(self) -> int:
-        """Return: KiB the agent measured the apps freeing, all trims so far."""
-        return sum(int(a["compliance"]["measured_kib"]) for a in self.apps())
-
-    def start_ramp(self, t_ms: int, progress: scenario.Progress) -> int:
-        """Record that a ramp starts at ``t_ms``.  Returns: its number."""
-        self.ramps.append(progress)
-        self.ramp_start_ms.append(t_ms)
-        self.compliance_at_start.append(self.compliance())
-        return len(self.ramps)
-
-
-def _app_line(coop: Coop, st: CoopState, show: Show, name: str, line: str) -> None:
-    """Take one stdout line of app ``name``: its cache filled, or a trim."""
-    words = line.split()
-    if words[:1] == ["ready"] and words[1:2] and words[1].startswith("cache_kib="):
-        coop.cache_kib[name] = int(words[1].split("=")[1])
-    elif words[:1] == ["trim"] and len(words) == 6:
-        level = words[1]
-        target, freed, left, t_ms = (int(w) for w in words[2:])
-        coop.cache_kib[name] = left
-        st.trims.append({"t_s": round((t_ms - st.t0_ms) / 1000, 2), "app": name,
-                         "level": level, "target_kib": target, "freed_kib": freed,
-                         "left_kib": left, "allocated_mib": st.allocated(t_ms),
-                         "ramp": st.ramp_at(t_ms)})
-        show.line(t_ms, "trim", "%s asked %d KiB at %s, freed %d KiB, %d KiB left"
-                  % (name, target, level, freed, left))
-
-
-def _action_line(st: CoopState, show: Show, action: Dict[str, Any]) -> None:
-    """Take one plugin action of the agent's events file (a kill choice, a
-    source switch) into the timeline."""
-    t_ms = int(action.get("t_ms", 0))
-    if action.get("action") != "kill":
-        details = ", ".join("%s %s" % (k, v) for k, v in sorted(action.items())
-                            if k not in ("action", "t_ms", "wall"))
-        show.line(t_ms, str(action.get("action")), details)
-        return
-    pid = int(action.get("pid", 0))
-    name = st.names.get(pid, str(action.get("name")))
-    kill = {"t_s": round((t_ms - st.t0_ms) / 1000, 2), "pid": pid, "name": name,
-            "class": action.get("cls"), "reason": action.get("reason"),
-            "rss_kib": action.get("rss_kib"), "dry_run": bool(action.get("dry_run")),
-            "ramp": st.ramp_at(t_ms)}
-    st.kills.append(kill)
-    show.line(t_ms, "would kill" if kill["dry_run"] else "KILLED",
-              "%s (pid %d, class %s, %d MiB resident), for %s" % (
-                  name, pid, kill["class"], int(kill["rss_kib"] or 0) // 1024, kill["reason"]))
 
 
 async def _observe(coop: Coop, st: CoopState, show: Show) -> None:
@@ -123,10 +35,10 @@ async def _observe(coop: Coop, st: CoopState, show: Show) -> None:
     for note in notes:
         show.note(note, st.t0_ms, st.allocated(note.t_ms) if st.ramps else None)
     for action in actions:
-        _action_line(st, show, action)
+        action_line(st, show, action)
     for name, lines in coop.app_lines():
         for line in lines:
-            _app_line(coop, st, show, name, line)
+            app_line(coop, st, show, name, line)
     try:
         reply = await query(coop.sock, timeout_ms=2000)
     except (OSError, TimeoutError, ValueError):
@@ -252,6 +164,8 @@ async def _start(hs: scenario.Handset, coop: Coop, st: CoopState, show: Show) ->
     coop.start_agent()
     await _wait_ready(coop, st, show)
     st.names.update({int(a["pid"]): str(a["name"]) for a in st.apps()})
+    if not kills_dry_run(st.status):
+        raise DemoError("the agent's kill_background is not in dry run: the demo never kills")
     show.say("agent pid %d (outside the memcg) on %s; %d apps registered, each holding "
              "%d MiB of cache: %s" % (coop.agent.pid if coop.agent else 0, coop.sock, coop.n,
                                       coop.cache_mib, ", ".join(
@@ -321,9 +235,12 @@ async def _ramp2(hs: scenario.Handset, coop: Coop, st: CoopState, show: Show,
         # end left held (by hysteresis, above the threshold) does not count.
         reading = st.status.get("reading") or {}
         critical_kib = (st.status.get("thresholds") or {}).get("critical_kib", 0)
-        return not until_oom and st.level() >= CRITICAL and \
-            reading.get("t_ms", 0) >= st.ramp_start_ms[-1] and \
-            reading.get("avail_kib", critical_kib + 1) <= critical_kib
+        if until_oom or st.level() < CRITICAL or \
+                reading.get("t_ms", 0) < st.ramp_start_ms[-1] or \
+                reading.get("avail_kib", critical_kib + 1) > critical_kib:
+            return False
+        st.stopped_ms = aio.ticks_ms()  # the end's line: before the recovery it brings
+        return True
 
     stopped = await _observing(coop, st, show, scenario.follow(ramp2, p2, stop))
     while ramp2.poll() is None:
@@ -332,30 +249,6 @@ async def _ramp2(hs: scenario.Handset, coop: Coop, st: CoopState, show: Show,
     ramp2.stdout.close()
     return scenario.ChildEnd(ramp2.returncode, aio.ticks_ms(),
                              hs.memcg.oom_kill_count() - kills1, stopped)
-
-
-def ramp_totals(st: CoopState, ramp: int) -> Dict[str, Any]:
-    """Return: ramp number ``ramp``'s figures, from the trims that started
-    while it ran and the agent's counters at its start and end: MiB
-    allocated, trims, apps asked, MiB the apps said and the agent measured,
-    and per app (``per_app``: name -> asked, asked_kib, claimed_kib, measured_kib)."""
-    trims = [t for t in st.trims if t["ramp"] == ramp]
-    before = st.compliance_at_start[ramp - 1]
-    after = (st.compliance_at_start[ramp] if ramp < len(st.compliance_at_start)
-             else st.compliance())
-    per_app: Dict[str, Dict[str, int]] = {}
-    for name in sorted(after):
-        mine = [t for t in trims if t["app"] == name]
-        measured = after[name]["measured_kib"] - before.get(name, {}).get("measured_kib", 0)
-        per_app[name] = {"asked": len(mine), "asked_kib": sum(t["target_kib"] for t in mine),
-                         "claimed_kib": sum(t["freed_kib"] for t in mine),
-                         "measured_kib": measured}
-    return {"ramp": ramp, "allocated_mib": st.ramps[ramp - 1].last(), "trims": len(trims),
-            "asked_apps": len({t["app"] for t in trims}),
-            "freed_by_apps_mib": sum(a["measured_kib"] for a in per_app.values()) // 1024,
-            "claimed_by_apps_mib": sum(t["freed_kib"] for t in trims) // 1024,
-            "kill_choices": len([k for k in st.kills if k["ramp"] == ramp]),
-            "per_app": per_app}
 
 
 async def coop_run(hs: scenario.Handset, coop: Coop, args: argparse.Namespace,
@@ -379,7 +272,8 @@ async def coop_run(hs: scenario.Handset, coop: Coop, args: argparse.Namespace,
         end_text = "ramp 2 exited (status %d) after %d MiB" % (end.returncode, st.allocated())
     phase2 = ramp_totals(st, 2)
     phase2["oom_kills"] = end.oom_kills
-    show.line(end.end_ms, "ramp 2", "ends: %s" % end_text[len("ramp 2 "):], RANK_TICK)
+    show.line(st.stopped_ms or end.end_ms, "ramp 2", "ends: %s" % end_text[len("ramp 2 "):],
+              RANK_RISE)
     show.flush()
     apps = [{"name": a["name"], "pid": a["pid"], **a["compliance"]} for a in st.apps()]
     return {"mode": "live", "apps": coop.n, "memcg": hs.path, "source": st.status.get("source"),
@@ -388,5 +282,6 @@ async def coop_run(hs: scenario.Handset, coop: Coop, args: argparse.Namespace,
             "oom_killed": end.oom_killed, "allocated_mib": st.allocated(),
             "absorbed": phase1, "ramps": [phase1, phase2],
             "freed_by_apps_mib": st.measured_kib() // 1024, "trims": st.trims,
-            "kill_choices": st.kills, "kills_dry_run": True, "app_compliance": apps,
+            "kill_choices": st.kills, "kills_dry_run": kills_dry_run(st.status),
+            "app_compliance": apps,
             "events": show.events, "timeline": show.timeline.lines}

@@ -46,12 +46,15 @@ def legend_lines(th: Thresholds, apps: bool) -> List[str]:
         "while under %d MiB" % (th.recover_kib // mib),
         "  recovered   back up past the way out: CRITICAL ends at %d MiB available, "
         "LOW at %d MiB" % (th.critical_recover_kib // mib, th.recover_kib // mib),
+        "  still       the level holds: a reminder, every %.0f s at most" % (th.renotify_ms / 1000),
     ]
     if apps:
         lines += ["  trim        the agent asked an app to free cache (asked), its answer "
                   "(freed), what it still holds (left)",
-                  "  would kill  the process kill_background would kill now (dry run: nothing "
-                  "is signalled)"]
+                  "  trim event  the agent's summary of one round of trims: what it wanted, "
+                  "what it measured",
+                  "  would kill  the process kill_background picks now; it is signalled only "
+                  "when kills are armed"]
     return lines
 
 
@@ -187,7 +190,7 @@ def apps_summary(result: Dict[str, Any]) -> List[str]:
                          % (name, app["asked"], app["asked_kib"], app["claimed_kib"],
                             app["measured_kib"]))
     lines.append("  in all   %d MiB allocated, %d trims, freed by apps %d MiB, would-kill "
-                 "choices %d (dry run: nothing killed)"
+                 "choices %d"
                  % (result["allocated_mib"], len(result["trims"]), result["freed_by_apps_mib"],
                     len(result["kill_choices"])))
     return lines
