@@ -195,6 +195,29 @@ def test_trim_answered_with_what_the_callback_freed(agent: FakeAgent, sock_path:
     stop_thread(client, thread)
 
 
+def test_set_estimate_from_on_trim_reaches_the_agent_before_the_answer(
+        agent: FakeAgent, sock_path: str) -> None:
+    # An app that says what it has left before answering: the agent's next
+    # round sees the new estimate (the demo's apps were asked with 0 left).
+    holder: "List[Client]" = []
+
+    def on_trim(level: str, target_kib: int) -> int:
+        holder[0].set_estimate(0)
+        return 4096
+
+    client = Client("app", cls="cached", estimate_kib=4096, on_trim=on_trim,
+                    socket_path=sock_path)
+    holder.append(client)
+    thread = serve_in_thread(client)
+    agent.wait(lambda: agent.of("register"))
+    agent.send(trim_request(5, "LOW", 4096, 500))
+    agent.wait(lambda: agent.of("trimmed"))
+    cmds = [(r["cmd"], r.get("estimate_kib")) for r in agent.requests]
+    assert cmds == [("register", 4096), ("register", 0), ("trimmed", None)], cmds
+    assert client.estimate_kib == 0  # kept for a re-registration
+    stop_thread(client, thread)
+
+
 def test_callback_raising_answers_zero_and_client_survives(agent: FakeAgent,
                                                            sock_path: str) -> None:
     results: "List[Any]" = [RuntimeError("app bug"), None, -5, 7]

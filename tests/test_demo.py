@@ -5,6 +5,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,8 +18,45 @@ from memagent.core import trace
 from memagent.core.levels import CRITICAL, LOW
 from memagent.demo import memcg
 from memagent.demo import run as demo
+from memagent.demo.show import HEAD, KILLS_DRY_RUN, Show
 
 TRACES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "traces")
+# The one timeline layout: time since the ramp started, what, details.
+LINE = re.compile(r"^ *(-?\d+\.\d\d)s  (\S(?:.{0,8}\S)?) *  (\S.*)$")
+REASONS = ("avail", "lead-time", "thrash", "kernel:", "recovered", "still")
+
+
+def _timeline(out: str) -> List[Any]:
+    """Return: the timeline of a demo's output as (t_s, what, details), after
+    checking that every line between the column heads and the first blank
+    or closing line has the one layout."""
+    lines = out.splitlines()
+    assert lines.count(HEAD) == 1, out
+    rows = []
+    for line in lines[lines.index(HEAD) + 1:]:
+        if not line.strip() or line.startswith(("agent and apps stopped", "memcg ")):
+            break
+        m = LINE.match(line)
+        assert m, "not the timeline layout: %r" % line
+        rows.append((float(m.group(1)), m.group(2), m.group(3)))
+    assert rows, out
+    return rows
+
+
+def _reads_on_its_own(out: str) -> List[Any]:
+    """Check what every demo's timeline must do.  Returns: its rows."""
+    rows = _timeline(out)
+    times = [t for t, _what, _details in rows]
+    assert times == sorted(times), "timestamps go backwards: %s" % rows
+    legend = out[out.index("legend:"):out.index(HEAD)]
+    for code in REASONS:
+        assert "\n  %s" % code in legend, (code, legend)
+    for _t, what, details in rows:
+        if what in ("LOW", "CRITICAL", "NORMAL"):
+            reason = details.split("(", 1)[1].split(")", 1)[0]
+            assert reason.startswith(REASONS), details
+    assert out.count("kills:") == 1 and out.index("kills:") < out.index(HEAD), out
+    return rows
 
 
 def _leftovers(of_memcg: str) -> List[str]:
@@ -67,8 +105,10 @@ def test_live_demo_timeline_is_printed_and_stops_at_critical() -> None:
     done = _demo("--apps", "0")
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert "LOW      <- NORMAL" in out and "CRITICAL <- LOW" in out, out
-    assert out.index("LOW      <- NORMAL") < out.index("CRITICAL <- LOW")
+    rows = _reads_on_its_own(out)
+    changes = [(what, details.split(" (")[0]) for _t, what, details in rows
+               if what in ("LOW", "CRITICAL")]
+    assert changes[:2] == [("LOW", "from NORMAL"), ("CRITICAL", "from LOW")], rows
     assert "stopped by the demo at CRITICAL" in out
     assert "removed" in out
 
@@ -89,6 +129,11 @@ def test_live_demo_apps_absorb_the_ramp_then_critical_and_clean_up() -> None:
     assert absorbed["freed_by_apps_mib"] > 0
     assert result["freed_by_apps_mib"] >= 8, result["app_compliance"]
     assert any(t["freed_kib"] > 0 for t in result["trims"])
+    ramps = result["ramps"]
+    assert [r["ramp"] for r in ramps] == [1, 2]
+    assert sum(r["trims"] for r in ramps) == len(result["trims"])
+    assert sum(r["allocated_mib"] for r in ramps) == result["allocated_mib"]
+    assert all(k["dry_run"] for k in result["kill_choices"]), result["kill_choices"]
     assert not result["oom_killed"]  # ramp 2 stopped at CRITICAL
     assert any(e["level"] == "CRITICAL" for e in result["events"])
     assert not os.path.exists(result["memcg"])
@@ -99,16 +144,66 @@ def test_live_demo_apps_absorb_the_ramp_then_critical_and_clean_up() -> None:
 
 @pytest.mark.memcg
 @pytest.mark.slow
-def test_live_demo_apps_timeline_is_printed() -> None:
+def test_live_demo_apps_timeline_reads_on_its_own() -> None:
     reason = memcg.available()
     if reason is not None:
         need(reason)
     done = _demo()
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert "apps registered" in out and "trim     cache" in out, out
-    assert "OOM kills 0" in out, out
-    assert "stopped by the demo at CRITICAL" in out and "removed" in out
+    assert "apps registered" in out and "stopped by the demo at CRITICAL" in out, out
+    rows = _reads_on_its_own(out)
+    # The kills' dry run, said once at the top; choices only as "would kill".
+    assert out.lower().count("dry run") == 1 and "kills: " + KILLS_DRY_RUN in out, out
+    assert all(what != "KILLED" for _t, what, _d in rows), rows
+    # Nobody is asked with nothing left, and a recovery follows its trims.
+    left: Dict[str, int] = {}
+    trims = {1: 0, 2: 0}
+    ramp = 0
+    for i, (t, what, details) in enumerate(rows):
+        if what.startswith("ramp ") and details.startswith("starts"):
+            ramp = int(what[5:])
+        if what == "trim":
+            app = details.split()[0]
+            assert left.get(app, 1) > 0, "%s asked with 0 KiB left: %s" % (app, rows)
+            left[app] = int(details.rsplit(",", 1)[1].split()[0])
+            trims[ramp] += 1
+        if details.startswith("from CRITICAL (recovered)"):
+            # the CRITICAL trims that brought it are printed before it
+            assert not [r for r in rows[i + 1:] if r[0] == t and r[1] == "trim"
+                        and " at CRITICAL," in r[2]], rows
+    # Totals per ramp: each ramp's own trims, adding up to the whole run.
+    summary = out[out.index("\nsummary:"):]
+    per_ramp = {int(m.group(1)): (int(m.group(2)), int(m.group(3))) for m in re.finditer(
+        r"\n  ramp (\d)   (\d+) MiB allocated, (\d+) trims", summary)}
+    in_all = re.search(r"\n  in all   (\d+) MiB allocated, (\d+) trims", summary)
+    assert in_all and sorted(per_ramp) == [1, 2], summary
+    assert per_ramp[1][1] == trims[1] and per_ramp[2][1] == trims[2], (per_ramp, trims)
+    assert per_ramp[1][0] + per_ramp[2][0] == int(in_all.group(1)), summary
+    assert per_ramp[1][1] + per_ramp[2][1] == int(in_all.group(2)), summary
+    assert "OOM kills 0" in summary, summary
+
+
+def test_timeline_merges_lines_of_several_sources_by_time(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # Lines come as each source is read (the agent's events, then each app's
+    # stdout): out of order.  The timeline holds them back and prints by time;
+    # at the same ms a rise, then its trims, then the recovery they brought.
+    show = Show(quiet=False)
+    show.start(1000, hold_ms=500)
+    show.line(4760, "trim", "cache2 asked 1 KiB")
+    show.line(4770, "trim", "cache3 asked 1 KiB")
+    show.line(4750, "LOW", "from CRITICAL (recovered)", rank=2)
+    show.line(4750, "trim", "cache1 asked 1 KiB")
+    show.flush(5000)  # nothing is older than 500 ms yet
+    show.line(4740, "CRITICAL", "from LOW (avail)", rank=0)
+    show.flush(5260)
+    show.flush()
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == HEAD
+    assert [line.split()[:2] for line in out[1:]] == [
+        ["3.74s", "CRITICAL"], ["3.75s", "trim"], ["3.75s", "LOW"], ["3.76s", "trim"],
+        ["3.77s", "trim"]], out
 
 
 def _nobody_can_run_us() -> bool:
@@ -132,7 +227,8 @@ def test_replay_as_nobody_says_why() -> None:
     assert done.returncode == 0, done.stderr
     assert "replaying ramp-128m.jsonl" in done.stdout
     assert expected_why in done.stdout
-    assert "LOW      <- NORMAL" in done.stdout
+    rows = _reads_on_its_own(done.stdout)
+    assert ("LOW", "from NORMAL (avail)") in [(w, d.split(":")[0]) for _t, w, d in rows]
     assert "OOM-killed after" in done.stdout
 
 

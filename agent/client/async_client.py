@@ -62,6 +62,13 @@ class AsyncClient(_Core):
         await self._call("set_class", {"class": cls}, timeout_ms)
         self.cls = cls
 
+    async def set_estimate(self, estimate_kib: "Optional[int]",
+                           timeout_ms: int = CALL_TIMEOUT_MS) -> None:
+        """As :meth:`Client.set_estimate`.  Raises: ClientError, OSError."""
+        await self._call("register", {"name": self.name, "class": self.cls,
+                                      "estimate_kib": estimate_kib}, timeout_ms)
+        self.estimate_kib = estimate_kib
+
     async def status(self, timeout_ms: int = CALL_TIMEOUT_MS) -> "Dict[str, Any]":
         """Return: the agent's status object.  Raises: ClientError, OSError."""
         return dict((await self._call("status", {}, timeout_ms)).get("status") or {})

@@ -81,6 +81,17 @@ class Client(_Core):
         self._call("set_class", {"class": cls}, timeout_ms)
         self.cls = cls
 
+    def set_estimate(self, estimate_kib: "Optional[int]",
+                     timeout_ms: int = CALL_TIMEOUT_MS) -> None:
+        """Report what the app can free now (None: unknown), as a register
+        update; kept for re-registering.  The agent asks for no more, and not
+        at all under its minimum ask (256 KiB).  Call it from ``on_trim``
+        to have it reach the agent before the answer.  Raises: ClientError
+        if refused, OSError if disconnected."""
+        self._call("register", {"name": self.name, "class": self.cls,
+                                "estimate_kib": estimate_kib}, timeout_ms)
+        self.estimate_kib = estimate_kib
+
     def status(self, timeout_ms: int = CALL_TIMEOUT_MS) -> "Dict[str, Any]":
         """Return: the agent's status object.  Raises: ClientError, OSError."""
         return dict(self._call("status", {}, timeout_ms).get("status") or {})

@@ -10,86 +10,50 @@ the signals and the common summary are :func:`memagent.demo.run.live`'s.
 import argparse
 import os
 import subprocess
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from .. import aio
-from ..core.levels import CRITICAL, LEVEL_NAMES, default_thresholds
+from ..core.levels import CRITICAL, default_thresholds
 from ..ipc.control import query
 from ..sense import domains
 from . import scenario
 from .coop import Coop
-from .show import TICK_MS, DemoError, Show
+from .coopstate import CoopState, action_line, app_line, kills_dry_run, ramp_totals
+from .show import RANK_RISE, RANK_TICK, TICK_MS, DemoError, Show
 
 POLL_MS = 100  # the apps' stdout, the agent's events and status
 START_TIMEOUT_MS = 15000  # the agent's socket, the apps' registrations
 SETTLE_MS = 1500  # after the bounded ramp: let the last trims finish
-
-
-class CoopState:
-    """What the demo learns while the apps run: trims, the agent's status."""
-
-    def __init__(self, t0_ms: int) -> None:
-        self.t0_ms = t0_ms
-        self.trims: List[Dict[str, Any]] = []
-        self.status: Dict[str, Any] = {}
-        self.ramps: List[scenario.Progress] = []
-        self.next_tick_ms = 0
-
-    def allocated(self, t_ms: Optional[int] = None) -> int:
-        """Return: MiB allocated by all ramps (at ``t_ms``, default now)."""
-        if t_ms is None:
-            return sum(p.last() for p in self.ramps)
-        return sum(p.at(t_ms) for p in self.ramps)
-
-    def level(self) -> int:
-        """Return: the agent's level (NORMAL before the first status)."""
-        return LEVEL_NAMES.index(self.status.get("level", "NORMAL"))
-
-    def apps(self) -> List[Dict[str, Any]]:
-        """Return: the agent's registered apps (status ``apps``)."""
-        apps: List[Dict[str, Any]] = (self.status.get("apps") or {}).get("apps") or []
-        return apps
-
-    def measured_kib(self) -> int:
-        """Return: KiB the agent measured the apps freeing, all trims so far."""
-        return sum(int(a["compliance"]["measured_kib"]) for a in self.apps())
+HOLD_MS = 500  # timeline lines wait this long for older ones from slower sources
 
 
 async def _observe(coop: Coop, st: CoopState, show: Show) -> None:
-    """Once: the agent's new notifications, the apps' trims, the status, a tick."""
+    """Once: the agent's new notifications and actions, the apps' trims, the
+    status, a tick; then print the timeline lines that are due."""
     coop.check_agent()
-    for note in coop.new_notes():
+    notes, actions = coop.new_events()
+    for note in notes:
         show.note(note, st.t0_ms, st.allocated(note.t_ms) if st.ramps else None)
+    for action in actions:
+        action_line(st, show, action)
     for name, lines in coop.app_lines():
         for line in lines:
-            words = line.split()
-            if words[:1] == ["ready"] and words[1:2] and words[1].startswith("cache_kib="):
-                coop.cache_kib[name] = int(words[1].split("=")[1])
-            elif words[:1] == ["trim"] and len(words) == 6:
-                level = words[1]
-                target, freed, left, t_ms = (int(w) for w in words[2:])
-                coop.cache_kib[name] = left
-                trim = {"t_s": round((t_ms - st.t0_ms) / 1000, 2), "app": name,
-                        "level": level, "target_kib": target, "freed_kib": freed,
-                        "left_kib": left, "allocated_mib": st.allocated(t_ms)}
-                st.trims.append(trim)
-                show.say("%6.2fs  trim     %-8s asked %5d KiB at %-8s freed %5d KiB, "
-                         "cache left %2d MiB" % ((t_ms - st.t0_ms) / 1000, name, target,
-                                                 level, freed, left // 1024))
+            app_line(coop, st, show, name, line)
     try:
         reply = await query(coop.sock, timeout_ms=2000)
     except (OSError, TimeoutError, ValueError):
-        return  # busy or just gone: the next poll asks again
+        reply = {}  # busy or just gone: the next poll asks again
     st.status = reply.get("status") or st.status
     now = aio.ticks_ms()
     reading = st.status.get("reading")
-    if st.ramps and now >= st.next_tick_ms and reading:
+    if reply and st.ramps and now >= st.next_tick_ms and reading:
         st.next_tick_ms = now + TICK_MS
-        show.say("%6.2fs  %-8s allocated %3d MiB, available %3d MiB (%2d%%), app caches %d MiB"
-                 % ((now - st.t0_ms) / 1000, st.status.get("level"), st.allocated(),
-                    reading["avail_kib"] // 1024,
-                    100 * reading["avail_kib"] // max(reading["total_kib"], 1),
-                    sum(coop.cache_kib.values()) // 1024))
+        show.line(now, "state", "%s: %d MiB allocated, available %d MiB (%d%%), app caches "
+                  "%d MiB" % (st.status.get("level"), st.allocated(),
+                              reading["avail_kib"] // 1024,
+                              100 * reading["avail_kib"] // max(reading["total_kib"], 1),
+                              sum(coop.cache_kib.values()) // 1024), RANK_TICK)
+    show.flush(now)
 
 
 async def _observing(coop: Coop, st: CoopState, show: Show, body: Any) -> Any:
@@ -185,10 +149,10 @@ async def _wait_ready(coop: Coop, st: CoopState, show: Show) -> None:
         await aio.sleep_ms(POLL_MS)
 
 
-async def _start(hs: scenario.Handset, coop: Coop, st: CoopState, show: Show,
-                 rate_mib_s: float) -> int:
-    """Fill the page cache, start the apps and the agent.  Returns: the MiB
-    ramp 1 allocates (what fits only if the apps give their caches back).
+async def _start(hs: scenario.Handset, coop: Coop, st: CoopState, show: Show) -> Tuple[int, int]:
+    """Fill the page cache, start the apps and the agent.  Returns: (the MiB
+    ramp 1 allocates: what fits only if the apps give their caches back, how
+    much more that is than fits without them).
     Raises: DemoError if something does not start, or there is no room."""
     t = aio.ticks_ms()
     await hs.fill_page_cache()
@@ -199,6 +163,9 @@ async def _start(hs: scenario.Handset, coop: Coop, st: CoopState, show: Show,
     await _wait_filled(coop)
     coop.start_agent()
     await _wait_ready(coop, st, show)
+    st.names.update({int(a["pid"]): str(a["name"]) for a in st.apps()})
+    if not kills_dry_run(st.status):
+        raise DemoError("the agent's kill_background is not in dry run: the demo never kills")
     show.say("agent pid %d (outside the memcg) on %s; %d apps registered, each holding "
              "%d MiB of cache: %s" % (coop.agent.pid if coop.agent else 0, coop.sock, coop.n,
                                       coop.cache_mib, ", ".join(
@@ -215,36 +182,37 @@ async def _start(hs: scenario.Handset, coop: Coop, st: CoopState, show: Show,
                                 caches_kib // 1024))
     if bounded < 1:
         raise DemoError("no room for a ramp: use fewer --apps or a smaller --cache-mib")
-    show.say("ramp 1: %d MiB at %g MiB/s, %d MiB more than fits without the apps giving "
-             "memory back" % (bounded, rate_mib_s,
-                              bounded - (first.total_kib - anon_kib) // 1024))
-    return bounded
+    return bounded, bounded - (first.total_kib - anon_kib) // 1024
 
 
 async def _ramp1(hs: scenario.Handset, coop: Coop, st: CoopState, show: Show,
-                 bounded: int, rate_mib_s: float) -> Dict[str, Any]:
-    """Ramp 1: ``bounded`` MiB, absorbed by the apps.  Returns: its figures."""
+                 bounded: Tuple[int, int], rate_mib_s: float) -> Dict[str, Any]:
+    """Ramp 1: ``bounded[0]`` MiB, absorbed by the apps.  Returns: its figures."""
     st.t0_ms = aio.ticks_ms()
+    show.start(st.t0_ms, HOLD_MS)
     kills0 = hs.memcg.oom_kill_count()
     p1 = scenario.Progress()
-    st.ramps.append(p1)
-    ramp1 = hs.memcg.spawn(_ramp_argv(rate_mib_s, bounded), stdout=subprocess.PIPE,
+    st.start_ramp(st.t0_ms, p1)
+    show.line(st.t0_ms, "ramp 1", "starts: %d MiB at %g MiB/s, %d MiB more than fits "
+              "without the apps giving memory back" % (bounded[0], rate_mib_s, bounded[1]),
+              RANK_RISE)
+    ramp1 = hs.memcg.spawn(_ramp_argv(rate_mib_s, bounded[0]), stdout=subprocess.PIPE,
                            stdin=subprocess.DEVNULL)
+    st.names[ramp1.pid] = "ramp 1's allocator"
     full = await _observing(coop, st, show, _until_full(ramp1, p1))
     if full:
         await _observing(coop, st, show, aio.sleep_ms(SETTLE_MS))
-    phase1 = {"allocated_mib": p1.last(), "asked_apps": len(
-        [a for a in st.apps() if a["compliance"]["asked"] > 0]), "trims": len(st.trims),
-        "freed_by_apps_mib": st.measured_kib() // 1024,
-        "claimed_by_apps_mib": sum(t["freed_kib"] for t in st.trims) // 1024,
-        "oom_kills": hs.memcg.oom_kill_count() - kills0, "level": st.status.get("level"),
-        "caches_left_mib": sum(coop.cache_kib.values()) // 1024}
-    show.say("")
-    show.say("ramp 1 done: %d MiB allocated, apps asked %d times, freed %d MiB (measured by "
-             "the agent; they said %d MiB), OOM kills %d, level %s, caches left %d MiB"
-             % (phase1["allocated_mib"], phase1["trims"], phase1["freed_by_apps_mib"],
-                phase1["claimed_by_apps_mib"], phase1["oom_kills"], phase1["level"],
-                phase1["caches_left_mib"]))
+    phase1 = ramp_totals(st, 1)
+    phase1.update({"oom_kills": hs.memcg.oom_kill_count() - kills0,
+                   "level": st.status.get("level"),
+                   "caches_left_mib": sum(coop.cache_kib.values()) // 1024})
+    show.line(aio.ticks_ms(), "ramp 1", "done: %d MiB allocated, %d trims, the apps freed "
+              "%d MiB (measured by the agent; they said %d MiB), OOM kills %d, level %s, "
+              "caches left %d MiB" % (phase1["allocated_mib"], phase1["trims"],
+                                      phase1["freed_by_apps_mib"],
+                                      phase1["claimed_by_apps_mib"], phase1["oom_kills"],
+                                      phase1["level"], phase1["caches_left_mib"]), RANK_TICK)
+    show.flush()
     return phase1
 
 
@@ -252,17 +220,27 @@ async def _ramp2(hs: scenario.Handset, coop: Coop, st: CoopState, show: Show,
                  rate_mib_s: float, until_oom: bool) -> scenario.ChildEnd:
     """Ramp 2: past what the caches give, to CRITICAL (or the OOM kill with
     ``until_oom``).  Returns: how it ended."""
-    show.say("ramp 2: past what the caches can give, %s" % (
-        "until the OOM killer ends it" if until_oom else "stopped at CRITICAL"))
-    show.say("")
+    await _observe(coop, st, show)  # a fresh status: the apps' counters at the boundary
     p2 = scenario.Progress()
-    st.ramps.append(p2)
+    st.start_ramp(aio.ticks_ms(), p2)
+    show.line(st.ramp_start_ms[-1], "ramp 2", "starts: past what the caches can give, %s" % (
+        "until the OOM killer ends it" if until_oom else "stopped at CRITICAL"), RANK_RISE)
     kills1 = hs.memcg.oom_kill_count()
     ramp2 = hs.memcg.spawn(_ramp_argv(rate_mib_s, None), stdout=subprocess.PIPE,
                            stdin=subprocess.DEVNULL, preexec_fn=_oom_first)
+    st.names[ramp2.pid] = "ramp 2's allocator"
 
     def stop() -> bool:
-        return not until_oom and st.level() >= CRITICAL
+        # At CRITICAL under its threshold in ramp 2: a CRITICAL that ramp 1's
+        # end left held (by hysteresis, above the threshold) does not count.
+        reading = st.status.get("reading") or {}
+        critical_kib = (st.status.get("thresholds") or {}).get("critical_kib", 0)
+        if until_oom or st.level() < CRITICAL or \
+                reading.get("t_ms", 0) < st.ramp_start_ms[-1] or \
+                reading.get("avail_kib", critical_kib + 1) > critical_kib:
+            return False
+        st.stopped_ms = aio.ticks_ms()  # the end's line: before the recovery it brings
+        return True
 
     stopped = await _observing(coop, st, show, scenario.follow(ramp2, p2, stop))
     while ramp2.poll() is None:
@@ -283,7 +261,7 @@ async def coop_run(hs: scenario.Handset, coop: Coop, args: argparse.Namespace,
     does not start, or there is no room for ramp 1.
     """
     st = CoopState(aio.ticks_ms())
-    bounded = await _start(hs, coop, st, show, args.rate_mib_s)
+    bounded = await _start(hs, coop, st, show)
     phase1 = await _ramp1(hs, coop, st, show, bounded, args.rate_mib_s)
     end = await _ramp2(hs, coop, st, show, args.rate_mib_s, args.until_oom)
     if end.oom_killed:
@@ -292,26 +270,18 @@ async def coop_run(hs: scenario.Handset, coop: Coop, args: argparse.Namespace,
         end_text = "ramp 2 stopped by the demo at CRITICAL after %d MiB in all" % st.allocated()
     else:
         end_text = "ramp 2 exited (status %d) after %d MiB" % (end.returncode, st.allocated())
+    phase2 = ramp_totals(st, 2)
+    phase2["oom_kills"] = end.oom_kills
+    show.line(st.stopped_ms or end.end_ms, "ramp 2", "ends: %s" % end_text[len("ramp 2 "):],
+              RANK_RISE)
+    show.flush()
     apps = [{"name": a["name"], "pid": a["pid"], **a["compliance"]} for a in st.apps()]
     return {"mode": "live", "apps": coop.n, "memcg": hs.path, "source": st.status.get("source"),
             "agent_pid": coop.agent.pid if coop.agent else None, "socket": coop.sock,
             "end": end_text, "end_s": round((end.end_ms - st.t0_ms) / 1000, 2),
             "oom_killed": end.oom_killed, "allocated_mib": st.allocated(),
-            "absorbed": phase1, "freed_by_apps_mib": st.measured_kib() // 1024,
-            "trims": st.trims, "app_compliance": apps, "events": show.events}
-
-
-def apps_summary(result: Dict[str, Any]) -> List[str]:
-    """Return: the summary lines of :func:`coop_run`'s ``result``: ramp 1 and each app."""
-    ab = result["absorbed"]
-    lines = ["  ramp 1   %d MiB allocated, %d trims of %d apps, freed by apps %d MiB, "
-             "OOM kills %d" % (ab["allocated_mib"], ab["trims"], ab["asked_apps"],
-                               ab["freed_by_apps_mib"], ab["oom_kills"])]
-    for app in result["app_compliance"]:
-        lines.append("    %-8s asked %2d times for %6d KiB, said %6d KiB, measured %6d KiB"
-                     % (app["name"], app["asked"], app["asked_kib"], app["claimed_kib"],
-                        app["measured_kib"]))
-    lines.append("  in all   %d MiB allocated, freed by apps %d MiB"
-                 % (result["allocated_mib"], result["freed_by_apps_mib"]))
-    return lines
-
+            "absorbed": phase1, "ramps": [phase1, phase2],
+            "freed_by_apps_mib": st.measured_kib() // 1024, "trims": st.trims,
+            "kill_choices": st.kills, "kills_dry_run": kills_dry_run(st.status),
+            "app_compliance": apps,
+            "events": show.events, "timeline": show.timeline.lines}

@@ -10,7 +10,7 @@ import sys
 from typing import List, Optional
 
 from .. import aio
-from ..client import Client
+from ..client import Client, ClientError
 
 
 def cache_app_main(argv: Optional[List[str]] = None) -> int:
@@ -20,7 +20,9 @@ def cache_app_main(argv: Optional[List[str]] = None) -> int:
     the agent at ``--socket`` as ``--name`` (class "cached"), and on each trim
     drop the oldest entries until the target is met.  Prints ``ready
     cache_kib=N`` once filled, then per trim ``trim LEVEL TARGET_KIB FREED_KIB
-    LEFT_KIB MONO_MS``.  Runs until SIGTERM/SIGINT.
+    LEFT_KIB MONO_MS``, MONO_MS the monotonic ms when the request came (before
+    anything was freed, so that the demo shows it before the recovery it
+    brought).  Runs until SIGTERM/SIGINT.
 
     Run it as ``python3 -m memagent.demo.cacheapp --socket S --name N --cache-mib M``.  Returns: 0.
     """
@@ -41,13 +43,21 @@ def cache_app_main(argv: Optional[List[str]] = None) -> int:
     print("ready cache_kib=%d" % (len(cache) * entry_kib), flush=True)
 
     def on_trim(level: str, target_kib: int) -> int:
+        asked_ms = aio.ticks_ms()
         wanted = target_kib if target_kib > 0 else len(cache) * entry_kib // 4
         freed = 0
         while cache and freed < wanted:
             cache.pop(0).close()  # the oldest entry: munmap, back to the kernel now
             freed += entry_kib
         print("trim %s %d %d %d %d" % (level, target_kib, freed, len(cache) * entry_kib,
-                                       aio.ticks_ms()), flush=True)
+                                       asked_ms), flush=True)
+        # Say what is left before answering: the agent asks no app for more
+        # than its estimate, and none holding under 256 KiB (an empty app was
+        # asked again and again: its estimate stayed what it registered).
+        try:
+            client.set_estimate(len(cache) * entry_kib)
+        except (OSError, ClientError):
+            pass  # the answer goes out anyway; a reconnect registers the new estimate
         return freed
 
     client = Client(args.name, cls="cached", estimate_kib=len(cache) * entry_kib,

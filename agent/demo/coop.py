@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from typing import IO, Dict, List, Optional, Tuple
+from typing import IO, Any, Dict, List, Optional, Tuple
 
 from ..core.levels import LEVEL_NAMES, Notification
 from . import scenario
@@ -20,8 +20,11 @@ from .show import DemoError
 
 # The cache apps: memagent.demo.cacheapp, inside the memcg.
 CACHE_APP_ARGV = (sys.executable, "-u", "-m", "memagent.demo.cacheapp")
-# Only the built-in release_caches plugin: no drop-in directory of this machine.
-AGENT_CONFIG = "[plugins]\nenable = release_caches\ndir = %s\n"
+# Only the built-in release_caches and kill_background plugins (no drop-in
+# directory of this machine), kill_background in dry run (its default, said
+# here too): it shows whom it would kill, and the demo never kills.
+AGENT_CONFIG = ("[plugins]\nenable = release_caches, kill_background\ndir = %s\n"
+                "[kill_background]\ndry_run = yes\n")
 
 
 class Coop:
@@ -105,22 +108,25 @@ class Coop:
             out.append((name, [line.decode("ascii", "replace") for line in lines]))
         return out
 
-    def new_notes(self) -> List[Notification]:
-        """Return: the agent's notifications written since the last call."""
+    def new_events(self) -> Tuple[List[Notification], List[Dict[str, Any]]]:
+        """Return: the agent's notifications and its plugins' actions (kill
+        choices, source switches) written since the last call."""
+        notes: List[Notification] = []
+        actions: List[Dict[str, Any]] = []
         if self._events is None:
             try:
                 self._events = open(self.events_path)
             except FileNotFoundError:
-                return []
-        notes: List[Notification] = []
+                return notes, actions
         while True:
             pos = self._events.tell()
             line = self._events.readline()
             if not line.endswith("\n"):
                 self._events.seek(pos)  # a partial line: read it whole next time
-                return notes
+                return notes, actions
             obj = json.loads(line)
-            if "action" in obj:  # a plugin's action (kill, source switch), not a level
+            if "action" in obj:
+                actions.append(obj)
                 continue
             notes.append(Notification(int(obj["t_ms"]), LEVEL_NAMES.index(obj["level"]),
                                       LEVEL_NAMES.index(obj["prev_level"]), str(obj["reason"]),

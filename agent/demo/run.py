@@ -30,7 +30,16 @@ from ..core import trace
 from . import apps, memcg, scenario
 from . import coop as coop_mod
 from . import live as live_mode
-from .show import DemoError, Show, header, summary_lines
+from .show import (
+    KILLS_DRY_RUN,
+    KILLS_NONE,
+    KILLS_REPLAY,
+    DemoError,
+    Show,
+    apps_summary,
+    header,
+    summary_lines,
+)
 
 BUNDLED_TRACE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ramp-128m.jsonl")
 
@@ -69,7 +78,8 @@ def live(args: argparse.Namespace, show: Show) -> Dict[str, Any]:
     Returns: the summary dict.  Raises: memcg.MemcgError if the memcg
     cannot be made; KeyboardInterrupt on Ctrl-C/SIGTERM (after cleanup).
     """
-    header(show, args.memcg_mib, args.rate_mib_s)
+    header(show, args.memcg_mib, args.rate_mib_s,
+           KILLS_DRY_RUN if args.apps > 0 else KILLS_NONE, apps=args.apps > 0)
     old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         hs = scenario.Handset(args.memcg_mib)
@@ -93,7 +103,7 @@ def live(args: argparse.Namespace, show: Show) -> Dict[str, Any]:
     for line in summary_lines(show, result["end"], result["end_s"]):
         show.say(line)
     if coop is not None:
-        for line in apps.apps_summary(result):
+        for line in apps_summary(result):
             show.say(line)
     return result
 
@@ -120,10 +130,12 @@ def replay(path: str, why: str, show: Show) -> Dict[str, Any]:
     show.say("(recorded on kernel %s, %s source, %s)" % (
         head.get("kernel", "?"), head.get("source", "?"), head.get("recorded", "?")))
     limit_mib = readings[0].total_kib // 1024
-    header(show, limit_mib, float(head.get("rate_mib_s", 10)))
+    header(show, limit_mib, float(head.get("rate_mib_s", 10)), KILLS_REPLAY)
     t0 = int(head.get("ramp_start_ms", readings[0].t_ms))
+    show.start(t0)
     for note in trace.replay(readings):
         show.note(note, t0, _replay_mib(head, note.t_ms))
+    show.flush()
     end_ms = int(head.get("end_ms", readings[-1].t_ms))
     oom = bool(head.get("oom_killed"))
     end_text = ("OOM-killed after %s MiB" if oom else "recording ended after %s MiB") % (
