@@ -6,6 +6,7 @@ plugins' health, dry run said.  Pure, CPython and MicroPython alike.
 from .statusparts import (
     BOLD,
     DIM,
+    ERROR,
     LEVEL_STYLES,
     RED,
     YELLOW,
@@ -156,7 +157,7 @@ def _event_body(kind: str, e: "Dict[Any, Any]", line: Line) -> Line:
         return line.add(" (was %s)" % text(e.get("was"), "none"))
     if kind == "error":
         return line.add("plugin %s failed in %s: %s" % (
-            text(e.get("plugin")), text(e.get("hook")), text(e.get("error"))), RED)
+            text(e.get("plugin")), text(e.get("hook")), text(e.get("error"))), ERROR)
     if kind == "gap":
         return line.add("%s events lost (the agent keeps the last 64)" % text(e.get("lost")),
                         YELLOW)
@@ -231,7 +232,7 @@ def plugin_lines(st: "Dict[Any, Any]", width: int) -> "List[Line]":
         if simple:
             line.add("ok")
         if name in errors:
-            line.add(", %d errors (see EVENTS)" % errors[name], RED)
+            line.add(", %d errors (see EVENTS)" % errors[name], ERROR)
         lines.append(line)
     if ok:
         _wrap_names(lines, "ok: ", ok, width)
@@ -258,11 +259,11 @@ def _plugin_health(name: str, p: "Dict[Any, Any]", line: Line) -> bool:
     ok (nothing added then)."""
     state = p.get("state")
     if p.get("disabled") is not None:
-        line.add("disabled: " + text(p.get("disabled")), RED)
+        line.add("disabled: " + text(p.get("disabled")), ERROR)
     elif p.get("unavailable") is not None:
         line.add("unavailable: " + text(p.get("unavailable")), DIM)
     elif isinstance(state, dict) and "error" in state:
-        line.add("error: " + text(state.get("error")), RED)
+        line.add("error: " + text(state.get("error")), ERROR)
     elif isinstance(state, dict) and state.get("dry_run") is True:
         if name == "kill_background":
             line.add("DRY RUN", YELLOW).add(" (would kill, never kills), choices so far: %s" %
