@@ -20,7 +20,7 @@ import pytest
 
 from memagent.core import statusparts
 from memagent.core.statusview import render
-from support import micropython_ffi, package_layout
+from support import micropython_ffi, need, package_layout
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "data", "status")
@@ -287,3 +287,42 @@ def test_the_same_screens_under_micropython() -> None:
             outs.append(out.stdout.decode("utf-8"))
     assert outs[0].count("== ") == len(FIXTURES) * 4
     assert outs[0] == outs[1]
+
+
+def picture_script() -> Any:
+    """Return: docs/pictures/make_status_png.py as a module."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(HERE), "docs", "pictures", "make_status_png.py")
+    spec = importlib.util.spec_from_file_location("make_status_png", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_docs_picture_is_what_a_terminal_shows(tmp_path: Any) -> None:
+    # The script's real path: tmux runs the renderer, capture-pane gives the
+    # screen back; its text and colours must be the renderer's own, and the
+    # PNG small enough for the docs.
+    import shutil
+    if shutil.which("tmux") is None:
+        need("tmux is not installed")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        need("matplotlib is not installed (pip install memagent[plot])")
+    script = picture_script()
+    fixture = os.path.join(DATA, "critical-kills.json")
+    lib = package_layout(str(tmp_path / "lib"))
+    want = render(load("critical-kills"), "terminal")
+    screen = script.capture(fixture, len(want.splitlines()) + 1, lib)
+    shown = [visible(line).rstrip() for line in screen.rstrip("\n").split("\n")]
+    assert shown[:len(want.splitlines())] == [visible(x).rstrip() for x in want.splitlines()]
+    runs = script.parse(screen)
+    styled = {(chunk.strip(), style) for line in runs for _, chunk, style in line}
+    assert ("CRITICAL", (31, True, False)) in styled and ("DRY RUN", (33, False, False)) in styled
+    out = str(tmp_path / "status.png")
+    assert script.main([fixture, "-o", out]) == 0
+    with open(out, "rb") as f:
+        png = f.read()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and 10000 < len(png) < 150 * 1024
