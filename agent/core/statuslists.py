@@ -35,6 +35,7 @@ TIME_COLS = 6  # the time column's: "-2h43m"
 
 
 def _style(name: "Any") -> str:
+    """Return: the colour of a level name ("" for anything else)."""
     return LEVEL_STYLES.get(name, "") if isinstance(name, str) else ""
 
 

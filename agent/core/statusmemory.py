@@ -30,26 +30,26 @@ def memory_lines(st: "Dict[Any, Any]", width: int, terminal: bool) -> "List[Line
     LOW, the bar, the LOW and CRITICAL marks, the legend."""
     r = as_dict(st.get("reading"))
     th = as_dict(st.get("thresholds"))
-    total, avail = as_int(r.get("total_kib")), as_int(r.get("avail_kib"))
-    low, crit = as_int(th.get("low_kib")), as_int(th.get("critical_kib"))
-    head = Line("MEMORY ", BOLD).add("%s MiB" % mib(avail), BOLD)
-    head.add(" of %s MiB available (%s)" % (mib(total), percent(avail, total)))
-    if avail is not None and low is not None:
-        if avail >= low:
-            head.add(", headroom to LOW %s MiB" % mib(avail - low))
+    total_kib, avail_kib = as_int(r.get("total_kib")), as_int(r.get("avail_kib"))
+    low_kib, crit_kib = as_int(th.get("low_kib")), as_int(th.get("critical_kib"))
+    head = Line("MEMORY ", BOLD).add("%s MiB" % mib(avail_kib), BOLD)
+    head.add(" of %s MiB available (%s)" % (mib(total_kib), percent(avail_kib, total_kib)))
+    if avail_kib is not None and low_kib is not None:
+        if avail_kib >= low_kib:
+            head.add(", headroom to LOW %s MiB" % mib(avail_kib - low_kib))
         else:
-            head.add(", below LOW by %s MiB" % mib(low - avail), YELLOW)
+            head.add(", below LOW by %s MiB" % mib(low_kib - avail_kib), YELLOW)
     else:
         head.add(", headroom to LOW ? MiB")
     lines = [head]
-    parts = _bar_parts(r, total)
+    parts_kib = _bar_parts(r, total_kib)
     bar_w = width - 4
-    if parts is None or bar_w < 8:
+    if parts_kib is None or bar_w < 8:
         lines.append(Line("  [?] (no total or breakdown of memory)"))
         return lines
-    lines.append(_bar(parts, bar_w, terminal))
-    lines += _marks(total or 1, low, crit, bar_w, terminal)
-    lines.append(_legend(parts, terminal))
+    lines.append(_bar(parts_kib, bar_w, terminal))
+    lines += _marks(total_kib or 1, low_kib, crit_kib, bar_w, terminal)
+    lines.append(_legend(parts_kib, terminal))
     return lines
 
 
@@ -83,21 +83,22 @@ def _bar(parts: "List[int]", bar_w: int, terminal: bool) -> Line:
     return line.add("]")
 
 
-def _marks(total: int, low: "Optional[int]", crit: "Optional[int]", bar_w: int,
+def _marks(total_kib: int, low_kib: "Optional[int]", crit_kib: "Optional[int]", bar_w: int,
            terminal: bool) -> "List[Line]":
     """Return: the line under the bar marking where LOW and CRITICAL start
     ("^L", "^C": available memory falls below the mark when the left part
     of the bar reaches it), the thresholds in MiB on its left when they fit
     there, else on a line of their own."""
-    label = Line("  LOW < %s MiB available (L), CRITICAL < %s (C)" % (mib(low), mib(crit)),
+    label = Line("  LOW < %s MiB available (L), CRITICAL < %s (C)"
+                 % (mib(low_kib), mib(crit_kib)),
                  DIM if terminal else "")
     chars = [" "] * (bar_w + 1)
     styles = [""] * (bar_w + 1)
     first = bar_w
-    for kib, name, style in ((crit, "C", RED), (low, "L", YELLOW)):
+    for kib, name, style in ((crit_kib, "C", RED), (low_kib, "L", YELLOW)):
         if kib is None:
             continue
-        col = min(max((total - kib) * bar_w // total, 0), bar_w - 1)
+        col = min(max((total_kib - kib) * bar_w // total_kib, 0), bar_w - 1)
         while col > 0 and (chars[col] != " " or chars[col + 1] != " "):
             col -= 1
         chars[col], chars[col + 1] = ("\u25b2" if terminal else "^"), name

@@ -131,6 +131,8 @@ def level_style(level: "Any") -> str:
 
 
 def _header_lines(v: View) -> "List[Line]":
+    """Return: the header: host, version, the device's clock, and the
+    agent's pid and uptime, or a second line: agent NOT RUNNING and why."""
     st = v.st
     line = Line("memagent ", BOLD).add(text(st.get("version")), BOLD)
     line.add(" on ").add(text(st.get("host")), BOLD)
@@ -153,6 +155,9 @@ def _header_lines(v: View) -> "List[Line]":
 
 
 def _pressure_lines(v: View) -> "List[Line]":
+    """Return: the pressure section: the level and how long it has held,
+    the fill rate and time left, the source and why, the sources that
+    cannot run, PSI and the counts of readings and notifications."""
     st = v.st
     level = st.get("level")
     head = Line("PRESSURE", BOLD).add(" ")
@@ -184,17 +189,18 @@ def _pressure_lines(v: View) -> "List[Line]":
 def _fill_words(st: "Dict[Any, Any]") -> str:
     """Return: the fill rate and time left in words: "filling 1.2 MiB/s,
     time left 2m05s", "steady", "recovering 0.5 MiB/s", "fill rate ?"."""
-    fill = as_int(st.get("fill_kib_s"))
-    eta = st.get("eta_ms")
-    if fill is None:
-        return "fill rate ?" if eta is None else "time left " + duration_ms(eta)
-    total = as_int(as_dict(st.get("reading")).get("total_kib")) or 0
-    noise = max(total // 1000, 1)  # levels.Monitor's: below it, slab and page-table noise
-    if fill > noise:
-        words = "filling %s MiB/s" % mib(fill)
-        return words + (", time left " + duration_ms(eta) if eta is not None else "")
-    if fill < -noise:
-        return "recovering %s MiB/s" % mib(-fill)
+    fill_kib_s = as_int(st.get("fill_kib_s"))
+    eta_ms = st.get("eta_ms")
+    if fill_kib_s is None:
+        return "fill rate ?" if eta_ms is None else "time left " + duration_ms(eta_ms)
+    total_kib = as_int(as_dict(st.get("reading")).get("total_kib")) or 0
+    # levels.Monitor's noise: below it, slab and page tables come and go
+    noise_kib_s = max(total_kib // 1000, 1)
+    if fill_kib_s > noise_kib_s:
+        words = "filling %s MiB/s" % mib(fill_kib_s)
+        return words + (", time left " + duration_ms(eta_ms) if eta_ms is not None else "")
+    if fill_kib_s < -noise_kib_s:
+        return "recovering %s MiB/s" % mib(-fill_kib_s)
     return "steady"
 
 
@@ -227,32 +233,38 @@ def _unavailable_lines(gone: "Dict[Any, Any]") -> "List[Line]":
 
 
 def _history_lines(v: View) -> "List[Line]":
+    """Return: the history section: its span, a sparkline of the lowest
+    available memory and a line of the highest level, per column of one or
+    more of the ring's buckets (folded to fit the width); blanks where no
+    reading came."""
     h = v.st.get("history")
     if not isinstance(h, dict):
         return [Line("HISTORY", BOLD).add(" ? (this agent keeps no history)")]
-    step, now = as_int(h.get("step_ms")), as_int(h.get("now_ms"))
+    step_ms, now_ms = as_int(h.get("step_ms")), as_int(h.get("now_ms"))
     buckets = _good_buckets(h.get("buckets"))
-    if step is None or step < 1 or now is None:
+    if step_ms is None or step_ms < 1 or now_ms is None:
         return [Line("HISTORY", BOLD).add(" ? (no step_ms or now_ms)")]
     if not buckets:
         return [Line("HISTORY", BOLD).add(" no reading in the ring yet")]
     room = max(v.width - 35, 8)  # the level line ends with its 26-column legend
-    span_steps = max((now - min(b[0] for b in buckets)) // step + 1, 1)
+    span_steps = max((now_ms - min(b[0] for b in buckets)) // step_ms + 1, 1)
     fold = (span_steps + room - 1) // room
     cols = min((span_steps + fold - 1) // fold, room)
-    ring = History(capacity=cols, step_ms=step * fold)
+    ring = History(capacity=cols, step_ms=step_ms * fold)
     for t, a, lv in buckets:
         ring.add(t, a, lv)
-    avail, levels = ring.series(now, cols)
-    total = as_int(as_dict(v.st.get("reading")).get("total_kib"))
-    known = [a for a in avail if a is not None]
-    top = total if total is not None and total > 0 else max(known + [1])
+    avail_kib, levels = ring.series(now_ms, cols)
+    total_kib = as_int(as_dict(v.st.get("reading")).get("total_kib"))
+    known_kib = [a for a in avail_kib if a is not None]
+    top_kib = total_kib if total_kib is not None and total_kib > 0 else max(known_kib + [1])
     ascii_only = not v.terminal
+    column_ms = fold * step_ms
     head = Line("HISTORY", BOLD).add(" last %s, %s a column; blank: no reading (the agent slept)"
-                                     % (duration_ms(cols * fold * step), duration_ms(fold * step)))
-    spark = Line("  avail ").add(sparkline(avail, 0, top, ascii_only), CYAN if v.terminal else "")
-    if known:
-        spark.add(" min %s MiB" % mib(min(known)))
+                                     % (duration_ms(cols * column_ms), duration_ms(column_ms)))
+    spark = Line("  avail ").add(sparkline(avail_kib, 0, top_kib, ascii_only),
+                                 CYAN if v.terminal else "")
+    if known_kib:
+        spark.add(" min %s MiB" % mib(min(known_kib)))
     marks = Line("  level ")
     for mark, held in zip(level_marks(levels, ascii_only), levels):
         name = LEVEL_NAMES[max(0, min(held, 2))] if held is not None else ""
