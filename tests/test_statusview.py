@@ -19,6 +19,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 import pytest
 
 from memagent.core import statusparts
+from memagent.core.statusschema import problems
 from memagent.core.statusview import render
 from support import micropython_ffi, need, package_layout
 
@@ -68,6 +69,14 @@ def test_fixture_matches_its_golden_screen(name: str, mode: str) -> None:
     check_screen(screen, mode, 80)
 
 
+@pytest.mark.parametrize("name", FIXTURES)
+def test_the_fixtures_are_schema_1_documents(name: str) -> None:
+    # Their shape was taken from a real agent's `memagent status --json`;
+    # the schema's own check holds them to it.
+    st = load(name)
+    assert st["schema"] == 1 and problems(st) == []
+
+
 def test_the_normal_screen_fits_80x30() -> None:
     for mode in ("plain", "terminal"):
         assert len(render(load("normal"), mode).splitlines()) <= 30
@@ -85,6 +94,9 @@ def test_what_the_screens_say() -> None:
     normal = render(load("normal"))
     assert "1181.6 MiB of 1938.0 MiB available (60%), headroom to LOW 794.0 MiB" in normal
     assert "NORMAL for 7m05s; steady" in normal
+    assert "  source psi: event-driven: the first in the auto order that opened (mem_notify\n" \
+        "    could not)\n" in normal
+    assert "trim   asked 3 apps to free 64.6 MiB, freed 96.7 MiB in 0.4s" in normal
     assert "kill_background     DRY RUN (would kill, never kills)" in normal
     assert "NORMAL -> LOW: available under threshold" in normal
     low = render(load("low-filling"))
@@ -92,6 +104,7 @@ def test_what_the_screens_say() -> None:
     assert "LOW for 8.4s; filling 14.5 MiB/s, time left 24s" in low
     assert "PSI avg10 some 12.50%, full 3.10%" in low
     assert "would run out within lead time" in low
+    assert "asked 4 apps to free 24.9 MiB, freed 6.1 MiB in 1.5s, escalated" in low
     crit = render(load("critical-kills"), width_cols=200)
     assert "CRITICAL for 15s; recovering 8.8 MiB/s" in crit
     assert "DRY RUN would kill mail 1577 (cached, 50.0 MiB); available under threshold" in crit
@@ -107,7 +120,8 @@ def test_what_the_screens_say() -> None:
            if re.match(r"  \S+ +\d+ \w+ +[\d.]+ ", line)]
     assert len(rss) == 8 and rss == sorted(rss, reverse=True), rss
     gone = render(load("not-running"))
-    assert "agent NOT RUNNING: no agent at /run/memagent.sock" in gone
+    assert "agent NOT RUNNING at /run/memagent.sock ([Errno 2] No such file" in gone
+    assert "\n  computed from system now\n" in gone  # wrapped, not cut
     assert "PRESSURE LOW (computed now" in gone and "HISTORY" not in gone
 
 

@@ -150,9 +150,10 @@ def _event_body(kind: str, e: "Dict[Any, Any]", line: Line) -> Line:
     if kind == "kill":
         return _kill_body(e, line)
     if kind == "trim":
-        return line.add("asked %s apps for %s MiB, freed %s MiB (%s)" % (
-            text(e.get("apps")), mib(e.get("asked_kib")), mib(e.get("freed_kib")),
-            text(e.get("level"))))
+        line.add("asked %s apps to free %s MiB, freed %s MiB in %s" % (
+            text(e.get("apps")), mib(e.get("deficit_kib")), mib(e.get("freed_kib")),
+            duration_ms(e.get("ms"))))
+        return line.add(", escalated" if e.get("escalated") is True else "")
     if kind == "source":
         line.add("now ").add(text(e.get("source")), BOLD)
         return line.add(" (was %s)" % text(e.get("was"), "none"))

@@ -227,6 +227,41 @@ class Line:
         return sum(len(t) for t, _ in self.parts)
 
 
+def _split(line: Line, col: int) -> "Tuple[Line, Line]":
+    """Return: ``line`` cut at column ``col`` into two lines, styles kept."""
+    head, tail = Line(), Line()
+    for t, s in line.parts:
+        if col >= len(t):
+            head.add(t, s)
+        elif col <= 0:
+            tail.add(t, s)
+        else:
+            head.add(t[:col], s)
+            tail.add(t[col:], s)
+        col -= len(t)
+    return head, tail
+
+
+def wrap(line: Line, width: int, indent: int, max_lines: int = 2) -> "List[Line]":
+    """Return: ``line`` broken at blanks into at most ``max_lines`` lines of
+    ``width``, the next ones indented by ``indent``; the last one may still
+    be too long (emit cuts it)."""
+    out: "List[Line]" = []
+    while len(out) < max_lines - 1 and line.width() > width:
+        flat = "".join(t for t, _ in line.parts)
+        col = flat.rfind(" ", indent + 1, width + 1)
+        if col <= indent:
+            break
+        head, tail = _split(line, col)
+        out.append(head)
+        rest = "".join(t for t, _ in tail.parts)
+        line = Line(" " * indent)
+        _, kept = _split(tail, len(rest) - len(rest.lstrip(" ")))
+        line.parts += kept.parts
+    out.append(line)
+    return out
+
+
 def _shown_on_terminal(code: int) -> bool:
     """Return: True for a character a terminal shows in one column: Latin,
     Greek, Cyrillic and the like, and the arrows, boxes, blocks and

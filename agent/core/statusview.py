@@ -37,6 +37,7 @@ from .statusparts import (
     hundredths,
     mib,
     text,
+    wrap,
 )
 
 try:
@@ -142,9 +143,10 @@ def _header_lines(v: View) -> "List[Line]":
     if running is False:
         why = text(st.get("agent"), "")
         if why.startswith("not running"):
-            why = why[len("not running"):].lstrip(":; ")
-        out = Line("agent NOT RUNNING", RED).add(": " + why if why else "")
-        return [line, out]
+            why = why[len("not running"):]  # "not running at PATH (...)"
+        elif why:
+            why = ": " + why
+        return [line] + wrap(Line("agent NOT RUNNING", RED).add(why), v.width, 2)
     uptime_s = as_int(st.get("uptime_s"))
     line.add(" | agent pid %s, up %s" % (text(st.get("pid")),
                                         duration_ms(None if uptime_s is None else uptime_s * 1000)))
@@ -168,7 +170,7 @@ def _pressure_lines(v: View) -> "List[Line]":
     else:
         head.add(" for " + duration_ms(since) if since is not None else " (held for ?)")
         head.add("; " + _fill_words(st))
-    lines = [head, _source_line(st)]
+    lines = [head] + wrap(_source_line(st), v.width, 4)
     gone = as_dict(st.get("unavailable"))
     if gone:
         lines += _unavailable_lines(gone)
