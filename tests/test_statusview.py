@@ -120,8 +120,9 @@ def test_what_the_screens_say() -> None:
            if re.match(r"  \S+ +\d+ \w+ +[\d.]+ ", line)]
     assert len(rss) == 8 and rss == sorted(rss, reverse=True), rss
     gone = render(load("not-running"))
-    assert "agent NOT RUNNING at /run/memagent.sock ([Errno 2] No such file" in gone
-    assert "\n  computed from system now\n" in gone  # wrapped, not cut
+    assert gone.startswith("memagent 0.3.0 on handset at 18:22:15 UTC | agent NOT RUNNING\n"
+                           "  not running at /run/memagent.sock ([Errno 2] No such file")
+    assert "\n    computed from system now\n" in gone  # wrapped, not cut
     assert "PRESSURE LOW (computed now" in gone and "HISTORY" not in gone
 
 

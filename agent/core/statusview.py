@@ -133,7 +133,8 @@ def level_style(level: "Any") -> str:
 
 def _header_lines(v: View) -> "List[Line]":
     """Return: the header: host, version, the device's clock, and the
-    agent's pid and uptime, or a second line: agent NOT RUNNING and why."""
+    agent's pid and uptime, or agent NOT RUNNING and, below, why in the
+    status's own words (and where the level then comes from)."""
     st = v.st
     line = Line("memagent ", BOLD).add(text(st.get("version")), BOLD)
     line.add(" on ").add(text(st.get("host")), BOLD)
@@ -141,12 +142,9 @@ def _header_lines(v: View) -> "List[Line]":
         line.add(" at " + clock_utc(st.get("wall")))
     running = _running(st)
     if running is False:
-        why = text(st.get("agent"), "")
-        if why.startswith("not running"):
-            why = why[len("not running"):]  # "not running at PATH (...)"
-        elif why:
-            why = ": " + why
-        return [line] + wrap(Line("agent NOT RUNNING", RED).add(why), v.width, 2)
+        line.add(" | ").add("agent NOT RUNNING", RED)
+        why = text(st.get("agent"), "(no reason given)")
+        return [line] + wrap(Line("  " + why), v.width, 4)
     uptime_s = as_int(st.get("uptime_s"))
     line.add(" | agent pid %s, up %s" % (text(st.get("pid")),
                                         duration_ms(None if uptime_s is None else uptime_s * 1000)))
