@@ -109,7 +109,8 @@ MICROPYTHON_MODULES = (
     "memagent.statuscli",
     # remote status (issue 13)
     "memagent.core.history", "memagent.core.statusschema", "memagent.ipc.statustcp",
-    "memagent.ipc.tcpfetch",
+    "memagent.ipc.tcpfetch", "memagent.core.statusparts", "memagent.core.statusmemory",
+    "memagent.core.statuslists", "memagent.core.statusview",
     # memagent plot's modules: the CLI's parser imports them on a device too
     "memagent.plot", "memagent.plotdata", "memagent.plotstatus",
 )
