@@ -385,7 +385,7 @@ def test_events_of_the_real_agent_follow(sshd: Sshd, memcg: Memcg, tmp_path: Any
 def cli(sshd: Sshd, *args: str, options: Any = None) -> "subprocess.CompletedProcess[str]":
     """Return: ``memagent ARGS --ssh root@127.0.0.1:PORT`` run to its end,
     with the options of ``sshd.options()`` (or ``options``)."""
-    opts = [a for o in (options or sshd.options()) for a in ("--ssh-option", o)]
+    opts = ["--ssh-option=" + o for o in (options or sshd.options())]
     return subprocess.run([sys.executable, "-m", "memagent", *args, *opts,
                            "--remote-memagent", REMOTE_MEMAGENT], capture_output=True,
                           text=True, timeout=60)
