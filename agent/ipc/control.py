@@ -150,6 +150,48 @@ def handle_request(line: bytes, status: "Callable[[], Dict[str, Any]]",
     return reply
 
 
+class Lingering:
+    """How many refused connections linger now, reading their "busy"."""
+
+    def __init__(self) -> None:
+        self.now = 0
+
+
+async def close_writer(writer: "Any") -> None:
+    """Close a connection's ``writer`` and wait for it; errors ignored."""
+    try:
+        writer.close()
+        await writer.wait_closed()
+    except OSError:
+        pass
+
+
+async def refuse(reader: "Any", writer: "Any", why: str, lingering: Lingering) -> None:
+    """Say "busy" (``why``) and hang up without losing the reply:
+    half-close, then read and drop what the client sent (at most
+    MAX_LINE_BYTES, for at most LINGER_MS).  A socket closed with unread
+    data makes the kernel reset the connection, and the client's read of
+    the reply then fails with ECONNRESET instead (seen on every run once the
+    reply went out faster).  Only MAX_LINGERING refused connections linger
+    at once (``lingering`` counts them): under a flood the others are
+    closed at once, their reply queued (a client that sent nothing yet
+    still reads it)."""
+    try:
+        writer.write(reply_error(None, "busy", why))
+        if writer.can_write_eof():
+            writer.write_eof()
+        if lingering.now < MAX_LINGERING:
+            lingering.now += 1
+            try:
+                await aio.wait_for_ms(writer.drain(), LINGER_MS)
+                await aio.wait_for_ms(reader.read(MAX_LINE_BYTES), LINGER_MS)
+            finally:
+                lingering.now -= 1
+    except (OSError, ValueError, aio.TimeoutError):
+        pass
+    await close_writer(writer)
+
+
 class ControlServer:
     """Serves status and the apps protocol to local clients; ``start()``,
     then ``close()``."""
@@ -177,7 +219,7 @@ class ControlServer:
         self._per_uid: "Dict[int, int]" = {}  # admitted connections of each uid
         self._capped: "Set[int]" = set()  # uids refused for max_per_uid (logged once)
         self._handlers: "Set[Any]" = set()  # every connection whose handler still runs
-        self._lingering = 0  # refused connections reading "busy" now
+        self._linger = Lingering()  # refused connections reading "busy" now
         self.refused = 0  # connections refused since start (busy), for status
         self.failed = 0  # connections whose handler raised (closed), for status
 
@@ -253,28 +295,8 @@ class ControlServer:
             await self._close(writer)
 
     async def _refuse(self, reader: "Any", writer: "Any", why: str) -> None:
-        """Say "busy" (``why``) and hang up without losing the reply:
-        half-close, then read and drop what the client sent (at most
-        MAX_LINE_BYTES, for at most LINGER_MS).  A socket closed with unread
-        data makes the kernel reset the connection, and the client's read of
-        the reply then fails with ECONNRESET instead (seen on every run once
-        the reply went out faster).  Only MAX_LINGERING refused connections
-        linger at once: under a flood the others are closed at once, their
-        reply queued (a client that sent nothing yet still reads it)."""
-        try:
-            writer.write(reply_error(None, "busy", why))
-            if writer.can_write_eof():
-                writer.write_eof()
-            if self._lingering < MAX_LINGERING:
-                self._lingering += 1
-                try:
-                    await aio.wait_for_ms(writer.drain(), LINGER_MS)
-                    await aio.wait_for_ms(reader.read(MAX_LINE_BYTES), LINGER_MS)
-                finally:
-                    self._lingering -= 1
-        except (OSError, ValueError, aio.TimeoutError):
-            pass
-        await self._close(writer)
+        """Say "busy" (``why``) and hang up: :func:`refuse`."""
+        await refuse(reader, writer, why, self._linger)
 
     def _idle_ms(self, session: Session) -> "Optional[int]":
         """Return: how long ``session`` may be silent between lines (None:
@@ -293,7 +315,7 @@ class ControlServer:
             "reserved_clients": self.reserved_clients, "max_per_uid": self.max_per_uid,
             "subscriber_idle_ms": self.subscriber_idle_ms, "refused": self.refused,
             "failed": self.failed,
-            "lingering": self._lingering})
+            "lingering": self._linger.now})
 
     async def _read_line(self, reader: "Any", session: Session) -> bytes:
         """Return: the next line (b"" at EOF).  Raises: TimeoutError when a
@@ -333,11 +355,7 @@ class ControlServer:
         await aio.wait_for_ms(writer.drain(), self.read_timeout_ms)
 
     async def _close(self, writer: "Any") -> None:
-        try:
-            writer.close()
-            await writer.wait_closed()
-        except OSError:
-            pass
+        await close_writer(writer)
 
     async def close(self) -> None:
         """Stop listening, close the connections (waiting up to

@@ -20,7 +20,7 @@ from .. import aio
 from ..core.logs import get_logger
 from ..core.protocol import MAX_ERRORS, MAX_LINE_BYTES, ProtocolError, reply_error
 from ..core.wire import dump_line, load_line
-from .control import BUSY, CLOSE_WAIT_MS, LINGER_MS, MAX_LINGERING, answer
+from .control import BUSY, CLOSE_WAIT_MS, Lingering, answer, close_writer, refuse
 from .tcpfetch import (
     EXIT_AUTH,
     EXIT_BUSY,
@@ -104,7 +104,7 @@ class StatusTcpServer:
         self._server: "Optional[Any]" = None
         self._clients: "Set[Any]" = set()  # admitted connections
         self._handlers: "Set[Any]" = set()  # every connection whose handler runs
-        self._lingering = 0
+        self._linger = Lingering()
         self.refused = 0  # connections told "busy"
         self.failed = 0  # connections whose handler raised
         self.bad_tokens = 0  # requests with a wrong token
@@ -161,7 +161,7 @@ class StatusTcpServer:
         try:
             if len(self._clients) >= self.max_clients:
                 self.refused += 1
-                await self._refuse(reader, writer)
+                await refuse(reader, writer, BUSY, self._linger)
                 return
             self._clients.add(writer)
             try:
@@ -178,25 +178,6 @@ class StatusTcpServer:
             writer.transport.abort()
         finally:
             self._handlers.discard(writer)
-
-    async def _refuse(self, reader: "Any", writer: "Any") -> None:
-        """Say "busy" and hang up; linger LINGER_MS reading what the client
-        sent (at most MAX_LINGERING at once) so that the reply is not lost
-        to a reset (the control socket's way)."""
-        try:
-            writer.write(reply_error(None, "busy", BUSY))
-            if writer.can_write_eof():
-                writer.write_eof()
-            if self._lingering < MAX_LINGERING:
-                self._lingering += 1
-                try:
-                    await aio.wait_for_ms(writer.drain(), LINGER_MS)
-                    await aio.wait_for_ms(reader.read(MAX_LINE_BYTES), LINGER_MS)
-                finally:
-                    self._lingering -= 1
-        except (OSError, ValueError, aio.TimeoutError):
-            pass
-        await self._close(writer)
 
     async def _serve(self, reader: "Any", writer: "Any") -> None:
         errors = 0
@@ -261,11 +242,7 @@ class StatusTcpServer:
         await aio.wait_for_ms(writer.drain(), self.read_timeout_ms)
 
     async def _close(self, writer: "Any") -> None:
-        try:
-            writer.close()
-            await writer.wait_closed()
-        except OSError:
-            pass
+        await close_writer(writer)
 
     async def close(self) -> None:
         """Stop listening and close every connection (waiting up to
