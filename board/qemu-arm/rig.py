@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 import rigclients  # board/qemu-arm/ is on sys.path: ./run and every importer put it there
+import rigssh
 
 HERE = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("MEMAGENT_QEMU_CACHE") or HERE / "cache")  # empty: the default
@@ -76,6 +77,9 @@ PACKAGES = [
     "python3-evdev", "libudev1", "libc-bin", "python3-pyudev", "python3-jeepney",
     # Debian's earlyoom 1.7 (needs only libc6), for bench/kill.py --guest
     "earlyoom",
+    # dropbear 2022.83, the ssh server of runs with ssh (rigssh.py); on the
+    # root disk only, it runs only when a run asks for ssh
+    "dropbear-bin", "libtomcrypt1", "libtommath1", "libgmp10",
 ]
 # Architecture "all" packages: downloaded without the ":armhf" qualifier.
 ARCH_ALL = ("python3-pyudev", "python3-jeepney")
@@ -782,9 +786,12 @@ def _add_init_files(root, board, interpreter="python3"):
     (root / "rig/boot-init").write_text(board + "\n")
 
 
-def build_payload(script, args, repo, mem_mb, env=None, board=None, interpreter="python3"):
+def build_payload(script, args, repo, mem_mb, env=None, board=None, interpreter="python3",
+                  ssh=None):
     """Per-run initramfs part: scenario, generated runner, memagent tree; with
-    ``board`` (a profile name) also the init scripts and that board's config.
+    ``board`` (a profile name) also the init scripts and that board's config;
+    with ``ssh`` (a rigssh.Ssh) root's authorized_keys and the marker that
+    starts dropbear.
     With ``interpreter`` micropython, /usr/lib/micropython is a link to
     /opt/memagent (micropython's default path and the launcher's default
     MEMAGENT_MPY_LIB: ``micropython -m memagent`` works as ``python3 -m
@@ -840,6 +847,11 @@ def build_payload(script, args, repo, mem_mb, env=None, board=None, interpreter=
         if sibling != script and sibling.name != "rigguest.py":
             c.file("payload/rig/" + sibling.name, sibling.read_bytes(), 0o755)
     c.file("payload/usr/local/bin/handback", (GUEST / "handback").read_bytes(), 0o755)
+    if ssh is not None:
+        c.dir("payload/root", 0o700)
+        c.dir("payload/root/.ssh", 0o700)
+        for name, data, mode in rigssh.guest_files(ssh):
+            c.file(name, data, mode)
     for name, data in sorted(client_files().items()):
         c.file("payload/rig/bin/" + name, data, 0o755)
     return _gzip(c.finish()), copied
@@ -859,6 +871,7 @@ class RunResult:
     elapsed_s: float       # host seconds qemu ran
     out_dir: Path
     kernel: str            # the guest's /proc/version, else the kernel package
+    ssh_port: int = None   # the host port forwarded to the guest's ssh, None: no ssh
 
     @property
     def exit_code(self):
@@ -898,12 +911,16 @@ def parse_console(text):
     return files, results, exit_status
 
 
-def qemu_command(base, initrd, mem_mb, extra_args=""):
+def qemu_command(base, initrd, mem_mb, extra_args="", ssh_port=None):
+    """Return: the qemu command line; with ``ssh_port`` a virtio-net card on
+    the user network forwarding 127.0.0.1:ssh_port to the guest's port 22,
+    else no network."""
     append = KERNEL_ARGS + (" " + extra_args if extra_args else "")
+    net = rigssh.qemu_args(ssh_port) if ssh_port else ["-nic", "none"]
     return ["qemu-system-arm", "-M", "virt,highmem=off", "-cpu", "cortex-a15",
             "-m", "%dM" % mem_mb, "-smp", "1",
             "-display", "none", "-monitor", "none", "-serial", "stdio",
-            "-no-reboot", "-nic", "none",
+            "-no-reboot"] + net + [
             "-kernel", str(base.kernel), "-initrd", str(initrd),
             "-append", append,
             "-drive", "file=%s,if=none,format=raw,id=hd0,snapshot=on" % base.rootfs,
@@ -912,7 +929,7 @@ def qemu_command(base, initrd, mem_mb, extra_args=""):
 
 def run(script, args=(), mem_mb=128, timeout_s=120, out_dir=None, repo=DEFAULT_REPO,
         echo=False, env=None, kernel_args="", modules=MODULES, boot_init=False,
-        board=DEFAULT_BOARD, interpreter="python3"):
+        board=DEFAULT_BOARD, interpreter="python3", ssh=None, on_start=None):
     """Boot the guest, run ``script`` in it and return a RunResult.
 
     Files the guest hands back are written to out_dir (a new temporary
@@ -929,16 +946,25 @@ def run(script, args=(), mem_mb=128, timeout_s=120, out_dir=None, repo=DEFAULT_R
     MicroPython launcher (board/common/micropython/memagent).  python3 stays
     in the guest either way (the scenarios use it).  The scenario sees the
     choice as RIG_INTERPRETER.
+
+    ``ssh`` (a rigssh.Ssh): the guest gets a network card on qemu's user
+    network with 127.0.0.1:ssh.port forwarded to its port 22, and dropbear
+    running (stage 2 starts it before the init scripts and the scenario)
+    with ssh.authorized_keys as root's; RIG-SSH on the console says when.
+    ``on_start``: called with the qemu Popen once qemu runs (a caller polling
+    the guest concurrently, from another thread, can watch it end).
     """
     if shutil.which("qemu-system-arm") is None:
         raise RigError("qemu-system-arm not found (apt-get install -y qemu-system-arm)")
     out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="rig-out-"))
     out.mkdir(parents=True, exist_ok=True)
     t_build = time.monotonic()
+    if ssh is not None:
+        modules = list(modules) + [m for m in rigssh.MODULES if m not in modules]
     base = build_base(modules)
     payload, copied = build_payload(script, args, repo, mem_mb, env,
                                     board=board if boot_init else None,
-                                    interpreter=interpreter)
+                                    interpreter=interpreter, ssh=ssh)
     # the kernel unpacks each gzip'd cpio in turn; stage 1 copies payload/ to the root
     sidecar = build_sidecar().initrd.read_bytes() if interpreter == "micropython" else b""
     initrd = out / ".initrd.gz"
@@ -949,7 +975,7 @@ def run(script, args=(), mem_mb=128, timeout_s=120, out_dir=None, repo=DEFAULT_R
         time.monotonic() - t_build, base.kernel_package, mem_mb,
         ", the agent on MicroPython" if interpreter == "micropython" else ""))
 
-    cmd = qemu_command(base, initrd, mem_mb, kernel_args)
+    cmd = qemu_command(base, initrd, mem_mb, kernel_args, ssh.port if ssh else None)
     (out / "qemu-cmdline.txt").write_text(shlex.join(cmd) + "\n")
     lines, boot_s, exited_at = [], [None], [None]
     t0 = time.monotonic()
@@ -973,6 +999,8 @@ def run(script, args=(), mem_mb=128, timeout_s=120, out_dir=None, repo=DEFAULT_R
 
     th = threading.Thread(target=reader, daemon=True)
     th.start()
+    if on_start is not None:
+        on_start(proc)
     timed_out = False
     while proc.poll() is None:
         now = time.monotonic()
@@ -999,12 +1027,15 @@ def run(script, args=(), mem_mb=128, timeout_s=120, out_dir=None, repo=DEFAULT_R
     ok = (not timed_out and exit_status == 0 and bool(results)
           and all(status == "ok" for status, _ in results))
     res = RunResult(console, files, ok, results, exit_status, timed_out,
-                    boot_s[0], elapsed, out, guest_kernel(console) or base.kernel_package)
+                    boot_s[0], elapsed, out, guest_kernel(console) or base.kernel_package,
+                    ssh.port if ssh else None)
     summary = ("ok=%s exit_status=%s results=%s timed_out=%s boot_s=%s elapsed_s=%.1f files=%s"
                "\nkernel=%s\n"
                % (ok, exit_status, results, timed_out,
                   "%.1f" % boot_s[0] if boot_s[0] is not None else None,
                   elapsed, sorted(files), res.kernel))
+    if ssh:
+        summary += "ssh_port=%d\n" % ssh.port
     (out / "summary.txt").write_text(summary)
     return res
 
@@ -1058,6 +1089,18 @@ def scenario_ok(console_text):
 
 # --------------------------------------------------------------- CLI
 
+def _ssh_of(port, key):
+    """Return: the rigssh.Ssh of ``run --ssh-port PORT [--ssh-key KEY]`` (port
+    0: a free one), None without --ssh-port; logs how to log in.  Raises:
+    rigssh.SshError (no ssh-keygen), OSError (no KEY.pub)."""
+    if port is None:
+        return None
+    key = Path(key) if key else rigssh.default_key(CACHE)
+    ssh = rigssh.spec(port or rigssh.free_port(), key)
+    log("ssh: %s" % shlex.join(rigssh.ssh_argv(ssh.port, key)))
+    return ssh
+
+
 def main(argv=None):
     import argparse
     ap = argparse.ArgumentParser(
@@ -1087,6 +1130,12 @@ def main(argv=None):
                     help="the agent's interpreter: micropython adds Debian trixie's "
                          "micropython (/usr/bin/micropython) and, with --init, makes "
                          "/usr/bin/memagent the MicroPython launcher (default python3)")
+    ap.add_argument("--ssh-port", type=int, default=None, metavar="PORT",
+                    help="run dropbear in the guest, reachable as root@127.0.0.1:PORT "
+                         "(qemu's user network; 0: a free port, printed); no network without")
+    ap.add_argument("--ssh-key", default=None, metavar="KEY",
+                    help="with --ssh-port: the private key whose KEY.pub root accepts "
+                         "(default: cache/ssh/id_ed25519, made on first use)")
     ap.add_argument("-q", "--quiet", action="store_true", help="do not echo the console")
     ap.add_argument("--build-only", action="store_true", help="only fetch and build the image")
     ap.add_argument("scenario", nargs="?")
@@ -1109,12 +1158,13 @@ def main(argv=None):
                 ap.error("--env wants K=V")
             env[k] = v
         out = a.out or str(HERE / "out" / Path(a.scenario).stem)
+        ssh = _ssh_of(a.ssh_port, a.ssh_key)
         res = run(a.scenario, a.args, mem_mb=a.mem, timeout_s=a.timeout, out_dir=out,
                   repo=None if a.no_repo else a.repo, echo=not a.quiet, env=env,
                   kernel_args=a.append, modules=modules,
                   boot_init=a.init or a.board is not None, board=a.board or DEFAULT_BOARD,
-                  interpreter=a.interpreter)
-    except RigError as e:
+                  interpreter=a.interpreter, ssh=ssh)
+    except (RigError, rigssh.SshError) as e:
         log("error: %s" % e)
         return EXIT_HOST
     log("boot %.1f s, total %.1f s, results %s, scenario exit %s, %d file(s) -> %s" % (
