@@ -344,6 +344,8 @@ def test_defconfig_keeps_every_symbol(buildroot: str, outputs: "Dict[str, str]",
     assert config.get("BR2_PACKAGE_PYTHON_MEMAGENT") == "y"
     choice = "MICROPYTHON" if _interpreter(_defconfig(name)) == "micropython" else "CPYTHON"
     assert config.get("BR2_PACKAGE_PYTHON_MEMAGENT_" + choice) == "y", choice
+    # the ssh server `memagent status --ssh` needs on the device
+    assert config.get("BR2_PACKAGE_DROPBEAR") == "y"
 
 
 def _config(out: str) -> "Dict[str, str]":
@@ -417,6 +419,32 @@ def test_gta02_can_run_micropython(buildroot: str, tmp_path: "os.PathLike[str]")
     config = _config(out)
     assert [o for o in cpython_only if o in config] == []
     assert config.get("BR2_PACKAGE_PYTHON_MEMAGENT_MICROPYTHON") == "y"
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_adbd_is_offered_and_configures(buildroot: str, tmp_path: "os.PathLike[str]",
+                                        name: str) -> None:
+    """Each defconfig offers adbd (android-tools), commented out; with its
+    lines uncommented the configuration keeps every symbol and builds adbd
+    only (not adb, not fastboot), beside dropbear."""
+    text = _defconfig(name)
+    offered = re.findall(r"^#(BR2_PACKAGE_ANDROID_TOOLS\w*=y)$", text, re.M)
+    assert offered == ["BR2_PACKAGE_ANDROID_TOOLS=y", "BR2_PACKAGE_ANDROID_TOOLS_ADBD=y"], offered
+    out = str(tmp_path)
+    defconfig = os.path.join(out, "adbd_defconfig")
+    with open(defconfig, "w") as f:
+        f.write(re.sub(r"^#(BR2_PACKAGE_ANDROID_TOOLS\w*=y)$", r"\1", text, flags=re.M))
+    _make(buildroot, out, "BR2_DEFCONFIG=" + defconfig, "defconfig")
+    proc = subprocess.run([sys.executable,
+                           os.path.join(buildroot, "support", "scripts", "check-dotconfig.py"),
+                           os.path.join(out, ".config"), defconfig],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout == "", proc.stdout + proc.stderr
+    config = _config(out)
+    tools = {k: config.get("BR2_PACKAGE_ANDROID_TOOLS" + k) for k in ("", "_ADBD", "_ADB",
+                                                                       "_FASTBOOT")}
+    assert tools == {"": "y", "_ADBD": "y", "_ADB": None, "_FASTBOOT": None}, tools
+    assert config.get("BR2_PACKAGE_DROPBEAR") == "y"
 
 
 def test_micropython_lib_is_not_on_the_agents_path(buildroot: str) -> None:
