@@ -277,8 +277,8 @@ def test_status_over_ssh_during_a_handset_day(tmp_path: Any, interpreter: str) -
     # guest: an ssh session (dropbear's child, 1.6 MB), the remote memagent
     # (CPython 14.7 MB of Rss, where CRITICAL is 11 MB available; MicroPython
     # 1-2 MB) and a status the agent builds (history, events).  In the boots
-    # measured (2026-12-07) the kernel's OOM killer acted in 5 of 10 days on
-    # CPython and 4 of 8 on MicroPython; the unpolled days measured had none
+    # measured (2026-12-07) the kernel's OOM killer acted in 7 of 12 days on
+    # CPython and 4 of 10 on MicroPython; the unpolled days measured had none
     # (test_guest_handset.py, bench/board.py): figures["facts"]["oom_kills"].
     assert "host_done" in facts, guest.rig.explain(res.console)
     assert facts["fg_survived"] == "True;True", facts
