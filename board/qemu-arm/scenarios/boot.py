@@ -212,7 +212,7 @@ def check_status(check, pid, st):
 def check_cli(check, pid):
     """`memagent status`, as an operator types it."""
     rc, out = cli("status")
-    check(rc == 0 and "source:    psi" in out and "pid:       %d" % pid in out,
+    check(rc == 0 and "source psi:" in out and "agent pid %d," % pid in out,
           "memagent status (%d): %r" % (rc, out[:300]))
     rc, out = cli("status", "--json")
     try:

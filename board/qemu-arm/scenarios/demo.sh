@@ -10,7 +10,7 @@ python3 -m memagent demo --apps 0 --memcg-mib 40 --json > /tmp/demo.json 2>/tmp/
 rc2=$?
 cat /tmp/demo.json /tmp/demo.err
 ls /sys/fs/cgroup | grep memagent && echo "LEFTOVER memcg"
-if [ $rc = 0 ] && [ $rc2 = 0 ] && grep -q "LOW      <- NORMAL" /tmp/demo.out && grep -q '"mode": "live"' /tmp/demo.json; then
+if [ $rc = 0 ] && [ $rc2 = 0 ] && grep -Eq "LOW +from NORMAL" /tmp/demo.out && grep -q '"mode": "live"' /tmp/demo.json; then
   echo "RESULT ok demo live on cgroup v2"
 else
   echo "RESULT fail demo rc=$rc rc2=$rc2"
