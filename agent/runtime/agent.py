@@ -17,7 +17,6 @@ from ..core.logs import get_logger
 from ..core.reading import Reading
 from ..ipc.control import ControlServer
 from ..ipc.registry import App, AppRegistry
-from ..ipc.statustcp import StatusTcpServer
 from ..sense.footprint import footprint_kib
 from ..sense.presence import Activity
 from . import selfprotect
@@ -78,7 +77,7 @@ class Agent:
         self.started_ms = aio.ticks_ms()
         self._stop: "Optional[Any]" = None
         self._exit_code = 0
-        self.status_tcp: "Optional[StatusTcpServer]" = None  # [status_tcp] enabled
+        self.status_tcp: "Optional[Any]" = None  # a StatusTcpServer, [status_tcp] enabled
 
     def _load_plugins(self, plugins: "Optional[List[Any]]") -> Dispatcher:
         if plugins is not None:  # as pluginload would, without importing it
@@ -143,6 +142,22 @@ class Agent:
         self.config = config
         log.info("config reloaded from %s", self.config_path or "defaults")
 
+    async def _start_status_tcp(self, server: "Optional[ControlServer]") -> None:
+        """Start the read-only TCP listener if [status_tcp] enables it: it
+        answers what the control socket would.  Imported only then: on the
+        64 MB board (MicroPython under TCG) each module read at start
+        delays the agent's first answer (1,070 ms against a 1 s bound, with
+        it imported always; 2026-12-07)."""
+        if self.config.get("status_tcp", "enabled") is not True:
+            return
+        from ..ipc.statustcp import StatusTcpServer
+
+        self.status_tcp = StatusTcpServer.from_config(
+            self.config, server.full_status if server is not None else self.status,
+            self._events_since)
+        if self.status_tcp is not None:
+            await self.status_tcp.start()
+
     async def _start_control(self) -> "Optional[ControlServer]":
         path = self.config.get_str("agent", "socket")
         if not self.control_enabled or not path:
@@ -187,12 +202,7 @@ class Agent:
             self.sensor.open()
             self._signals()
             server = await self._start_control()
-            # The read-only TCP listener answers what the control socket would.
-            self.status_tcp = StatusTcpServer.from_config(
-                self.config, server.full_status if server is not None else self.status,
-                self._events_since)
-            if self.status_tcp is not None:
-                await self.status_tcp.start()
+            await self._start_status_tcp(server)
             # Sense from the first reading on, before the plugins start:
             # their on_start may take seconds (imports on a slow board), and
             # a ramp meanwhile went unseen (the ARM guest's cgroup2 ramp: no
