@@ -13,7 +13,7 @@ version mismatch (docs/status.md).
 import json
 import sys
 
-from . import __version__, fetchcli, statuscli
+from . import __version__, statuscli
 from .core import logs, procfs, trace
 from .core.config import Config, ConfigError, load_config, thresholds_from_config
 from .sense import sources
@@ -173,7 +173,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     """``memagent status``: ask the running agent, else read /proc now;
     from a workstation, a device's (--ssh, --adb, --connect).  Returns: 0,
     or the exit code saying why there was no status (docs/status.md)."""
-    if fetchcli.remote_asked(args):
+    if statuscli.remote_asked(args):
+        from . import fetchcli
+
         return fetchcli.cmd_status_remote(args)
     config = _config(args)
     path = config.get_str("agent", "socket")
@@ -194,7 +196,9 @@ def cmd_events(args: argparse.Namespace) -> int:
     """``memagent events``: the agent's recent events as JSON lines;
     ``--follow``: and every new one until interrupted.  Returns: 0, or the
     exit code saying why the agent gave none."""
-    if fetchcli.remote_asked(args):
+    if statuscli.remote_asked(args):
+        from . import fetchcli
+
         return fetchcli.cmd_events_remote(args)
     path = _config(args).get_str("agent", "socket")
     try:
@@ -209,9 +213,9 @@ def cmd_events(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     """``memagent plot``: files, or a device's ring (--ssh, --adb,
     --connect), drawn to a PNG or SVG.  Returns: the exit code."""
-    from . import plot
+    from . import fetchcli, plot
 
-    fetch = (lambda: fetchcli.fetch_remote(args)) if fetchcli.remote_asked(args) else None
+    fetch = (lambda: fetchcli.fetch_remote(args)) if statuscli.remote_asked(args) else None
     return plot.cmd_plot(args, fetch)
 
 
@@ -302,7 +306,7 @@ def _add_status_parsers(sub: "Any") -> None:
                    help="ASCII, no colour (the default when stdout is no terminal or TERM=dumb)")
     p.add_argument("--color", action="store_true", help="colour and Unicode even into a pipe")
     p.add_argument("--width", type=int, help="columns (default: the terminal's, or 80)")
-    fetchcli.add_remote_args(p)
+    statuscli.add_remote_args(p)
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("events", help="the agent's recent events as JSON lines (--follow)")
     _add_common(p)
@@ -312,7 +316,7 @@ def _add_status_parsers(sub: "Any") -> None:
                    help="only events numbered above SEQ")
     p.add_argument("--interval-ms", type=int, default=statuscli.EVENTS_POLL_MS,
                    help="with --follow: ask this often (default 1000)")
-    fetchcli.add_remote_args(p)
+    statuscli.add_remote_args(p)
     p.set_defaults(func=cmd_events)
     if logging is not None:  # a workstation's tool: not on MicroPython (no matplotlib)
         from . import plot
@@ -320,7 +324,7 @@ def _add_status_parsers(sub: "Any") -> None:
         p = sub.add_parser("plot", help="draw a trace, an events file or a device's "
                            "last minutes to a PNG or SVG (needs matplotlib: memagent[plot])")
         plot.add_plot_args(p)
-        fetchcli.add_remote_args(p)
+        statuscli.add_remote_args(p)
         p.set_defaults(func=cmd_plot)
 
 

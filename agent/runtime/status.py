@@ -9,7 +9,6 @@ import time
 from .. import __version__, aio
 from ..aio import unix
 from ..core.levels import level_name
-from ..core.statusschema import STATUS_SCHEMA
 from ..ipc.registry import AppRegistry
 from ..sense.presence import Activity
 from .dispatch import Dispatcher
@@ -31,6 +30,8 @@ def status_view(sensor: Sensor, registry: AppRegistry, presence: Activity, event
     available memory and level (``history``), the apps with their RSS,
     user presence, the plugins, and once sensing runs the level and since
     when, thresholds, newest reading, time left and fill rate."""
+    from ..core.statusschema import STATUS_SCHEMA  # at the first request, not at start
+
     now_ms = aio.ticks_ms()
     source = sensor.source
     out: "Dict[str, Any]" = {
