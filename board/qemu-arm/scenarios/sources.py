@@ -217,6 +217,7 @@ def ramp_in_group(name, max_mb, cache_mb, source):
 
 def judge_ramp(t0, killed_wall, rc, out, err, oom_kills, label):
     evs = load_jsonl("/tmp/ev.jsonl") if os.path.exists("/tmp/ev.jsonl") else []
+    evs = [e for e in evs if "action" not in e]  # notifications only: not kills, plugin errors
     lows = [e for e in evs if e["level"] == "LOW" and e["prev_level"] == "NORMAL"]
     mb_total = allocated_mb(out)
     fact("alloc_exit", rc)
