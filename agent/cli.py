@@ -10,13 +10,15 @@ refused), 4 busy (the agent refused: too many clients), 5 reply too large,
 version mismatch (docs/status.md).
 """
 
+# size-ok: every subcommand's parser and its small body (status: statuscli, fetchcli)
 import json
 import sys
 
-from . import __version__, statuscli
+from . import __version__
 from .core import logs, procfs, trace
 from .core.config import Config, ConfigError, load_config, thresholds_from_config
 from .sense import sources
+from .statusargs import EVENTS_POLL_MS, add_remote_args, remote_asked
 
 # asyncio (memagent.aio) and the agent are imported only by the commands that
 # run them: `memagent status` stays without, for a handset at pressure
@@ -35,6 +37,7 @@ except ImportError:  # MicroPython: the shim's argparse, core.logs' loggers
     logging = None  # type: ignore[assignment]
 
 log = logs.get_logger("memagent")
+
 
 
 LOG_LEVELS = {"debug": logs.DEBUG, "info": logs.INFO, "warning": logs.WARNING,
@@ -173,10 +176,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     """``memagent status``: ask the running agent, else read /proc now;
     from a workstation, a device's (--ssh, --adb, --connect).  Returns: 0,
     or the exit code saying why there was no status (docs/status.md)."""
-    if statuscli.remote_asked(args):
+    if remote_asked(args):
         from . import fetchcli
 
         return fetchcli.cmd_status_remote(args)
+    from . import statuscli
+
     config = _config(args)
     path = config.get_str("agent", "socket")
 
@@ -196,10 +201,12 @@ def cmd_events(args: argparse.Namespace) -> int:
     """``memagent events``: the agent's recent events as JSON lines;
     ``--follow``: and every new one until interrupted.  Returns: 0, or the
     exit code saying why the agent gave none."""
-    if statuscli.remote_asked(args):
+    if remote_asked(args):
         from . import fetchcli
 
         return fetchcli.cmd_events_remote(args)
+    from . import statuscli
+
     path = _config(args).get_str("agent", "socket")
     try:
         return statuscli.follow(statuscli.socket_asker(path), args.after, args.follow,
@@ -215,7 +222,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     --connect), drawn to a PNG or SVG.  Returns: the exit code."""
     from . import fetchcli, plot
 
-    fetch = (lambda: fetchcli.fetch_remote(args)) if statuscli.remote_asked(args) else None
+    fetch = (lambda: fetchcli.fetch_remote(args)) if remote_asked(args) else None
     return plot.cmd_plot(args, fetch)
 
 
@@ -306,7 +313,7 @@ def _add_status_parsers(sub: "Any") -> None:
                    help="ASCII, no colour (the default when stdout is no terminal or TERM=dumb)")
     p.add_argument("--color", action="store_true", help="colour and Unicode even into a pipe")
     p.add_argument("--width", type=int, help="columns (default: the terminal's, or 80)")
-    statuscli.add_remote_args(p)
+    add_remote_args(p)
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("events", help="the agent's recent events as JSON lines (--follow)")
     _add_common(p)
@@ -314,9 +321,9 @@ def _add_status_parsers(sub: "Any") -> None:
     p.add_argument("--follow", action="store_true", help="print new events as they come")
     p.add_argument("--after", type=int, default=0, metavar="SEQ",
                    help="only events numbered above SEQ")
-    p.add_argument("--interval-ms", type=int, default=statuscli.EVENTS_POLL_MS,
+    p.add_argument("--interval-ms", type=int, default=EVENTS_POLL_MS,
                    help="with --follow: ask this often (default 1000)")
-    statuscli.add_remote_args(p)
+    add_remote_args(p)
     p.set_defaults(func=cmd_events)
     if logging is not None:  # a workstation's tool: not on MicroPython (no matplotlib)
         from . import plot
@@ -324,7 +331,7 @@ def _add_status_parsers(sub: "Any") -> None:
         p = sub.add_parser("plot", help="draw a trace, an events file or a device's "
                            "last minutes to a PNG or SVG (needs matplotlib: memagent[plot])")
         plot.add_plot_args(p)
-        statuscli.add_remote_args(p)
+        add_remote_args(p)
         p.set_defaults(func=cmd_plot)
 
 

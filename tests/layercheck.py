@@ -70,8 +70,9 @@ def layer_of(module: str) -> str:
     parts = module.split(".")
     if module == PLUGINS or module.startswith(PLUGINS + "."):
         return "plugins"
-    if len(parts) == 1 or parts[1] in ("cli", "statuscli", "fetchcli", "remote", "remoteio",
-                                       "plot", "plotdata", "plotstatus", "__main__", "moved"):
+    if len(parts) == 1 or parts[1] in ("cli", "statuscli", "statusargs", "fetchcli", "remote",
+                                       "remoteio", "plot", "plotdata", "plotstatus",
+                                       "__main__", "moved"):
         return "top"
     return parts[1] if parts[1] in ALLOWED else "unknown"
 

@@ -108,7 +108,8 @@ MICROPYTHON_MODULES = (
     "memagent.core.memnotify", "memagent.ipc.cuse", "memagent.plugins.mem_notify_device",
     "memagent.statuscli",
     # remote status (issue 13)
-    "memagent.core.history", "memagent.core.statusschema", "memagent.ipc.statustcp",
+    "memagent.core.history", "memagent.core.statusschema", "memagent.statusargs",
+    "memagent.ipc.statustcp",
     "memagent.ipc.tcpfetch", "memagent.core.statusparts", "memagent.core.statusmemory",
     "memagent.core.statuslists", "memagent.core.statusview",
     # memagent plot's modules: the CLI's parser imports them on a device too
