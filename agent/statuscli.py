@@ -208,12 +208,14 @@ def show(doc: "Dict[str, Any]", args: "Any", out: "Any" = None) -> None:
     forced = "plain" if args.plain else ("terminal" if args.color else None)
     import os
 
-    mode = screen_mode(forced, out, os.environ.get("TERM"))
+    mode = screen_mode(forced, out, os.getenv("TERM"))  # MicroPython's os has no environ
     text = render_screen(doc, mode, terminal_width(mode, args.width), args.events)
     if args.watch is not None and mode == "terminal":
         text = "\x1b[H\x1b[2J" + text  # refresh in place
     out.write(text if text.endswith("\n") else text + "\n")
-    out.flush()
+    flush = getattr(out, "flush", None)
+    if flush is not None:
+        flush()
 
 
 def watch(fetch: "Callable[[], Tuple[Dict[str, Any], int, Optional[str]]]", args: "Any") -> int:
